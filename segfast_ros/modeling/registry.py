@@ -1,0 +1,207 @@
+"""Builders for every supported model, keyed by name, and strict loading of the official files.
+
+Building a model is separate from using it: ``build_sam(name, checkpoint)`` returns a
+:class:`~segfast_ros.modeling.sam.Sam` in eval mode; the runtime's predictor takes it (through
+a backend).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..spec import ModelInfo
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import Sam
+from .tiny_vit import TinyViT
+from .transformer import TwoWayTransformer
+from .vit import ImageEncoderViT
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: how to build it and where its official weights come from."""
+
+    name: str
+    description: str
+    build_encoder: Callable[[], nn.Module]
+    image_size: int = 1024
+    embed_dim: int = 256
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    iou_head_hidden_dim: int = 256
+    official_checkpoint: str | None = None
+
+
+def _tiny_vit_5m(img_size: int = 1024) -> TinyViT:
+    return TinyViT(
+        img_size=img_size,
+        embed_dims=(64, 128, 160, 320),
+        depths=(2, 2, 6, 2),
+        num_heads=(2, 4, 5, 10),
+        window_sizes=(7, 7, 14, 7),
+    )
+
+
+def _sam_vit(embed_dim: int, depth: int, num_heads: int, global_attn: tuple[int, ...]):
+    return ImageEncoderViT(
+        embed_dim=embed_dim, depth=depth, num_heads=num_heads, global_attn_indexes=global_attn
+    )
+
+
+MODEL_REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "mobile_sam",
+            "MobileSAM: TinyViT-5M encoder distilled from SAM ViT-H",
+            _tiny_vit_5m,
+            official_checkpoint="mobile_sam.pt",
+        ),
+        ModelSpec(
+            "tinysam",
+            "TinySAM: TinyViT-5M encoder, full-stage distillation",
+            _tiny_vit_5m,
+            official_checkpoint="tinysam_42.3.pth",
+        ),
+        ModelSpec(
+            "sam_vit_b",
+            "SAM ViT-B",
+            partial(_sam_vit, 768, 12, 12, (2, 5, 8, 11)),
+            official_checkpoint="sam_vit_b_01ec64.pth",
+        ),
+        ModelSpec(
+            "sam_vit_l",
+            "SAM ViT-L",
+            partial(_sam_vit, 1024, 24, 16, (5, 11, 17, 23)),
+            official_checkpoint="sam_vit_l_0b3195.pth",
+        ),
+        ModelSpec(
+            "sam_vit_h",
+            "SAM ViT-H",
+            partial(_sam_vit, 1280, 32, 16, (7, 15, 23, 31)),
+            official_checkpoint="sam_vit_h_4b8939.pth",
+        ),
+        ModelSpec(
+            "tinyvit_s256",
+            "Small TinyViT at 256 px with narrow dims, for tests and quick experiments",
+            partial(
+                TinyViT,
+                img_size=256,
+                embed_dims=(32, 64, 96, 128),
+                depths=(1, 1, 2, 1),
+                num_heads=(1, 2, 3, 4),
+                out_chans=64,
+                num_classes=0,
+            ),
+            image_size=256,
+            embed_dim=64,
+            decoder_mlp_dim=256,
+            decoder_heads=4,
+            iou_head_hidden_dim=64,
+        ),
+    )
+}
+
+
+def build_sam(name: str, checkpoint: str | Path | None = None) -> Sam:
+    """Build a registered model in eval mode, optionally loading a checkpoint strictly.
+
+    Args:
+        name: a key of :data:`MODEL_REGISTRY`.
+        checkpoint: path of a flat state_dict with ``image_encoder.`` / ``prompt_encoder.`` /
+            ``mask_decoder.`` keys (the official layout). ``None`` keeps the random init.
+
+    Raises:
+        ValueError: unknown name, or a checkpoint that does not fit the model.
+        FileNotFoundError: the checkpoint path does not exist.
+    """
+    if name not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODEL_REGISTRY)}")
+    spec = MODEL_REGISTRY[name]
+    encoder = spec.build_encoder()
+    embed_size = encoder.out_size
+    sam = Sam(
+        image_encoder=encoder,
+        prompt_encoder=PromptEncoder(spec.embed_dim, spec.image_size, embed_size),
+        mask_decoder=MaskDecoder(
+            spec.embed_dim,
+            TwoWayTransformer(2, spec.embed_dim, spec.decoder_heads, spec.decoder_mlp_dim),
+            iou_head_hidden_dim=spec.iou_head_hidden_dim,
+        ),
+        info=ModelInfo(
+            name=name,
+            image_size=spec.image_size,
+            embed_dim=spec.embed_dim,
+            embed_size=embed_size,
+        ),
+    )
+    if checkpoint is not None:
+        load_checkpoint(sam, checkpoint)
+    return sam.eval()
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose keys or shapes do not match the model."""
+
+
+def _listing(title: str, items: list[str], limit: int = 12) -> str:
+    if not items:
+        return ""
+    shown = "\n    ".join(items[:limit])
+    more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"\n  {title} ({len(items)}):\n    {shown}{more}"
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a flat state_dict into ``model`` safely (``weights_only=True``) and strictly.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a weights-only state_dict.
+        CheckpointMismatchError: missing or unexpected keys, or shape mismatches; the message
+            lists them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint not found: {path} (expected an official file such as mobile_sam.pt; "
+            "see models/README.md for where to get it)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the unpickler raises many types on a corrupt file
+        raise ValueError(
+            f"cannot load {path} as a weights-only PyTorch state_dict: {exc}"
+        ) from exc
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        keys = list(state)[:5] if isinstance(state, Mapping) else type(state).__name__
+        raise ValueError(
+            f"{path} is not a flat state_dict of tensors (found {keys}); expected keys like "
+            "'image_encoder.…', 'prompt_encoder.…', 'mask_decoder.…'"
+        )
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state)
+        if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or shapes:
+        name = getattr(getattr(model, "info", None), "name", type(model).__name__)
+        raise CheckpointMismatchError(
+            f"checkpoint {path} does not match model {name!r}:"
+            + _listing("missing keys", missing)
+            + _listing("unexpected keys", unexpected)
+            + _listing("shape mismatches", shapes)
+        )
+    model.load_state_dict(state, strict=True)

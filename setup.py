@@ -1,0 +1,22 @@
+"""pip-installable library and `segfast` CLI, for users without ROS (export, benchmarks, replay).
+
+On a robot the ROS package is built with colcon instead (package.xml); both install the same
+`segfast_ros` Python package.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="segfast_ros",
+    version="0.1.0",
+    description="Efficient Segment Anything (MobileSAM, TinySAM, SAM) for ROS 2 robots",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["segfast_ros", "segfast_ros.*"]),
+    install_requires=["numpy>=1.23", "opencv-python-headless>=4.8", "onnxruntime>=1.16", "PyYAML"],
+    extras_require={
+        # Building, exporting and quantizing models; never needed on the robot.
+        "export": ["torch>=2.1", "onnx>=1.15", "onnxscript"],
+    },
+    entry_points={"console_scripts": ["segfast = segfast_ros.cli:main"]},
+)
