@@ -1,0 +1,392 @@
+"""Point/box prompting against one cached image embedding, on any :class:`Backend` (no torch).
+
+``set_image`` runs the expensive encoder once; ``predict`` only packs prompts, runs the light
+decoder and upscales the chosen masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from segfast_ros.runtime.backend import Backend, ModelInfo
+from segfast_ros.runtime.transforms import (
+    apply_boxes,
+    apply_coords,
+    postprocess_masks,
+    prepare_image,
+    preprocess_shape,
+)
+from segfast_ros.spec import LABEL_BG, LABEL_BOX_BR, LABEL_BOX_TL, LABEL_FG, LABEL_PAD
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Masks for one prompt set (unbatched call) or ``B`` prompt sets (batched call).
+
+    ``C`` is 3 with ``multimask_output`` else 1; ``H x W`` is the original image; ``L x L`` the
+    decoder's low-res grid, covering the padded encoder input.
+
+    Attributes:
+        masks: ``([B,] C, H, W)`` bool (logits > threshold), or float32 logits when
+            ``return_logits`` was set.
+        scores: ``([B,] C)`` float32 predicted IoU of each mask.
+        low_res_logits: ``([B,] C, L, L)`` float32 logits, usable as the next ``mask_input``.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+
+
+class Predictor:
+    """SAM-style predictor: encode an image once, then answer many point/box prompts.
+
+    Args:
+        backend: any :class:`~segfast_ros.runtime.backend.Backend` (ONNX Runtime, torch, ...).
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.info: ModelInfo = backend.info
+        lr = self.info.low_res_size
+        # Shared, read-only "no mask" input: predict() allocates nothing for it.
+        self._no_mask = np.zeros((1, 1, lr, lr), dtype=np.float32)
+        self._no_mask.setflags(write=False)
+        self._has_mask = np.ones(1, dtype=np.float32)
+        self._has_no_mask = np.zeros(1, dtype=np.float32)
+        for arr in (self._has_mask, self._has_no_mask):
+            arr.setflags(write=False)
+        self._embedding: np.ndarray | None = None
+        self._original_size: tuple[int, int] | None = None
+        self._input_size: tuple[int, int] | None = None
+
+    # ---------------------------------------------------------------- image state
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Encode ``image`` and cache its embedding for the following :meth:`predict` calls.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 RGB (not BGR).
+
+        Raises:
+            ValueError: the image is not ``HxWx3`` uint8, empty or absurdly large.
+        """
+        x, input_size = prepare_image(image, self.info)
+        embedding = self.backend.encode(x)
+        self._store(embedding, image.shape[:2], input_size)
+
+    def set_embedding(self, embedding: np.ndarray, original_hw: tuple[int, int]) -> None:
+        """Use an embedding computed earlier (e.g. cached by stamp) instead of encoding again.
+
+        Args:
+            embedding: ``(1, C, h, w)`` float32, as returned by :meth:`get_image_embedding`.
+            original_hw: ``(H, W)`` of the image the embedding was computed from.
+
+        Raises:
+            ValueError: the embedding does not fit this model or the size is not positive.
+        """
+        info = self.info
+        expected = (1, info.embed_dim, info.embed_size, info.embed_size)
+        embedding = np.asarray(embedding)
+        if embedding.shape != expected:
+            raise ValueError(
+                f"expected an image embedding of shape {expected} for model {info.name!r}, "
+                f"got {embedding.shape}"
+            )
+        if len(original_hw) != 2 or min(original_hw) <= 0:
+            raise ValueError(f"expected original_hw (H, W) > 0, got {tuple(original_hw)}")
+        h, w = int(original_hw[0]), int(original_hw[1])
+        self._store(embedding, (h, w), preprocess_shape(h, w, info.image_size))
+
+    def _store(
+        self, embedding: np.ndarray, original_hw: tuple[int, int], input_hw: tuple[int, int]
+    ) -> None:
+        # A read-only view: callers (and an embedding cache) may share it without copying, and
+        # nobody can change it behind the predictor's back. The caller's own array keeps its
+        # flags.
+        view = np.ascontiguousarray(embedding, dtype=np.float32).view()
+        view.setflags(write=False)
+        self._embedding = view
+        self._original_size = (int(original_hw[0]), int(original_hw[1]))
+        self._input_size = (int(input_hw[0]), int(input_hw[1]))
+
+    def reset_image(self) -> None:
+        """Forget the cached embedding."""
+        self._embedding = None
+        self._original_size = None
+        self._input_size = None
+
+    @property
+    def is_image_set(self) -> bool:
+        """Whether an embedding is cached."""
+        return self._embedding is not None
+
+    @property
+    def original_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the current image, None before :meth:`set_image`."""
+        return self._original_size
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """``(h, w)`` of the resized image inside the encoder input, None before set_image."""
+        return self._input_size
+
+    def get_image_embedding(self) -> np.ndarray:
+        """The cached ``(1, C, h, w)`` float32 embedding (read-only, not a copy)."""
+        if self._embedding is None:
+            raise ValueError("no image is set: call set_image(image) first")
+        return self._embedding
+
+    # ---------------------------------------------------------------- prompting
+
+    def predict(
+        self,
+        point_coords: npt.ArrayLike | None = None,
+        point_labels: npt.ArrayLike | None = None,
+        box: npt.ArrayLike | None = None,
+        mask_input: npt.ArrayLike | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        *,
+        mask_threshold: float = 0.0,
+    ) -> Prediction:
+        """Predict masks for point and/or box prompts on the current image.
+
+        A call is *batched* when any input has a leading batch axis (``point_coords``
+        ``(B, N, 2)``, ``box`` ``(B, 4)``, ``mask_input`` ``(B, 1, L, L)``); all ``B`` prompt
+        sets are decoded in one backend call. Unbatched inputs are shared by every prompt set:
+        the same points go with each box.
+
+        Args:
+            point_coords: ``(N, 2)`` or ``(B, N, 2)``, (X, Y) in original image pixels, inside
+                ``[0, W] x [0, H]``.
+            point_labels: ``(N,)`` or ``(B, N)``, 1 foreground, 0 background.
+            box: ``(4,)`` or ``(B, 4)`` XYXY in original image pixels.
+            mask_input: ``(L, L)``, ``(1, L, L)`` or ``(B, 1, L, L)`` low-res logits from a
+                previous prediction (its ``low_res_logits``, one mask per prompt set).
+            multimask_output: return 3 masks per prompt set (SAM's multimask tokens 1..3)
+                instead of 1 (token 0). Three is better for a single ambiguous point.
+            return_logits: return float32 logits instead of boolean masks.
+            mask_threshold: logit above which a pixel belongs to the mask.
+
+        Returns:
+            A :class:`Prediction`; its arrays have the leading ``B`` axis only for a batched
+            call.
+
+        Raises:
+            ValueError: no image set, no prompt, or a malformed / out-of-image prompt.
+        """
+        if self._embedding is None or self._original_size is None or self._input_size is None:
+            raise ValueError("no image is set: call set_image(image) first")
+        original_hw = self._original_size
+        lr = self.info.low_res_size
+
+        points, labels, batch = _check_points(point_coords, point_labels, original_hw)
+        boxes, box_batch = _check_boxes(box, original_hw)
+        masks_in, mask_batch = _check_mask_input(mask_input, lr)
+        batched = batch is not None or box_batch is not None or mask_batch is not None
+        sizes = {n for n in (batch, box_batch, mask_batch) if n is not None}
+        if len(sizes) > 1:
+            raise ValueError(
+                "batched inputs disagree on the number of prompt sets: "
+                f"point_coords {batch}, box {box_batch}, mask_input {mask_batch}"
+            )
+        num_sets = sizes.pop() if sizes else 1
+        if (points is None or points.shape[-2] == 0) and boxes is None:
+            raise ValueError("no prompt given: pass point_coords with point_labels, or a box")
+
+        coords, tok_labels = self._pack(points, labels, boxes, num_sets)
+        if masks_in is None:
+            mask_arr, has_mask = self._no_mask, self._has_no_mask
+        else:
+            mask_arr, has_mask = masks_in, self._has_mask
+
+        if multimask_output and self.info.num_mask_tokens < 2:
+            raise ValueError(
+                f"model {self.info.name!r} emits a single mask per prompt set; "
+                "use multimask_output=False"
+            )
+        if num_sets == 0:
+            num_out = self.info.num_mask_tokens - 1 if multimask_output else 1
+            return self._empty(num_out, return_logits)
+        low_res, iou = self.backend.decode(self._embedding, coords, tok_labels, mask_arr, has_mask)
+        # Token 0 is the single-mask output; tokens 1.. the multimask ones (as SAM).
+        if multimask_output:
+            low_res, iou = low_res[:, 1:], iou[:, 1:]
+        else:
+            low_res, iou = low_res[:, :1], iou[:, :1]
+
+        masks = postprocess_masks(low_res, self._input_size, original_hw, self.info.image_size)
+        if not return_logits:
+            masks = masks > mask_threshold
+        if not batched:
+            return Prediction(masks[0], iou[0], low_res[0])
+        return Prediction(masks, iou, low_res)
+
+    def _pack(
+        self,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        boxes: np.ndarray | None,
+        num_sets: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sparse prompt tokens as SAM's prompt encoder expects them.
+
+        Per prompt set: the points, then either the box corners (labels 2, 3) or one padding
+        point (0, 0) with label -1.
+
+        Returns:
+            ``(B, N + 2 or N + 1, 2)`` float32 coordinates in the input frame and ``(B, N')``
+            float32 labels.
+        """
+        original_hw, size = self._original_size, self.info.image_size
+        assert original_hw is not None
+        n = 0 if points is None else points.shape[-2]
+        extra = 2 if boxes is not None else 1
+        coords = np.zeros((num_sets, n + extra, 2), dtype=np.float32)
+        tok_labels = np.empty((num_sets, n + extra), dtype=np.float32)
+        if n:
+            assert points is not None and labels is not None
+            coords[:, :n] = apply_coords(points, original_hw, size)
+            tok_labels[:, :n] = labels
+        if boxes is not None:
+            coords[:, n:] = apply_boxes(boxes, original_hw, size).reshape(-1, 2, 2)
+            tok_labels[:, n:] = (LABEL_BOX_TL, LABEL_BOX_BR)
+        else:
+            tok_labels[:, n] = LABEL_PAD
+        return coords, tok_labels
+
+    def _empty(self, num_out: int, return_logits: bool) -> Prediction:
+        """The result of a batched call with zero prompt sets."""
+        assert self._original_size is not None
+        h, w = self._original_size
+        lr = self.info.low_res_size
+        dtype = np.float32 if return_logits else np.bool_
+        return Prediction(
+            np.zeros((0, num_out, h, w), dtype=dtype),
+            np.zeros((0, num_out), dtype=np.float32),
+            np.zeros((0, num_out, lr, lr), dtype=np.float32),
+        )
+
+
+# -------------------------------------------------------------------- input checks
+
+
+def _as_real_array(value: npt.ArrayLike, name: str) -> np.ndarray:
+    """``value`` as a float64 array, or a ValueError naming ``name``."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}") from err
+    return arr
+
+
+def _check_points(
+    point_coords: npt.ArrayLike | None,
+    point_labels: npt.ArrayLike | None,
+    original_hw: tuple[int, int],
+) -> tuple[np.ndarray | None, np.ndarray | None, int | None]:
+    """Validate points: coords ``([B,] N, 2)`` float64, labels, B (None if unbatched)."""
+    if point_coords is None and point_labels is None:
+        return None, None, None
+    if point_coords is None or point_labels is None:
+        missing = "point_labels" if point_labels is None else "point_coords"
+        raise ValueError(f"point_coords and point_labels go together: {missing} is missing")
+    coords = _as_real_array(point_coords, "point_coords")
+    labels = _as_real_array(point_labels, "point_labels")
+    if coords.ndim not in (2, 3) or coords.shape[-1] != 2:
+        raise ValueError(
+            f"point_coords must be (N, 2) or (B, N, 2) (X, Y) pixels, got shape {coords.shape}"
+        )
+    if labels.shape != coords.shape[:-1]:
+        raise ValueError(
+            f"point_labels must have shape {coords.shape[:-1]} to match point_coords "
+            f"{coords.shape}, got {labels.shape}"
+        )
+    bad = ~np.isfinite(coords).all(axis=-1)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"point_coords contains NaN or inf: point {_fmt_idx(idx)}")
+    bad_label = (labels != LABEL_FG) & (labels != LABEL_BG)
+    if bad_label.any():
+        idx = tuple(int(i) for i in np.argwhere(bad_label)[0])
+        raise ValueError(
+            f"point_labels must be 1 (foreground) or 0 (background), "
+            f"got {labels[idx]:g} for point {_fmt_idx(idx)}"
+        )
+    h, w = original_hw
+    outside = (
+        (coords[..., 0] < 0) | (coords[..., 0] > w) | (coords[..., 1] < 0) | (coords[..., 1] > h)
+    )
+    if outside.any():
+        idx = tuple(int(i) for i in np.argwhere(outside)[0])
+        x, y = coords[idx]
+        raise ValueError(
+            f"point {_fmt_idx(idx)} at (X={x:g}, Y={y:g}) is outside the image of {w}x{h} "
+            "(W x H); expected (X, Y) original pixels in [0, W] x [0, H]"
+        )
+    batch = coords.shape[0] if coords.ndim == 3 else None
+    return coords, labels, batch
+
+
+def _check_boxes(
+    box: npt.ArrayLike | None, original_hw: tuple[int, int]
+) -> tuple[np.ndarray | None, int | None]:
+    """Validate boxes; returns ``([B,] 4)`` float64 XYXY and B (None if unbatched)."""
+    if box is None:
+        return None, None
+    boxes = _as_real_array(box, "box")
+    if boxes.ndim not in (1, 2) or boxes.shape[-1] != 4:
+        raise ValueError(f"box must be (4,) or (B, 4) XYXY pixels, got shape {boxes.shape}")
+    flat = boxes.reshape(-1, 4)
+
+    def name(i: int) -> str:
+        return f"box {i} {flat[i].tolist()}" if boxes.ndim == 2 else f"box {flat[i].tolist()}"
+
+    bad = ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{name(int(np.argmax(bad)))} contains NaN or inf")
+    flipped = (flat[:, 2] < flat[:, 0]) | (flat[:, 3] < flat[:, 1])
+    if flipped.any():
+        raise ValueError(
+            f"{name(int(np.argmax(flipped)))} has x1 < x0 or y1 < y0; expected XYXY "
+            "(x0, y0, x1, y1) with x0 <= x1 and y0 <= y1"
+        )
+    h, w = original_hw
+    outside = (flat[:, :2] < 0).any(axis=1) | (flat[:, 2] > w) | (flat[:, 3] > h)
+    if outside.any():
+        raise ValueError(
+            f"{name(int(np.argmax(outside)))} is outside the image of {w}x{h} (W x H); "
+            "expected XYXY original pixels in [0, W] x [0, H]"
+        )
+    return boxes, (boxes.shape[0] if boxes.ndim == 2 else None)
+
+
+def _check_mask_input(
+    mask_input: npt.ArrayLike | None, lr: int
+) -> tuple[np.ndarray | None, int | None]:
+    """Validate low-res mask logits; returns ``(1 or B, 1, L, L)`` float32 and B (None if 1)."""
+    if mask_input is None:
+        return None, None
+    arr = np.asarray(mask_input)
+    if arr.shape not in ((lr, lr), (1, lr, lr)) and not (
+        arr.ndim == 4 and arr.shape[1:] == (1, lr, lr)
+    ):
+        raise ValueError(
+            f"mask_input must be low-res logits of shape ({lr}, {lr}), (1, {lr}, {lr}) or "
+            f"(B, 1, {lr}, {lr}), got {arr.shape}"
+        )
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"mask_input must be float logits, got dtype {arr.dtype}")
+    if not np.isfinite(arr).all():
+        raise ValueError("mask_input contains NaN or inf")
+    batch = arr.shape[0] if arr.ndim == 4 else None
+    return np.ascontiguousarray(arr.reshape(-1, 1, lr, lr), dtype=np.float32), batch
+
+
+def _fmt_idx(idx: tuple[int, ...]) -> str:
+    """Index of a point: ``3`` for (N, 2) inputs, ``1 of prompt set 2`` for (B, N, 2)."""
+    return str(idx[0]) if len(idx) == 1 else f"{idx[1]} of prompt set {idx[0]}"

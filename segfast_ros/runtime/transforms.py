@@ -1,0 +1,229 @@
+"""Pre- and post-processing around the encoder and decoder: plain numpy/cv2, no torch.
+
+Frames used throughout:
+
+* **original**: pixels of the image the user passed, ``H x W``, (X, Y) with X along the width.
+* **input**: pixels of the encoder input, i.e. the original resized so that its longest side is
+  ``S = info.image_size`` (``h x w``, see :func:`preprocess_shape`) and zero-padded bottom/right
+  to ``S x S``.
+* **low-res**: the decoder's ``L x L`` mask grid, which covers the whole padded ``S x S`` input.
+
+Resizes are bilinear with pixel centres at ``+0.5`` (cv2 ``INTER_LINEAR``), the same convention
+as torch's ``F.interpolate(mode="bilinear", align_corners=False)``.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from segfast_ros.runtime.backend import ModelInfo
+
+#: Largest image (height x width) accepted by :func:`validate_rgb_image`. Bigger inputs are
+#: almost certainly a mistake (a wrong reshape, a mosaic), and would cost seconds to resize.
+MAX_IMAGE_PIXELS: int = 64 * 1024 * 1024
+
+
+def preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """Size ``(new_h, new_w)`` of an ``h x w`` image resized so its longest side is ``long_side``.
+
+    Rounds half up (``int(side * scale + 0.5)``) like the reference implementation.
+    """
+    scale = long_side / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def _shape_hint(image: np.ndarray) -> str:
+    """A guess at what the caller passed, for error messages."""
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return " (grayscale? convert it to RGB first)"
+    if image.ndim == 3 and image.shape[2] == 4:
+        return " (RGBA? drop the alpha channel: image[..., :3])"
+    if image.ndim == 3 and image.shape[0] in (1, 3, 4):
+        return " (channels first? transpose CHW to HWC: image.transpose(1, 2, 0))"
+    if image.ndim == 4 and image.shape[0] == 1:
+        return " (a batch? pass one image: image[0])"
+    return ""
+
+
+def validate_rgb_image(image: np.ndarray) -> np.ndarray:
+    """Check that ``image`` is an ``H x W x 3`` uint8 RGB image and return it C-contiguous.
+
+    The channel order cannot be checked: BGR images (OpenCV's default) must be converted by the
+    caller (``cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)``).
+
+    Args:
+        image: ``(H, W, 3)`` uint8, RGB.
+
+    Returns:
+        The same image, C-contiguous (copied only if it was not).
+
+    Raises:
+        ValueError: not a numpy array, wrong shape, wrong dtype, empty, or more than
+            :data:`MAX_IMAGE_PIXELS` pixels.
+    """
+    if not isinstance(image, np.ndarray):
+        raise ValueError(
+            f"expected an RGB image as a numpy array HxWx3 uint8, got {type(image).__name__}"
+        )
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"expected an RGB image HxWx3 uint8, got shape {image.shape}{_shape_hint(image)}"
+        )
+    if image.dtype != np.uint8:
+        hint = ""
+        if np.issubdtype(image.dtype, np.floating):
+            hint = " (a float image? scale it to 0..255 and cast with .astype(np.uint8))"
+        elif image.dtype == np.uint16:
+            hint = " (16-bit? rescale to 8 bits first)"
+        raise ValueError(f"expected an RGB image HxWx3 uint8, got dtype {image.dtype}{hint}")
+    h, w = image.shape[:2]
+    if h == 0 or w == 0:
+        raise ValueError(f"expected a non-empty RGB image HxWx3 uint8, got shape {image.shape}")
+    if h * w > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"image of {w}x{h} (W x H) = {h * w / 1e6:.1f} megapixels exceeds MAX_IMAGE_PIXELS "
+            f"({MAX_IMAGE_PIXELS / 1e6:.1f} megapixels); downscale it first"
+        )
+    return np.ascontiguousarray(image)
+
+
+def prepare_image(
+    image: np.ndarray,
+    info: ModelInfo,
+    *,
+    interpolation: int = cv2.INTER_LINEAR,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Turn an RGB image into the encoder input.
+
+    Resizes the longest side to ``S = info.image_size`` (on the uint8 image, as the reference
+    does), normalises with ``info.pixel_mean`` / ``info.pixel_std`` in 0..255 space and pads
+    with zeros at the bottom/right.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB, original frame (validated with
+            :func:`validate_rgb_image`).
+        info: the model's facts (input size, normalisation).
+        interpolation: cv2 interpolation flag for the resize. ``INTER_LINEAR`` matches the
+            reference on upscaling; ``INTER_AREA`` is closer to an antialiased resize when
+            shrinking a large frame by more than ~2x.
+
+    Returns:
+        ``(1, 3, S, S)`` float32 C-contiguous encoder input, and the resized ``(h, w)`` (the
+        input frame's valid region).
+    """
+    image = validate_rgb_image(image)
+    s = info.image_size
+    h, w = preprocess_shape(image.shape[0], image.shape[1], s)
+    if (h, w) != image.shape[:2]:
+        image = cv2.resize(image, (w, h), interpolation=interpolation)
+    out = np.zeros((1, 3, s, s), dtype=np.float32)
+    # (x - mean) / std in float32, in the same order as the reference, so results match bitwise.
+    for c in range(3):
+        dst = out[0, c, :h, :w]
+        np.subtract(image[:, :, c], np.float32(info.pixel_mean[c]), out=dst, dtype=np.float32)
+        dst /= np.float32(info.pixel_std[c])
+    return out, (h, w)
+
+
+def apply_coords(coords: np.ndarray, original_hw: tuple[int, int], image_size: int) -> np.ndarray:
+    """Map points from the original frame to the input frame.
+
+    Args:
+        coords: ``(..., 2)`` (X, Y) in original pixels, any real dtype.
+        original_hw: ``(H, W)`` of the original image.
+        image_size: side ``S`` of the encoder input.
+
+    Returns:
+        ``(..., 2)`` float64 (X, Y) in input pixels (no +0.5 shift; the decoder graph adds it).
+    """
+    old_h, old_w = original_hw
+    new_h, new_w = preprocess_shape(old_h, old_w, image_size)
+    out = np.array(coords, dtype=np.float64, copy=True)
+    out[..., 0] *= new_w / old_w
+    out[..., 1] *= new_h / old_h
+    return out
+
+
+def apply_boxes(boxes: np.ndarray, original_hw: tuple[int, int], image_size: int) -> np.ndarray:
+    """Map boxes from the original frame to the input frame.
+
+    Args:
+        boxes: ``(..., 4)`` XYXY in original pixels.
+        original_hw: ``(H, W)`` of the original image.
+        image_size: side ``S`` of the encoder input.
+
+    Returns:
+        ``(..., 4)`` float64 XYXY in input pixels.
+    """
+    boxes = np.asarray(boxes)
+    corners = apply_coords(boxes.reshape(*boxes.shape[:-1], 2, 2), original_hw, image_size)
+    return corners.reshape(boxes.shape)
+
+
+def _upscale_crop(mask: np.ndarray, factor: int, input_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear ``factor``x upscale of ``mask`` (``L x L [x K]``), cropped to ``input_hw``.
+
+    Only the low-res rows/columns the crop depends on are resized. With an integer factor the
+    source coordinate of an output pixel, ``(i + 0.5) / factor - 0.5``, does not depend on the
+    total size, and one extra source row/column keeps the edge clamp out of the crop, so the
+    result equals a full resize followed by the crop.
+    """
+    h, w = input_hw
+    rows = min(mask.shape[0], -(-h // factor) + 1)
+    cols = min(mask.shape[1], -(-w // factor) + 1)
+    big = cv2.resize(
+        mask[:rows, :cols], (cols * factor, rows * factor), interpolation=cv2.INTER_LINEAR
+    )
+    return big[:h, :w]
+
+
+def postprocess_masks(
+    low_res: np.ndarray,
+    input_hw: tuple[int, int],
+    original_hw: tuple[int, int],
+    image_size: int,
+) -> np.ndarray:
+    """Upscale low-res mask logits to the original frame.
+
+    Bilinear to ``S x S``, crop to the valid input region ``input_hw``, bilinear to the original
+    size, i.e. the reference's two ``F.interpolate(bilinear, align_corners=False)`` steps.
+
+    Args:
+        low_res: ``(B, M, L, L)`` float32 logits in the low-res frame.
+        input_hw: ``(h, w)`` of the resized image inside the padded input.
+        original_hw: ``(H, W)`` of the original image.
+        image_size: side ``S`` of the encoder input.
+
+    Returns:
+        ``(B, M, H, W)`` float32 logits in the original frame, C-contiguous.
+    """
+    if low_res.ndim != 4 or low_res.shape[2] != low_res.shape[3]:
+        raise ValueError(f"expected low-res masks (B, M, L, L), got shape {low_res.shape}")
+    b, m, lr = low_res.shape[:3]
+    big_h, big_w = original_hw
+    out = np.empty((b, m, big_h, big_w), dtype=np.float32)
+    if b * m == 0:
+        return out
+    low_res = np.asarray(low_res, dtype=np.float32)
+    if image_size % lr == 0:
+        factor = image_size // lr
+
+        def upscale(mask: np.ndarray) -> np.ndarray:
+            return _upscale_crop(mask, factor, input_hw)
+    else:
+
+        def upscale(mask: np.ndarray) -> np.ndarray:
+            big = cv2.resize(mask, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+            return big[: input_hw[0], : input_hw[1]]
+
+    # One 2-D resize pair per mask, written straight into the output: measured faster than one
+    # multi-channel (HxWxK) resize, whose transposes in and out cost more than they save.
+    for i in range(b):
+        for j in range(m):
+            cropped = upscale(low_res[i, j])
+            if cropped.shape == (big_h, big_w):
+                out[i, j] = cropped
+            else:
+                cv2.resize(cropped, (big_w, big_h), dst=out[i, j], interpolation=cv2.INTER_LINEAR)
+    return out

@@ -1,0 +1,54 @@
+"""The runtime must run on a robot without torch: importing it never loads torch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "import segfast_ros.runtime",
+        "from segfast_ros.runtime import Predictor, Prediction, ModelInfo, Backend",
+        "from segfast_ros.runtime import OnnxRuntimeBackend, load_backend",
+        "from segfast_ros.runtime import *",
+        "import segfast_ros.runtime.transforms, segfast_ros.runtime.onnx_backend",
+    ],
+)
+def test_runtime_imports_without_torch(imports: str) -> None:
+    result = _run(f"{imports}\nimport sys\nassert 'torch' not in sys.modules, 'torch imported'")
+    assert result.returncode == 0, result.stderr
+
+
+def test_onnxruntime_is_imported_only_on_demand() -> None:
+    result = _run(
+        "import sys, segfast_ros.runtime as rt\n"
+        "assert 'onnxruntime' not in sys.modules\n"
+        "rt.OnnxRuntimeBackend\n"
+        "assert 'onnxruntime' in sys.modules and 'torch' not in sys.modules"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_unknown_attribute_and_backend_kind() -> None:
+    import segfast_ros.runtime as rt
+
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        rt.Nope  # noqa: B018
+    with pytest.raises(ValueError, match=r"unknown backend kind 'tensorflow'; expected one of"):
+        rt.load_backend("tensorflow", "models/")
