@@ -43,6 +43,9 @@ class ModelInfo:
         num_mask_tokens: masks ``M`` the decoder emits per prompt set (4 for SAM).
         pixel_mean: per-channel RGB mean in 0..255 space.
         pixel_std: per-channel RGB std in 0..255 space.
+        single_mask_from_multimask: the model's single-mask token (0) was not trained (TinySAM
+            distils and uses only the multimask outputs), so a single-mask request returns the
+            multimask output with the highest predicted IoU instead.
     """
 
     name: str
@@ -52,6 +55,7 @@ class ModelInfo:
     num_mask_tokens: int = 4
     pixel_mean: tuple[float, float, float] = SAM_PIXEL_MEAN
     pixel_std: tuple[float, float, float] = SAM_PIXEL_STD
+    single_mask_from_multimask: bool = False
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

@@ -394,3 +394,19 @@ def test_bad_prompts_raise_clear_errors(
     with pytest.raises(ValueError, match=match):
         predictor.predict(**kwargs)
     assert backend.decode_calls == []
+
+
+def test_single_mask_from_multimask_picks_best_iou() -> None:
+    """TinySAM-style models: single-mask output is the best multimask output, not token 0."""
+    from segfast_ros.runtime.predictor import select_masks
+
+    info = ModelInfo("tinysam", single_mask_from_multimask=True)
+    low_res = np.arange(2 * 4, dtype=np.float32).reshape(2, 4, 1, 1)
+    iou = np.array([[0.9, 0.1, 0.7, 0.3], [0.0, 0.2, 0.1, 0.8]], dtype=np.float32)
+    lr, sc = select_masks(low_res, iou, info, multimask_output=False)
+    assert lr.shape == (2, 1, 1, 1) and sc.tolist() == [[np.float32(0.7)], [np.float32(0.8)]]
+    assert lr[:, 0, 0, 0].tolist() == [2.0, 7.0]
+    lr, sc = select_masks(low_res, iou, ModelInfo("mobile_sam"), multimask_output=False)
+    assert lr[:, 0, 0, 0].tolist() == [0.0, 4.0]
+    lr, sc = select_masks(low_res, iou, info, multimask_output=True)
+    assert sc.shape == (2, 3)

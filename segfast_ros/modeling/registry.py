@@ -37,6 +37,7 @@ class ModelSpec:
     decoder_heads: int = 8
     iou_head_hidden_dim: int = 256
     official_checkpoint: str | None = None
+    single_mask_from_multimask: bool = False
 
 
 def _tiny_vit_5m(img_size: int = 1024) -> TinyViT:
@@ -69,6 +70,8 @@ MODEL_REGISTRY: dict[str, ModelSpec] = {
             "TinySAM: TinyViT-5M encoder, full-stage distillation",
             _tiny_vit_5m,
             official_checkpoint="tinysam_42.3.pth",
+            # TinySAM's decoder returns only the three multimask outputs.
+            single_mask_from_multimask=True,
         ),
         ModelSpec(
             "sam_vit_b",
@@ -140,6 +143,7 @@ def build_sam(name: str, checkpoint: str | Path | None = None) -> Sam:
             image_size=spec.image_size,
             embed_dim=spec.embed_dim,
             embed_size=embed_size,
+            single_mask_from_multimask=spec.single_mask_from_multimask,
         ),
     )
     if checkpoint is not None:

@@ -213,11 +213,7 @@ class Predictor:
             num_out = self.info.num_mask_tokens - 1 if multimask_output else 1
             return self._empty(num_out, return_logits)
         low_res, iou = self.backend.decode(self._embedding, coords, tok_labels, mask_arr, has_mask)
-        # Token 0 is the single-mask output; tokens 1.. the multimask ones (as SAM).
-        if multimask_output:
-            low_res, iou = low_res[:, 1:], iou[:, 1:]
-        else:
-            low_res, iou = low_res[:, :1], iou[:, :1]
+        low_res, iou = select_masks(low_res, iou, self.info, multimask_output)
 
         masks = postprocess_masks(low_res, self._input_size, original_hw, self.info.image_size)
         if not return_logits:
@@ -273,6 +269,30 @@ class Predictor:
 
 
 # -------------------------------------------------------------------- input checks
+
+
+def select_masks(
+    low_res: np.ndarray, iou: np.ndarray, info: ModelInfo, multimask_output: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pick the requested outputs from all ``M`` mask tokens of a decode.
+
+    Token 0 is SAM's single-mask output and tokens 1.. the multimask ones. For models whose
+    token 0 is untrained (``info.single_mask_from_multimask``) the single mask is the multimask
+    output with the highest predicted IoU.
+
+    Args:
+        low_res: ``(B, M, L, L)`` logits; iou: ``(B, M)``.
+
+    Returns:
+        ``(B, C, L, L)`` and ``(B, C)`` with ``C = M - 1`` for multimask, else 1.
+    """
+    if multimask_output:
+        return low_res[:, 1:], iou[:, 1:]
+    if not info.single_mask_from_multimask:
+        return low_res[:, :1], iou[:, :1]
+    best = 1 + np.argmax(iou[:, 1:], axis=1)
+    rows = np.arange(len(best))
+    return low_res[rows, best][:, None], iou[rows, best][:, None]
 
 
 def _as_real_array(value: npt.ArrayLike, name: str) -> np.ndarray:
