@@ -1,0 +1,323 @@
+"""The ``segfast`` command: segment, export, quantization report and benchmark.
+
+Heavy imports (torch, onnxruntime) happen inside the subcommands that need them, so
+``segfast --help`` is instant and the onnxruntime paths never load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .export.images import list_images, read_rgb
+from .runtime.backend import Backend
+
+log = logging.getLogger("segfast")
+
+PRECISIONS = ("fp32", "fp16", "int8")
+# The registry itself needs torch; an unknown name gets the full list from build_sam.
+MODEL_HELP = "registry name: mobile_sam, tinysam, sam_vit_b, sam_vit_l, sam_vit_h, tinyvit_s256"
+
+
+def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in n:
+        forms = {"point": "X,Y or X,Y,LABEL", "box": "X0,Y0,X1,Y1"}[what]
+        raise argparse.ArgumentTypeError(f"bad {what} {text!r}: expected {forms}")
+    return values
+
+
+def _point(text: str) -> list[float]:
+    return _floats(text, (2, 3), "point")
+
+
+def _box(text: str) -> list[float]:
+    return _floats(text, (4,), "box")
+
+
+def ensure_onnx(
+    onnx_dir: Path,
+    precision: str,
+    *,
+    model: str | None,
+    checkpoint: str | None,
+    calibration: Sequence[str | Path] = (),
+    allow_random: bool = False,
+) -> None:
+    """Export ``model`` into ``onnx_dir`` if the graphs for ``precision`` are not there yet.
+
+    Needs torch only when an export is actually required. Without a checkpoint the weights are
+    random, which only a benchmark may accept (``allow_random``).
+    """
+    from .runtime.onnx_backend import onnx_file_names
+
+    if all((onnx_dir / f).is_file() for f in onnx_file_names(precision)):
+        return
+    if model is None:
+        raise FileNotFoundError(
+            f"no {precision} ONNX graphs in {onnx_dir}; pass --model (and --checkpoint) to export "
+            "them, or run `segfast export` first"
+        )
+    _check_weights(checkpoint, allow_random)
+    from .export import export_model
+    from .modeling import build_sam
+
+    log.info("exporting %s (%s) to %s", model, precision, onnx_dir)
+    sam = build_sam(model, checkpoint)
+    export_model(
+        sam, onnx_dir, precisions=(precision,), calibration_images=list(calibration) or None
+    )
+
+
+def _check_weights(checkpoint: str | None, allow_random: bool) -> None:
+    if checkpoint is None:
+        if not allow_random:
+            raise ValueError(
+                "no --checkpoint: random weights give meaningless masks; pass the official file "
+                "(see models/README.md) or --onnx-dir with exported graphs"
+            )
+        log.warning("no --checkpoint: random weights (timings only)")
+
+
+def default_onnx_dir(model: str | None, checkpoint: str | None) -> Path:
+    """Where graphs exported on demand go: one folder per model and checkpoint, so graphs of
+    another checkpoint (or of random weights) are never picked up by mistake."""
+    weights = Path(checkpoint).stem if checkpoint else "random"
+    return Path("out/onnx") / f"{model or 'model'}-{weights}"
+
+
+def make_backend(
+    args: argparse.Namespace, precision: str, *, allow_random: bool = False
+) -> Backend:
+    """The backend a subcommand asked for (``--backend``, ``--onnx-dir``, ``--threads``)."""
+    if args.backend == "torch":
+        if precision != "fp32":
+            raise ValueError(f"the torch backend runs fp32 only, not {precision}")
+        _check_weights(args.checkpoint, allow_random)
+        import torch
+
+        from .runtime.torch_backend import TorchBackend
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return TorchBackend.from_registry(args.model, args.checkpoint)
+    from .runtime.onnx_backend import OnnxRuntimeBackend
+
+    onnx_dir = Path(args.onnx_dir or default_onnx_dir(args.model, args.checkpoint))
+    ensure_onnx(
+        onnx_dir,
+        precision,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        calibration=_images(args.calib) if getattr(args, "calib", None) else [],
+        allow_random=allow_random,
+    )
+    return OnnxRuntimeBackend.from_dir(
+        onnx_dir, precision, providers=args.providers, intra_op_threads=args.threads
+    )
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .runtime.predictor import Predictor
+
+    if not args.point and not args.box:
+        raise ValueError("give at least one --point or --box")
+    image = read_rgb(args.image)
+    predictor = Predictor(make_backend(args, args.precision))
+    predictor.set_image(image)
+    coords = labels = None
+    if args.point:
+        coords = np.array([p[:2] for p in args.point], dtype=np.float64)
+        labels = np.array([int(p[2]) if len(p) == 3 else 1 for p in args.point])
+    box = None
+    if args.box:
+        box = np.array(args.box, dtype=np.float64)
+        if len(args.box) == 1:
+            box = box[0]
+    pred = predictor.predict(
+        coords, labels, box, multimask_output=args.multimask, return_logits=args.logits
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        out, masks=pred.masks, scores=pred.scores, low_res_logits=pred.low_res_logits
+    )
+    print(
+        f"masks {pred.masks.shape} {pred.masks.dtype}, scores {np.round(pred.scores, 3)} -> {out}"
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+    from .modeling import build_sam
+
+    sam = build_sam(args.model, args.checkpoint)
+    if args.checkpoint is None:
+        log.warning("no --checkpoint: exporting random weights (for shapes and speed only)")
+    paths = export_model(
+        sam,
+        Path(args.out_dir),
+        precisions=tuple(args.precision),
+        calibration_images=_images(args.calib) if args.calib else None,
+        opset=args.opset,
+    )
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _images(items: Sequence[str]) -> list[Path]:
+    """``--images``/``--calib`` values: one folder, or image files."""
+    if len(items) == 1 and Path(items[0]).is_dir():
+        return list_images(items[0])
+    return list_images(items)
+
+
+def cmd_quant_report(args: argparse.Namespace) -> int:
+    from .export import format_int8_report, int8_report_from_dir
+
+    images = _images(args.images)
+    onnx_dir = Path(args.onnx_dir or default_onnx_dir(args.model, args.checkpoint))
+    for precision in ("fp32", "int8"):
+        ensure_onnx(
+            onnx_dir,
+            precision,
+            model=args.model,
+            checkpoint=args.checkpoint,
+            calibration=_images(args.calib) if args.calib else images,
+        )
+    report = int8_report_from_dir(onnx_dir, images, threads=args.threads, json_path=args.json)
+    print(format_int8_report(report))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_backend, format_table, write_json
+
+    if args.image:
+        image = read_rgb(args.image)
+    else:
+        import cv2
+
+        image = np.random.default_rng(0).integers(0, 256, (770, 769, 3), dtype=np.uint8)
+        image = cv2.GaussianBlur(image, (0, 0), 3)  # some spatial structure for calibration
+        if args.calib is None:
+            args.calib = [Path("out") / "bench_image.png"]
+            Path(args.calib[0]).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(args.calib[0]), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    rows = []
+    for backend_name in args.backends:
+        precisions = ["fp32"] if backend_name == "torch" else args.precisions
+        for precision in precisions:
+            args.backend = backend_name
+            backend = make_backend(args, precision, allow_random=True)
+            rows += bench_backend(
+                backend, image, precision=precision, runs=args.runs, decoder_runs=args.decoder_runs
+            )
+    print(format_table(rows))
+    if args.json:
+        write_json(
+            rows,
+            args.json,
+            model=args.model,
+            threads=args.threads,
+            image_hw=list(image.shape[:2]),
+            cpu_count=os.cpu_count(),
+        )
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_backend_args(p: argparse.ArgumentParser, *, backend: bool = True) -> None:
+    p.add_argument("--model", help=MODEL_HELP)
+    p.add_argument("--checkpoint", help="official checkpoint file (e.g. models/mobile_sam.pt)")
+    if backend:
+        p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
+    p.add_argument(
+        "--onnx-dir",
+        help="folder of exported graphs (exported there if missing; default "
+        "out/onnx/MODEL-CHECKPOINT)",
+    )
+    p.add_argument(
+        "--providers", nargs="+", default=None, help="onnxruntime providers: cpu, cuda, tensorrt"
+    )
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segfast", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("segment", help="masks for point/box prompts on one image")
+    _add_backend_args(p)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--image", required=True, help="RGB image file")
+    p.add_argument(
+        "--point", type=_point, action="append", help="X,Y[,LABEL] in pixels; LABEL 1 fg, 0 bg"
+    )
+    p.add_argument(
+        "--box", type=_box, action="append", help="X0,Y0,X1,Y1 in pixels; several run batched"
+    )
+    p.add_argument("--multimask", action="store_true", help="three masks per prompt set")
+    p.add_argument("--logits", action="store_true", help="save float logits, not bool masks")
+    p.add_argument("--out", required=True, help="output .npz (masks, scores, low_res_logits)")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("export", help="export encoder/decoder to ONNX (fp32, fp16, int8)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--checkpoint", help="official checkpoint; random weights without it")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"])
+    p.add_argument("--calib", nargs="+", help="calibration images or folders (int8)")
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quant-report", help="fp32 vs int8: embedding cosine, mask IoU, speed")
+    _add_backend_args(p, backend=False)
+    p.add_argument("--images", nargs="+", required=True, help="images or folders to evaluate")
+    p.add_argument("--calib", nargs="+", help="calibration images (default: --images)")
+    p.add_argument("--json", help="write the report as JSON")
+    p.set_defaults(func=cmd_quant_report)
+
+    p = sub.add_parser("bench", help="encoder/decoder latency table per backend and precision")
+    _add_backend_args(p, backend=False)
+    p.add_argument("--image", help="image to time on (default: a random 769x770 image)")
+    p.add_argument(
+        "--backends", nargs="+", choices=("onnxruntime", "torch"), default=["torch", "onnxruntime"]
+    )
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32", "int8"])
+    p.add_argument("--calib", nargs="+", help="int8 calibration images (default: --image)")
+    p.add_argument("--runs", type=int, default=10, help="encoder runs")
+    p.add_argument("--decoder-runs", type=int, default=50)
+    p.add_argument("--json", help="write the table as JSON")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    if args.command == "bench" and args.calib is None and args.image:
+        args.calib = [args.image]
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"segfast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
