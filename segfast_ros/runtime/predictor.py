@@ -179,6 +179,85 @@ class Predictor:
         Raises:
             ValueError: no image set, no prompt, or a malformed / out-of-image prompt.
         """
+        low_res, iou, batched = self._decode(
+            point_coords, point_labels, box, mask_input, multimask_output
+        )
+        assert self._input_size is not None and self._original_size is not None
+        masks = postprocess_masks(
+            low_res, self._input_size, self._original_size, self.info.image_size
+        )
+        if not return_logits:
+            masks = masks > mask_threshold
+        if not batched:
+            return Prediction(masks[0], iou[0], low_res[0])
+        return Prediction(masks, iou, low_res)
+
+    def predict_low_res(
+        self,
+        point_coords: npt.ArrayLike | None = None,
+        point_labels: npt.ArrayLike | None = None,
+        box: npt.ArrayLike | None = None,
+        mask_input: npt.ArrayLike | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Decode prompts like :meth:`predict`, but stop at the decoder's low-res logits.
+
+        For callers that filter many masks by predicted IoU before paying for the upscale to
+        the original frame (SegEvery); upscale the survivors with :meth:`upscale`. Inputs,
+        batching rules and errors are those of :meth:`predict`.
+
+        Returns:
+            ``([B,] C, L, L)`` float32 low-res logits and ``([B,] C)`` float32 predicted IoUs,
+            ``C`` = 3 with ``multimask_output`` else 1; the ``B`` axis only for a batched call.
+        """
+        low_res, iou, batched = self._decode(
+            point_coords, point_labels, box, mask_input, multimask_output
+        )
+        if not batched:
+            return low_res[0], iou[0]
+        return low_res, iou
+
+    def upscale(self, low_res: np.ndarray) -> np.ndarray:
+        """Upscale low-res logits to the current image's original frame (no threshold).
+
+        Args:
+            low_res: ``(..., L, L)`` float32 logits in the low-res frame, e.g. rows of
+                :meth:`predict_low_res`'s output.
+
+        Returns:
+            ``(..., H, W)`` float32 logits in the original frame; threshold them (``> 0``) for
+            boolean masks.
+
+        Raises:
+            ValueError: no image set, or ``low_res`` is not ``(..., L, L)`` for this model.
+        """
+        if self._input_size is None or self._original_size is None:
+            raise ValueError("no image is set: call set_image(image) first")
+        lr = self.info.low_res_size
+        low_res = np.asarray(low_res)
+        if low_res.ndim < 2 or low_res.shape[-2:] != (lr, lr):
+            raise ValueError(
+                f"expected low-res logits of shape (..., {lr}, {lr}), got {low_res.shape}"
+            )
+        lead = low_res.shape[:-2]
+        flat = low_res.reshape(1, -1, lr, lr)
+        big = postprocess_masks(flat, self._input_size, self._original_size, self.info.image_size)
+        return big.reshape(*lead, *self._original_size)
+
+    def _decode(
+        self,
+        point_coords: npt.ArrayLike | None,
+        point_labels: npt.ArrayLike | None,
+        box: npt.ArrayLike | None,
+        mask_input: npt.ArrayLike | None,
+        multimask_output: bool,
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Validate and pack the prompts, run the decoder, select the requested masks.
+
+        Returns:
+            ``(B, C, L, L)`` float32 low-res logits, ``(B, C)`` predicted IoUs (always with the
+            batch axis, ``B = 1`` for an unbatched call) and whether the call was batched.
+        """
         if self._embedding is None or self._original_size is None or self._input_size is None:
             raise ValueError("no image is set: call set_image(image) first")
         original_hw = self._original_size
@@ -210,17 +289,16 @@ class Predictor:
                 "use multimask_output=False"
             )
         if num_sets == 0:
+            # A batch of zero prompt sets: answer with empty arrays, the backend never runs.
             num_out = self.info.num_mask_tokens - 1 if multimask_output else 1
-            return self._empty(num_out, return_logits)
+            return (
+                np.zeros((0, num_out, lr, lr), dtype=np.float32),
+                np.zeros((0, num_out), dtype=np.float32),
+                batched,
+            )
         low_res, iou = self.backend.decode(self._embedding, coords, tok_labels, mask_arr, has_mask)
         low_res, iou = select_masks(low_res, iou, self.info, multimask_output)
-
-        masks = postprocess_masks(low_res, self._input_size, original_hw, self.info.image_size)
-        if not return_logits:
-            masks = masks > mask_threshold
-        if not batched:
-            return Prediction(masks[0], iou[0], low_res[0])
-        return Prediction(masks, iou, low_res)
+        return low_res, iou, batched
 
     def _pack(
         self,
@@ -254,18 +332,6 @@ class Predictor:
         else:
             tok_labels[:, n] = LABEL_PAD
         return coords, tok_labels
-
-    def _empty(self, num_out: int, return_logits: bool) -> Prediction:
-        """The result of a batched call with zero prompt sets."""
-        assert self._original_size is not None
-        h, w = self._original_size
-        lr = self.info.low_res_size
-        dtype = np.float32 if return_logits else np.bool_
-        return Prediction(
-            np.zeros((0, num_out, h, w), dtype=dtype),
-            np.zeros((0, num_out), dtype=np.float32),
-            np.zeros((0, num_out, lr, lr), dtype=np.float32),
-        )
 
 
 # -------------------------------------------------------------------- input checks

@@ -1,0 +1,76 @@
+"""The SegEvery interface: one call per frame, instances out, whatever the strategy.
+
+A strategy works on a :class:`~segfast_ros.runtime.predictor.Predictor` whose image (or cached
+embedding) is already set, so the encoder never runs twice for a frame. Strategies that look at
+pixels (the object-aware detector) also get the RGB image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..runtime.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One segmented instance, in the original image frame.
+
+    Attributes:
+        rle: COCO-style uncompressed RLE: ``{"size": [H, W], "counts": [int, ...]}``,
+            column-major (Fortran order), starting with a run of zeros, as pycocotools reads it.
+        box: ``(4,)`` float32 XYXY pixel edges of the mask: ``x1 = last column + 1``.
+        score: the decoder's predicted IoU.
+        stability: stability score of the mask logits (IoU of the masks thresholded at
+            ``+offset`` and ``-offset``).
+        area: mask pixels.
+        prompt: ``(2,)`` (X, Y) point or ``(4,)`` XYXY box, original pixels, that produced it.
+    """
+
+    rle: dict
+    box: np.ndarray
+    score: float
+    stability: float
+    area: int
+    prompt: np.ndarray
+
+
+@dataclass
+class SegEveryResult:
+    """What one SegEvery call returns.
+
+    Attributes:
+        instances: the kept instances, best first (by score).
+        image_hw: ``(H, W)`` of the original image.
+        timings_ms: wall time per stage in milliseconds (e.g. ``detector``, ``decoder``,
+            ``postprocess``), for diagnostics and benchmarks.
+        decoder_prompts: prompt sets the decoder evaluated (the cost SegEvery strategies
+            compete on).
+        strategy: name of the strategy that produced it.
+    """
+
+    instances: list[Instance]
+    image_hw: tuple[int, int]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    decoder_prompts: int = 0
+    strategy: str = ""
+
+
+@runtime_checkable
+class SegEvery(Protocol):
+    """A segment-everything strategy, configured at construction with typed keyword args."""
+
+    name: str
+
+    def __call__(self, predictor: Predictor, image: np.ndarray | None = None) -> SegEveryResult:
+        """Segment everything in the predictor's current image.
+
+        Args:
+            predictor: with ``set_image`` (or ``set_embedding``) already called.
+            image: the same frame as ``(H, W, 3)`` uint8 RGB; required by strategies that look
+                at pixels (object-aware), ignored by the others.
+        """
+        ...

@@ -1,0 +1,166 @@
+"""Object-aware SegEvery (MobileSAMv2): detector boxes become the decoder's prompts.
+
+Instead of a dense grid of points (SAM: 1024 prompts x 3 masks), an object-discovery detector
+proposes boxes, typically 20-150 for a real scene. Each box is one prompt set, decoded for a
+single mask (token 0), ``prompts_per_batch`` boxes per decoder call (MobileSAMv2 uses chunks of
+320). The decoder graph broadcasts the one image embedding over the boxes of a call, so it is
+never copied per prompt. MobileSAMv2 keeps every mask: there is no grid, and by default no
+IoU, stability or NMS filter. Each filter can be switched on here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from ..runtime.predictor import Predictor
+from .base import SegEveryResult
+from .detector import ObjectDetector
+from .masks import StageTimer, clean_small_regions, param, segment_prompts, validate_params
+
+if TYPE_CHECKING:
+    from ..runtime.onnx_backend import ProviderSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectAwareSegEvery:
+    """MobileSAMv2's "segment everything": one box prompt per detected object.
+
+    The configuration is immutable and every call keeps its state in locals, so one instance
+    may serve many frames. The ONNX Runtime session of the detector is shared.
+
+    Attributes:
+        detector: an :class:`~.detector.ObjectDetector`, or the path of its ONNX file (then
+            built with ``conf``, ``iou``, ``max_det``, ``border_snap_px`` and ``providers``).
+        prompts_per_batch: boxes decoded per decoder call (MobileSAMv2: 320).
+        pred_iou_thresh: keep masks with predicted IoU ``>`` this; 0 (MobileSAMv2) keeps all.
+        stability_score_thresh: keep masks with stability ``>=`` this; 0 (MobileSAMv2) keeps
+            all.
+        stability_score_offset: logit offset of the stability score.
+        box_nms_thresh: drop the lower-scored of two masks whose boxes overlap with IoU ``>``
+            this; 1.0 (MobileSAMv2) disables the NMS.
+        min_mask_region_area: if > 0, fill holes and drop islands smaller than this many
+            pixels in every mask, then NMS at ``box_nms_thresh``.
+        mask_threshold: logit above which a pixel is in the mask.
+        multimask_output: decode SAM's 3 ambiguity-aware masks per box instead of the single
+            mask (MobileSAMv2 uses the single mask; its decoder was trained for it).
+        conf: detector confidence threshold, only with a path (None: the detector's 0.4).
+        iou: detector NMS IoU threshold, only with a path (None: the detector's 0.9).
+        max_det: most boxes the detector keeps, only with a path (None: 300).
+        border_snap_px: detector border snap, only with a path (None: 20 letterbox pixels).
+        providers: ONNX Runtime providers of the detector, only with a path (None: CPU).
+
+    Raises:
+        ValueError: a value out of its range, or detector settings next to a ready detector.
+        FileNotFoundError: the detector path does not exist.
+    """
+
+    name: ClassVar[str] = "object_aware"
+
+    detector: ObjectDetector | str | Path
+    prompts_per_batch: int = param(320, low=1)
+    pred_iou_thresh: float = param(0.0, low=0.0, high=1.0)
+    stability_score_thresh: float = param(0.0, low=0.0, high=1.0)
+    stability_score_offset: float = param(1.0, low=0.0)
+    box_nms_thresh: float = param(1.0, low=0.0, high=1.0)
+    min_mask_region_area: int = param(0, low=0)
+    mask_threshold: float = param(0.0)
+    multimask_output: bool = False
+    conf: float | None = None
+    iou: float | None = None
+    max_det: int | None = None
+    border_snap_px: float | None = None
+    providers: Sequence[ProviderSpec] | None = None
+
+    def __post_init__(self) -> None:
+        validate_params(self)
+        settings = {
+            "conf": self.conf,
+            "iou": self.iou,
+            "max_det": self.max_det,
+            "border_snap_px": self.border_snap_px,
+            "providers": self.providers,
+        }
+        given = {k: v for k, v in settings.items() if v is not None}
+        if isinstance(self.detector, ObjectDetector):
+            if given:
+                raise ValueError(
+                    f"{sorted(given)} configure a detector built from a path; a ready "
+                    "ObjectDetector was passed, so set them on it instead"
+                )
+            return
+        if not isinstance(self.detector, str | Path):
+            raise ValueError(
+                "detector must be an ObjectDetector or the path of its ONNX file, got "
+                f"{type(self.detector).__name__}"
+            )
+        # Frozen dataclass: replace the path by the detector built from it, once.
+        object.__setattr__(self, "detector", ObjectDetector(self.detector, **given))
+
+    def __call__(self, predictor: Predictor, image: np.ndarray | None = None) -> SegEveryResult:
+        """Segment every object the detector finds in the predictor's current image.
+
+        Args:
+            predictor: with ``set_image`` (or ``set_embedding``) called for this frame.
+            image: the same frame, ``(H, W, 3)`` uint8 RGB, for the detector (required).
+
+        Returns:
+            Instances best first (by predicted IoU), each with its detector box (XYXY original
+            pixels) as ``prompt``. Timings (ms): ``detector``, ``decoder``, ``postprocess``,
+            ``nms``, ``total`` (and ``cleanup`` with ``min_mask_region_area``).
+            ``decoder_prompts`` is the number of boxes decoded.
+
+        Raises:
+            ValueError: no image set on the predictor, or ``image`` missing or not the frame
+                the predictor holds.
+        """
+        start = time.perf_counter()
+        hw = predictor.original_size
+        if hw is None:
+            raise ValueError("no image is set: call predictor.set_image(image) first")
+        if image is None or tuple(np.shape(image)[:2]) != hw:
+            got = None if image is None else tuple(np.shape(image))
+            raise ValueError(
+                "object_aware runs a detector on the frame: pass the frame set on the predictor "
+                f"as image (H, W, 3) = {(*hw, 3)} uint8 RGB, got {got}"
+            )
+        detector = self.detector
+        assert isinstance(detector, ObjectDetector)
+        timer = StageTimer()
+        with timer.stage("detector"):
+            found = detector(image)
+        out = segment_prompts(
+            predictor,
+            boxes=found.boxes,
+            multimask_output=self.multimask_output,
+            batch_size=self.prompts_per_batch,
+            pred_iou_thresh=self.pred_iou_thresh,
+            stability_score_thresh=self.stability_score_thresh,
+            stability_score_offset=self.stability_score_offset,
+            mask_threshold=self.mask_threshold,
+            timer=timer,
+        )
+        candidates = out.candidates
+        if self.box_nms_thresh < 1.0:
+            with timer.stage("nms"):
+                candidates = candidates.nms(self.box_nms_thresh)
+        if self.min_mask_region_area > 0:
+            with timer.stage("cleanup"):
+                candidates = clean_small_regions(
+                    candidates, self.min_mask_region_area, self.box_nms_thresh
+                )
+        candidates = candidates.sorted_by_score()
+        timings = {"detector": 0.0, "decoder": 0.0, "postprocess": 0.0, "nms": 0.0, **timer.ms}
+        timings["total"] = 1e3 * (time.perf_counter() - start)
+        return SegEveryResult(
+            instances=candidates.to_instances(),
+            image_hw=hw,
+            timings_ms=timings,
+            decoder_prompts=out.prompts_decoded,
+            strategy=self.name,
+        )

@@ -1,0 +1,360 @@
+"""The shared SegEvery toolbox against pycocotools (RLE, areas, boxes) and brute-force references
+(stability, boxes, IoU, NMS, small-region clean-up)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+from pycocotools import mask as coco_mask
+
+from segfast_ros.everything import Instance
+from segfast_ros.everything.masks import (
+    MaskCandidates,
+    StageTimer,
+    box_area,
+    box_iou,
+    box_near_crop_edge,
+    clean_small_regions,
+    mask_to_rle,
+    masks_to_boxes,
+    nms,
+    param,
+    remove_small_regions,
+    rle_area,
+    rle_to_mask,
+    stability_score,
+    validate_params,
+)
+
+# pycocotools 2.0.11 on numpy 2 warns about its own __array__; nothing to do with our code.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+def special_masks(h: int, w: int) -> np.ndarray:
+    """Empty, full, corner pixels, a border frame, stripes and random masks."""
+    rng = np.random.default_rng(h * 100 + w)
+    masks = [np.zeros((h, w), bool), np.ones((h, w), bool)]
+    for y, x in itertools.product((0, h - 1), (0, w - 1)):
+        m = np.zeros((h, w), bool)
+        m[y, x] = True
+        masks.append(m)
+    frame = np.ones((h, w), bool)
+    frame[1:-1, 1:-1] = False
+    masks += [frame, np.indices((h, w))[1] % 2 == 0, np.indices((h, w))[0] % 3 == 1]
+    masks += [rng.random((h, w)) < p for p in (0.05, 0.5, 0.95)]
+    return np.stack(masks)
+
+
+def reference_rle(mask: np.ndarray) -> list[int]:
+    """Run lengths of the column-major pixels, by walking them one at a time."""
+    counts, current, run = [], False, 0
+    for value in mask.T.ravel().tolist():
+        if value != current:
+            counts.append(run)
+            current, run = value, 0
+        run += 1
+    counts.append(run)
+    return counts
+
+
+SIZES = [(1, 1), (1, 7), (6, 1), (5, 8), (17, 13)]
+
+
+@pytest.mark.parametrize(("h", "w"), SIZES)
+def test_rle_round_trips_through_pycocotools(h: int, w: int) -> None:
+    masks = special_masks(h, w)
+    rles = mask_to_rle(masks)
+    assert len(rles) == len(masks)
+    for mask, rle in zip(masks, rles, strict=True):
+        assert rle["size"] == [h, w]
+        assert all(isinstance(c, int) for c in rle["counts"])
+        assert rle["counts"] == reference_rle(mask)
+        coco = coco_mask.frPyObjects(rle, h, w)
+        np.testing.assert_array_equal(coco_mask.decode(coco).astype(bool), mask)
+        assert coco_mask.area(coco) == mask.sum() == rle_area(rle)
+        # pycocotools boxes are XYWH pixel edges, ours XYXY: the same edges.
+        x, y, bw, bh = coco_mask.toBbox(coco)
+        np.testing.assert_array_equal(masks_to_boxes(mask[None])[0], [x, y, x + bw, y + bh])
+        decoded = rle_to_mask(rle)
+        assert decoded.dtype == bool and decoded.flags.c_contiguous
+        np.testing.assert_array_equal(decoded, mask)
+
+
+def test_rle_starts_with_a_zero_run_when_the_first_pixel_is_set() -> None:
+    full, empty = mask_to_rle(np.stack([np.ones((2, 3), bool), np.zeros((2, 3), bool)]))
+    assert full["counts"] == [0, 6]
+    assert empty["counts"] == [6]
+    assert rle_area(full) == 6 and rle_area(empty) == 0
+
+
+def test_rle_accepts_non_bool_masks_and_no_masks() -> None:
+    masks = (np.arange(24).reshape(2, 3, 4) % 5).astype(np.uint8)
+    assert mask_to_rle(masks) == mask_to_rle(masks != 0)
+    assert mask_to_rle(np.zeros((0, 4, 5), bool)) == []
+
+
+def test_rle_errors() -> None:
+    with pytest.raises(ValueError, match=r"expected masks \(N, H, W\)"):
+        mask_to_rle(np.zeros((4, 5), bool))
+    with pytest.raises(ValueError, match="sum to 5, expected H \\* W = 6"):
+        rle_to_mask({"size": [2, 3], "counts": [2, 3]})
+    with pytest.raises(ValueError, match="compressed RLE"):
+        rle_to_mask({"size": [2, 3], "counts": "abc"})
+
+
+def test_stability_score_against_brute_force() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0.0, 2.0, (4, 9, 11)).astype(np.float32)
+    for threshold, offset in [(0.0, 1.0), (0.5, 0.25), (-1.0, 2.0)]:
+        got = stability_score(logits, threshold, offset)
+        assert got.dtype == np.float32 and got.shape == (4,)
+        for i in range(4):
+            inter = sum(v > threshold + offset for v in logits[i].ravel())
+            union = sum(v > threshold - offset for v in logits[i].ravel())
+            assert got[i] == pytest.approx(inter / union, rel=1e-6)
+
+
+def test_stability_score_edge_cases() -> None:
+    logits = np.stack([np.full((3, 3), -5.0), np.full((3, 3), 5.0), np.full((3, 3), 0.5)]).astype(
+        np.float32
+    )
+    # Nothing above -offset: 0, not NaN. All far above: 1. All inside the band: 0.
+    np.testing.assert_array_equal(stability_score(logits), [0.0, 1.0, 0.0])
+    # Without a band both masks are the same mask.
+    np.testing.assert_array_equal(stability_score(logits, offset=0.0), [0.0, 1.0, 1.0])
+    assert stability_score(logits.reshape(1, 3, 3, 3)).shape == (1, 3)
+
+
+def test_masks_to_boxes_pixel_edges_and_empty() -> None:
+    masks = np.zeros((3, 5, 7), bool)
+    masks[0, 2, 3] = True
+    masks[1, 1:4, 0:7] = True
+    boxes = masks_to_boxes(masks)
+    assert boxes.dtype == np.float32
+    np.testing.assert_array_equal(boxes, [[3, 2, 4, 3], [0, 1, 7, 4], [0, 0, 0, 0]])
+
+
+def test_masks_to_boxes_against_brute_force() -> None:
+    masks = special_masks(9, 12)
+    for mask, box in zip(masks, masks_to_boxes(masks), strict=True):
+        ys, xs = np.nonzero(mask)
+        expected = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0] * 4
+        np.testing.assert_array_equal(box, expected)
+
+
+def reference_iou(a: np.ndarray, b: np.ndarray) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def reference_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
+    """Textbook greedy NMS: sort (stable), then compare each box with every kept box."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    keep: list[int] = []
+    for i in order:
+        if all(reference_iou(boxes[i], boxes[k]) <= threshold for k in keep):
+            keep.append(i)
+    return keep
+
+
+def random_boxes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    xy = rng.integers(0, 40, (n, 2))
+    wh = rng.integers(0, 25, (n, 2))  # includes zero-area boxes
+    boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float64)
+    boxes[n // 2 :: 5] = boxes[n // 2 - 1]  # exact duplicates
+    scores = rng.integers(0, 6, n) / 5.0  # many ties
+    return boxes, scores
+
+
+def test_box_area_and_iou_against_brute_force() -> None:
+    a, _ = random_boxes(12, 3)
+    b, _ = random_boxes(7, 4)
+    np.testing.assert_allclose(box_area(a), (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))
+    expected = [[reference_iou(x, y) for y in b] for x in a]
+    np.testing.assert_allclose(box_iou(a, b), expected)
+    assert box_iou(a, np.zeros((0, 4))).shape == (12, 0)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 1.0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nms_matches_the_textbook_reference(threshold: float, seed: int) -> None:
+    boxes, scores = random_boxes(80, seed)
+    keep = nms(boxes, scores, threshold)
+    assert keep.dtype == np.int64
+    assert keep.tolist() == reference_nms(boxes, scores, threshold)
+
+
+def test_nms_edge_cases() -> None:
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).tolist() == []
+    same = np.array([[0, 0, 10, 10]] * 3, dtype=np.float32)
+    # Identical boxes: the best score survives; on a tie the lowest index.
+    assert nms(same, [0.1, 0.9, 0.5], 0.7).tolist() == [1]
+    assert nms(same, [0.5, 0.5, 0.5], 0.7).tolist() == [0]
+    # IoU is never above 1: threshold 1.0 keeps everything, sorted by score.
+    assert nms(same, [0.1, 0.9, 0.5], 1.0).tolist() == [1, 2, 0]
+    # Threshold 0 drops any overlap but keeps disjoint and touching boxes.
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 15, 15], [10, 0, 20, 10], [30, 30, 40, 40]])
+    assert nms(boxes, [4, 3, 2, 1], 0.0).tolist() == [0, 2, 3]
+    # Zero-area boxes neither suppress nor are suppressed.
+    points = np.array([[3, 3, 3, 3], [3, 3, 3, 3], [0, 0, 10, 10]])
+    assert nms(points, [3, 2, 1], 0.0).tolist() == [0, 1, 2]
+    # Negative scores are ordinary scores (an untrained model's predicted IoU can be < 0).
+    assert nms(same, [-0.5, -0.1, -0.9], 0.5).tolist() == [1]
+
+
+def test_nms_errors() -> None:
+    with pytest.raises(ValueError, match=r"expected boxes \(N, 4\) and scores \(N,\)"):
+        nms(np.zeros((3, 4)), np.zeros(2), 0.5)
+    with pytest.raises(ValueError, match=r"iou_threshold must be in \[0, 1\], got 1.5"):
+        nms(np.zeros((3, 4)), np.zeros(3), 1.5)
+
+
+def test_box_near_crop_edge() -> None:
+    crop = (20, 0, 60, 40)  # an inner crop of a 100 x 60 (W x H) image, touching the top
+    boxes = np.array(
+        [
+            [30, 10, 50, 30],  # inside: keep
+            [21, 10, 50, 30],  # on the crop's left edge (inside the image): drop
+            [30, 0, 50, 30],  # on the crop's top edge, which is the image's: keep
+            [30, 10, 50, 39],  # on the crop's bottom edge: drop
+        ]
+    )
+    np.testing.assert_array_equal(
+        box_near_crop_edge(boxes, crop, (60, 100), tolerance=2), [False, True, False, True]
+    )
+    full = box_near_crop_edge(boxes, (0, 0, 100, 60), (60, 100), tolerance=50)
+    assert not full.any()
+
+
+def test_remove_small_regions_holes() -> None:
+    mask = np.zeros((12, 12), bool)
+    mask[1:11, 1:11] = True
+    mask[3:5, 3:5] = False  # hole of 4 px
+    mask[6:9, 6:9] = False  # hole of 9 px
+    filled, changed = remove_small_regions(mask, 5, "holes")
+    assert changed
+    expected = mask.copy()
+    expected[3:5, 3:5] = True
+    np.testing.assert_array_equal(filled, expected)
+    same, changed = remove_small_regions(mask, 4, "holes")  # nothing smaller than 4
+    assert not changed and same is mask
+
+
+def test_remove_small_regions_islands() -> None:
+    mask = np.zeros((12, 12), bool)
+    mask[0:6, 0:6] = True  # 36 px
+    mask[9, 9] = True  # 1 px
+    mask[10, 10] = True  # 8-connected to (9, 9): one 2 px island
+    cleaned, changed = remove_small_regions(mask, 3, "islands")
+    assert changed
+    np.testing.assert_array_equal(cleaned, np.pad(np.ones((6, 6), bool), ((0, 6), (0, 6))))
+    # Every island small: the largest stays rather than erasing the mask.
+    kept, changed = remove_small_regions(mask, 100, "islands")
+    assert changed
+    np.testing.assert_array_equal(kept, cleaned)
+    single = np.zeros((5, 5), bool)
+    single[2, 2] = True
+    same, changed = remove_small_regions(single, 100, "islands")
+    assert not changed and same is single
+    with pytest.raises(ValueError, match="mode must be 'holes' or 'islands', got 'both'"):
+        remove_small_regions(mask, 3, "both")  # type: ignore[arg-type]
+
+
+def candidates_from(masks: np.ndarray, scores: list[float]) -> MaskCandidates:
+    n = len(masks)
+    return MaskCandidates(
+        rles=mask_to_rle(masks),
+        boxes=masks_to_boxes(masks),
+        scores=np.asarray(scores, np.float32),
+        stability=np.linspace(0.9, 1.0, n).astype(np.float32),
+        areas=masks.sum(axis=(1, 2)).astype(np.int64),
+        prompts=np.arange(2 * n, dtype=np.float32).reshape(n, 2),
+    )
+
+
+def test_mask_candidates_take_concat_and_instances() -> None:
+    masks = special_masks(6, 5)[:4]
+    cands = candidates_from(masks, [0.1, 0.4, 0.3, 0.2])
+    assert len(cands) == 4
+    best = cands.sorted_by_score()
+    assert best.scores.tolist() == pytest.approx([0.4, 0.3, 0.2, 0.1])
+    both = MaskCandidates.concat([cands.take([3]), cands.take([0, 1])])
+    assert both.rles == [cands.rles[3], cands.rles[0], cands.rles[1]]
+    np.testing.assert_array_equal(both.prompts, cands.prompts[[3, 0, 1]])
+    empty = MaskCandidates.concat([], prompt_dim=4)
+    assert len(empty) == 0 and empty.prompts.shape == (0, 4)
+    assert len(MaskCandidates.empty().take([])) == 0
+    instances = cands.to_instances()
+    assert all(isinstance(i, Instance) for i in instances)
+    first = instances[1]
+    assert first.score == pytest.approx(0.4) and first.area == int(masks[1].sum())
+    np.testing.assert_array_equal(first.box, cands.boxes[1])
+    np.testing.assert_array_equal(first.prompt, [2, 3])
+    assert first.box.dtype == np.float32
+
+
+def test_clean_small_regions_fixes_masks_and_prefers_unchanged_ones() -> None:
+    big = np.zeros((20, 20), bool)
+    big[2:12, 2:12] = True
+    holey = big.copy()
+    holey[5, 5] = False  # a 1 px hole: same box as `big`, so NMS must choose
+    speck = big.copy()
+    speck[18, 18] = True  # a far island: its box is larger until cleaned
+    cands = candidates_from(np.stack([holey, big, speck]), [0.9, 0.5, 0.7])
+    out = clean_small_regions(cands, min_area=4, nms_thresh=0.7)
+    # All three become `big`; the unchanged one wins despite the lowest score.
+    assert len(out) == 1
+    assert out.scores.tolist() == [0.5]
+    np.testing.assert_array_equal(rle_to_mask(out.rles[0]), big)
+    # Without NMS collisions the cleaned masks get fresh boxes and areas.
+    far = np.zeros((20, 20), bool)
+    far[14:20, 0:4] = True
+    far[0, 19] = True
+    out = clean_small_regions(candidates_from(far[None], [0.8]), 4, 0.7)
+    np.testing.assert_array_equal(out.boxes, [[0, 14, 4, 20]])
+    assert out.areas.tolist() == [24]
+    assert clean_small_regions(cands, 0, 0.7) is cands
+
+
+def test_stage_timer_accumulates() -> None:
+    timer = StageTimer()
+    for _ in range(2):
+        with timer.stage("a"):
+            pass
+    with pytest.raises(RuntimeError), timer.stage("b"):
+        raise RuntimeError
+    assert set(timer.ms) == {"a", "b"} and all(v >= 0 for v in timer.ms.values())
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Params:
+    count: int = param(3, low=1)
+    ratio: float = param(0.5, low=0.0, high=1.0, high_open=True)
+    offset: float = param(0.0)
+
+    def __post_init__(self) -> None:
+        validate_params(self)
+
+
+def test_params_convert_and_explain() -> None:
+    p = Params(count=np.int64(4), ratio=np.float32(0.25), offset=2)
+    assert type(p.count) is int and type(p.ratio) is float and type(p.offset) is float
+    bad = [
+        (dict(count=0), r"count must be an integer >= 1, got 0"),
+        (dict(count=2.0), r"count must be an integer >= 1, got 2.0"),
+        (dict(count=True), r"count must be an integer >= 1, got True"),
+        (dict(count="3"), r"count must be an integer >= 1, got '3' \(str\)"),
+        (dict(ratio=1.0), r"ratio must be a number in \[0, 1\), got 1.0"),
+        (dict(ratio=-0.1), r"ratio must be a number in \[0, 1\), got -0.1"),
+        (dict(offset=float("inf")), r"offset must be a finite number, got inf"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match=message):
+            Params(**kwargs)
