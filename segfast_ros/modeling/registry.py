@@ -56,6 +56,13 @@ def _sam_vit(embed_dim: int, depth: int, num_heads: int, global_attn: tuple[int,
     )
 
 
+def _efficientvit_sam_l2() -> nn.Module:
+    # Imported on use: it needs timm, which the other models do not.
+    from .efficientvit import efficientvit_sam_encoder
+
+    return efficientvit_sam_encoder("l2")
+
+
 MODEL_REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -90,6 +97,13 @@ MODEL_REGISTRY: dict[str, ModelSpec] = {
             "SAM ViT-H",
             partial(_sam_vit, 1280, 32, 16, (7, 15, 23, 31)),
             official_checkpoint="sam_vit_h_4b8939.pth",
+        ),
+        ModelSpec(
+            "mobilesamv2_efficientvit_l2",
+            "MobileSAMv2: EfficientViT-SAM-L2 encoder + prompt-guided decoder (two release "
+            "files; see modeling.mobilesamv2.build_mobilesamv2)",
+            _efficientvit_sam_l2,
+            official_checkpoint="l2.pt + Prompt_guided_Mask_Decoder.pt",
         ),
         ModelSpec(
             "tinyvit_s256",
@@ -163,35 +177,48 @@ def _listing(title: str, items: list[str], limit: int = 12) -> str:
     return f"\n  {title} ({len(items)}):\n    {shown}{more}"
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load a flat state_dict into ``model`` safely (``weights_only=True``) and strictly.
+def read_weights(path: str | Path, expected: str) -> object:
+    """``torch.load`` a checkpoint safely (``weights_only=True``) on the CPU.
+
+    Args:
+        path: the file.
+        expected: what the file should be, for the not-found message (e.g. "an official file
+            such as mobile_sam.pt").
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a weights-only state_dict.
-        CheckpointMismatchError: missing or unexpected keys, or shape mismatches; the message
-            lists them.
+        ValueError: the file cannot be read as a weights-only checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"checkpoint not found: {path} (expected an official file such as mobile_sam.pt; "
-            "see models/README.md for where to get it)"
+            f"checkpoint not found: {path} (expected {expected}; see models/README.md for "
+            "where to get it)"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler raises many types on a corrupt file
         raise ValueError(
             f"cannot load {path} as a weights-only PyTorch state_dict: {exc}"
         ) from exc
-    if not isinstance(state, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
-        keys = list(state)[:5] if isinstance(state, Mapping) else type(state).__name__
-        raise ValueError(
-            f"{path} is not a flat state_dict of tensors (found {keys}); expected keys like "
-            "'image_encoder.…', 'prompt_encoder.…', 'mask_decoder.…'"
-        )
+
+
+def load_state_dict_strict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """Load ``state`` into ``model`` strictly, or say exactly what does not fit.
+
+    Nothing is loaded unless every key and shape matches.
+
+    Args:
+        model: the module to fill.
+        state: a flat state_dict whose keys are ``model``'s.
+        source: where ``state`` came from, for the message (a path, or a path and a key).
+
+    Raises:
+        CheckpointMismatchError: missing or unexpected keys, or shape mismatches; the message
+            lists them.
+    """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -203,9 +230,31 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     if missing or unexpected or shapes:
         name = getattr(getattr(model, "info", None), "name", type(model).__name__)
         raise CheckpointMismatchError(
-            f"checkpoint {path} does not match model {name!r}:"
+            f"checkpoint {source} does not match model {name!r}:"
             + _listing("missing keys", missing)
             + _listing("unexpected keys", unexpected)
             + _listing("shape mismatches", shapes)
         )
     model.load_state_dict(state, strict=True)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a flat state_dict into ``model`` safely (``weights_only=True``) and strictly.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a weights-only state_dict.
+        CheckpointMismatchError: missing or unexpected keys, or shape mismatches; the message
+            lists them.
+    """
+    path = Path(path)
+    state = read_weights(path, "an official file such as mobile_sam.pt")
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        keys = list(state)[:5] if isinstance(state, Mapping) else type(state).__name__
+        raise ValueError(
+            f"{path} is not a flat state_dict of tensors (found {keys}); expected keys like "
+            "'image_encoder.…', 'prompt_encoder.…', 'mask_decoder.…'"
+        )
+    load_state_dict_strict(model, state, str(path))
