@@ -1,20 +1,34 @@
-"""Latency benchmark of the two graphs through the public API: a table plus JSON.
+"""Latency benchmarks through the public API: a table plus JSON.
 
-Timings are wall-clock medians and 95th percentiles of repeated calls on the same image, after
-warm-up. Compare rows of one run with each other; these machines are noisy between runs.
+:func:`bench_backend` times the two graphs (encoder, decoder) of one backend/precision.
+:func:`bench_segevery` runs the SegEvery strategies on one shared embedding and counts what
+each costs the decoder.
+
+Timings are wall-clock medians (and, for the graphs, 95th percentiles) of repeated calls on the
+same image, after warm-up. Compare rows of one run with each other; these machines are noisy
+between runs.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from .everything.base import SegEvery
+from .everything.detector import ObjectDetector
+from .everything.grid import PointGridParams
+from .everything.hierarchical import HierarchicalResult
+from .everything.object_aware import ObjectAwareSegEvery
+from .everything.registry import STRATEGIES, build_segevery
+from .everything.synthetic_detector import spread_boxes, write_detector_for_image
 from .runtime.backend import Backend
 from .runtime.predictor import Predictor
 from .runtime.transforms import prepare_image
@@ -104,7 +118,9 @@ def format_table(rows: Sequence[BenchRow]) -> str:
     return "\n".join(lines)
 
 
-def write_json(rows: Sequence[BenchRow], path: str | Path, **context: object) -> None:
+def write_json(
+    rows: Sequence[BenchRow] | Sequence[SegEveryBenchRow], path: str | Path, **context: object
+) -> None:
     """Write the rows and the run's context (machine, threads, model...) as JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,3 +129,345 @@ def write_json(rows: Sequence[BenchRow], path: str | Path, **context: object) ->
         "rows": [asdict(r) for r in rows],
     }
     path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------ SegEvery strategies
+
+#: The issue's target: object-aware decoder time at least this many times below grid-32's.
+OBJECT_AWARE_TARGET_RATIO = 16.0
+
+
+@dataclass(frozen=True)
+class SegEveryBenchRow:
+    """One SegEvery strategy on the shared embedding. Times are medians over ``runs``, in ms.
+
+    Attributes:
+        strategy: registry name (``grid``, ``hierarchical``, ``object_aware``).
+        boxes: object-aware with a synthetic detector: the boxes it emits; None otherwise.
+        decoder_prompts: prompt sets the decoder evaluated (grid: points, object-aware: boxes).
+        decoder_ms: time in the decoder graph (low-res masks and predicted IoUs).
+        postprocess_ms: IoU/stability filters, upscale of the survivors, boxes and RLE.
+        detector_ms: the object detector; 0 for the point strategies.
+        end_to_end_ms: the whole strategy call; the shared encoder is not included.
+        instances: instances returned (of the last run; runs are deterministic).
+        runs: timed runs.
+        grid_decoder_ratio: the grid row's ``decoder_ms`` over this row's: how many times less
+            decoder time this strategy needs. None without a grid row.
+        grid_end_to_end_ratio: the same for ``end_to_end_ms``.
+        note: what else the row depends on (hierarchical's rounds, the detector).
+    """
+
+    strategy: str
+    boxes: int | None
+    decoder_prompts: int
+    decoder_ms: float
+    postprocess_ms: float
+    detector_ms: float
+    end_to_end_ms: float
+    instances: int
+    runs: int
+    grid_decoder_ratio: float | None = None
+    grid_end_to_end_ratio: float | None = None
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        """``strategy`` plus the box count of a synthetic detector, e.g. ``object_aware[50]``."""
+        return self.strategy if self.boxes is None else f"{self.strategy}[{self.boxes}]"
+
+
+def synthetic_scene(hw: tuple[int, int] = (770, 769), *, seed: int = 0) -> np.ndarray:
+    """A generated test image: flat-coloured rectangles and discs on a smooth gradient.
+
+    Objects with sharp edges give a trained model something to segment, unlike noise.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB.
+    """
+    h, w = hw
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    image = np.stack([60 + 80 * xx / w, 70 + 60 * yy / h, 90 + 40 * (xx + yy) / (h + w)], -1)
+    image = image.astype(np.uint8)
+    for _ in range(40):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cx, cy = int(rng.uniform(0, w)), int(rng.uniform(0, h))
+        r = int(rng.uniform(0.02, 0.12) * min(h, w))
+        if rng.random() < 0.5:
+            cv2.rectangle(image, (cx - r, cy - r // 2), (cx + r, cy + r), colour, -1)
+        else:
+            cv2.circle(image, (cx, cy), r, colour, -1)
+    return image
+
+
+def bench_segevery(
+    predictor: Predictor,
+    image: np.ndarray,
+    *,
+    strategies: Sequence[str] = ("grid", "hierarchical", "object_aware"),
+    points_per_side: int = 32,
+    box_counts: Sequence[int] = (50, 100),
+    detector: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    runs: int = 1,
+    detector_threads: int = 0,
+) -> list[SegEveryBenchRow]:
+    """Run each SegEvery strategy on the predictor's embedding of ``image``, with its defaults.
+
+    The encoder does not run here: every strategy decodes the same cached embedding, so the
+    rows differ only in what they ask of the decoder. Thresholds are each strategy's defaults
+    (SAM's for grid and hierarchical; MobileSAMv2's, no filters, for object-aware).
+
+    Example::
+
+        predictor = Predictor(backend)
+        predictor.set_image(image)  # the one encoder run
+        rows = bench_segevery(predictor, image, box_counts=(50, 100))
+        print(format_segevery_table(rows))
+
+    Args:
+        predictor: with ``set_image(image)`` already called.
+        image: the same frame, ``(H, W, 3)`` uint8 RGB (the object-aware detector looks at it).
+        strategies: registry names, each benchmarked once (object-aware once per box count).
+        points_per_side: grid and hierarchical dense grid side (``points_per_side**2`` points).
+        box_counts: object-aware without ``detector``: for each count ``n``, a synthetic
+            detector graph (:mod:`~.everything.synthetic_detector`) emits ``n`` distinct boxes
+            spread over the image, so the decoder gets exactly ``n`` box prompts.
+        detector: a real detector ONNX file instead (one object-aware row, with as many boxes
+            as it finds; ``box_counts`` is then ignored).
+        work_dir: folder for the synthetic detector graphs; None uses a temporary one.
+        runs: timed runs per strategy (medians are reported); grid-32 on a full model takes
+            tens of seconds per run on a small CPU.
+        detector_threads: ONNX Runtime threads of the detector (0: its choice).
+
+    Returns:
+        One row per strategy (and box count), in the order asked for.
+
+    Raises:
+        ValueError: no image set or not this image, unknown strategy, ``runs`` or a box count
+            below 1, or ``points_per_side`` out of a strategy's range.
+        RuntimeError: a synthetic detector returned another number of boxes than it emits.
+    """
+    hw = predictor.original_size
+    if hw is None:
+        raise ValueError("no image is set: call predictor.set_image(image) first")
+    if tuple(np.shape(image)[:2]) != hw:
+        raise ValueError(
+            f"image {tuple(np.shape(image))} is not the frame set on the predictor {(*hw, 3)}"
+        )
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise ValueError(
+            f"unknown SegEvery strategy {unknown}; expected some of {list(STRATEGIES)}"
+        )
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    synthetic = "object_aware" in strategies and detector is None
+    if synthetic and (not box_counts or min(box_counts) < 1):
+        raise ValueError(f"box counts must be >= 1, got {list(box_counts)}")
+
+    with tempfile.TemporaryDirectory(prefix="segfast_bench_") as tmp:
+        folder = Path(work_dir) if work_dir is not None else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        plan: list[_Step] = []
+        for name in strategies:
+            if name != "object_aware":
+                grid_like = build_segevery(name, points_per_side=points_per_side)
+                plan.append(_Step(name, None, grid_like, ""))
+            elif detector is not None:
+                det = ObjectDetector(detector, intra_op_threads=detector_threads)
+                plan.append(_Step(name, None, build_segevery(name, detector=det), det.path.name))
+            else:
+                for n in box_counts:
+                    path = _synthetic_detector(folder, hw, n)
+                    # max_det: the detector's default (300) must not cut a larger count.
+                    det = ObjectDetector(
+                        path, max_det=max(300, n), intra_op_threads=detector_threads
+                    )
+                    plan.append(_Step(name, n, build_segevery(name, detector=det), "synthetic"))
+        # Warm-up is outside every timed call, and the detector sessions (in ``plan``) are
+        # used only inside this block, where their graph files still exist.
+        _warm_up_decoder(predictor, image, plan)
+        rows = [_time_step(predictor, image, step, runs) for step in plan]
+
+    grid = next((r for r in rows if r.strategy == "grid"), None)
+    if grid is None:
+        return rows
+    return [
+        replace(
+            r,
+            grid_decoder_ratio=_ratio(grid.decoder_ms, r.decoder_ms),
+            grid_end_to_end_ratio=_ratio(grid.end_to_end_ms, r.end_to_end_ms),
+        )
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One configured strategy to time: its name, synthetic box count, instance, note."""
+
+    name: str
+    boxes: int | None
+    segevery: SegEvery
+    note: str
+
+
+def _synthetic_detector(folder: Path, hw: tuple[int, int], n: int) -> Path:
+    """A fixed-box detector graph emitting ``n`` distinct boxes over an ``hw`` image."""
+    boxes = spread_boxes(hw, n, seed=n)
+    # Distinct scores above the detector's conf (0.4), best first as a detector ranks them.
+    scores = np.linspace(0.95, 0.5, n)
+    return write_detector_for_image(folder / f"synthetic_{n}_boxes.onnx", hw, boxes, scores)
+
+
+def _warm_up_decoder(predictor: Predictor, image: np.ndarray, plan: Sequence[_Step]) -> None:
+    """One untimed decoder call per prompt kind and batch size the strategies start with.
+
+    ONNX Runtime allocates and plans on the first call of each input shape; without this the
+    first strategy timed would pay for it and the ratios would flatter the others.
+    """
+    h, w = image.shape[:2]
+    shapes: set[tuple[str, int]] = set()
+    for step in plan:
+        s = step.segevery
+        if isinstance(s, PointGridParams):
+            shapes.add(("points", min(s.points_per_batch, s.points_per_side**2)))
+        elif isinstance(s, ObjectAwareSegEvery):
+            assert isinstance(s.detector, ObjectDetector)
+            found = step.boxes if step.boxes is not None else len(s.detector(image))
+            if found:
+                shapes.add(("boxes", min(s.prompts_per_batch, found)))
+    for kind, n in sorted(shapes):
+        if kind == "points":
+            xy = np.full((n, 1, 2), (w / 2, h / 2))
+            predictor.predict_low_res(xy, np.ones((n, 1)), multimask_output=True)
+        else:
+            box = np.tile([[w / 4, h / 4, 3 * w / 4, 3 * h / 4]], (n, 1))
+            predictor.predict_low_res(box=box, multimask_output=False)
+
+
+def _time_step(
+    predictor: Predictor, image: np.ndarray, step: _Step, runs: int
+) -> SegEveryBenchRow:
+    """Run one strategy ``runs`` times on the predictor's embedding; medians of its timings."""
+    results = [step.segevery(predictor, image) for _ in range(runs)]
+    last = results[-1]
+
+    def median(stage: str) -> float:
+        return float(np.median([r.timings_ms.get(stage, 0.0) for r in results]))
+
+    if step.boxes is not None and last.decoder_prompts != step.boxes:
+        raise RuntimeError(
+            f"the synthetic detector emits {step.boxes} boxes but the decoder got "
+            f"{last.decoder_prompts}; its boxes overlap more than its NMS allows"
+        )
+    note = step.note
+    if isinstance(last, HierarchicalResult):
+        note = (
+            f"round 1: {last.round1_prompts}, round 2: {last.round2_prompts}, "
+            f"skipped: {last.skipped_prompts}"
+        )
+    elif step.name == "object_aware" and step.boxes is None:
+        note = f"{note}: {last.decoder_prompts} boxes"
+    return SegEveryBenchRow(
+        strategy=step.name,
+        boxes=step.boxes,
+        decoder_prompts=last.decoder_prompts,
+        decoder_ms=median("decoder"),
+        postprocess_ms=median("postprocess"),
+        detector_ms=median("detector"),
+        end_to_end_ms=median("total"),
+        instances=len(last.instances),
+        runs=runs,
+        note=note,
+    )
+
+
+def _ratio(reference_ms: float, ms: float) -> float | None:
+    return reference_ms / ms if ms > 0 else None
+
+
+def format_segevery_table(rows: Sequence[SegEveryBenchRow]) -> str:
+    """A fixed-width table of the rows; ``grid/x`` columns are grid's time over the row's."""
+    header = (
+        f"{'strategy':<18} {'prompts':>7} {'decoder ms':>10} {'post ms':>9} {'det ms':>7} "
+        f"{'e2e ms':>9} {'instances':>9} {'grid/x dec':>10} {'grid/x e2e':>10}  note"
+    )
+    lines = [header, "-" * len(header)]
+
+    def ratio(value: float | None) -> str:
+        return f"{value:>9.2f}x" if value is not None else f"{'-':>10}"
+
+    for r in rows:
+        lines.append(
+            f"{r.label:<18} {r.decoder_prompts:>7d} {r.decoder_ms:>10.1f} "
+            f"{r.postprocess_ms:>9.1f} {r.detector_ms:>7.1f} {r.end_to_end_ms:>9.1f} "
+            f"{r.instances:>9d} {ratio(r.grid_decoder_ratio)} {ratio(r.grid_end_to_end_ratio)}"
+            f"  {r.note}".rstrip()
+        )
+    return "\n".join(lines)
+
+
+def segevery_notes(
+    rows: Sequence[SegEveryBenchRow],
+    *,
+    points_per_side: int,
+    random_weights: bool | None,
+) -> list[str]:
+    """What a reader must know to read the rows: weights, detector, target, honesty notes.
+
+    Args:
+        rows: from :func:`bench_segevery`.
+        points_per_side: the grid side the rows were run with.
+        random_weights: True for random (or missing) weights, False for a trained checkpoint,
+            None when unknown (then the rows themselves decide whether to warn).
+
+    Returns:
+        One sentence per note, most important first.
+    """
+    notes: list[str] = []
+    point_rows = [r for r in rows if r.strategy in ("grid", "hierarchical")]
+    if random_weights or (
+        random_weights is None and point_rows and all(r.instances == 0 for r in point_rows)
+    ):
+        lead = "RANDOM WEIGHTS" if random_weights else "NO GRID/HIERARCHICAL INSTANCES"
+        notes.append(
+            f"{lead}: with random (untrained) weights SAM's default filters (predicted IoU > "
+            "0.88, stability >= 0.95) keep few or no grid/hierarchical masks, so their "
+            "instances and postprocess times are far below a trained model's. Decoder prompts "
+            "and decoder times of grid and object-aware do not depend on the weights."
+        )
+    hier = next((r for r in rows if r.strategy == "hierarchical"), None)
+    grid = next((r for r in rows if r.strategy == "grid"), None)
+    if hier is not None and grid is not None:
+        verdict = "fewer" if hier.decoder_prompts < grid.decoder_prompts else "no fewer"
+        notes.append(
+            f"hierarchical vs grid: {hier.decoder_prompts} vs {grid.decoder_prompts} decoder "
+            f"prompts ({verdict}), decoder time {hier.decoder_ms:.0f} vs {grid.decoder_ms:.0f} "
+            "ms. Hierarchical skips the dense points that its sparse round covers with "
+            "confident masks (logit > 8.5); random weights are rarely that confident, so it "
+            "only saves with a trained model (the demo-model issue provides one)."
+        )
+    aware = [r for r in rows if r.strategy == "object_aware"]
+    if any(r.boxes is not None for r in aware):
+        notes.append(
+            "object_aware[N] uses a synthetic detector graph that emits N fixed boxes (no "
+            "network): its det ms is letterbox and NMS only. A real YOLOv8 detector at 1024 px "
+            "adds its inference to e2e ms; pass --detector to time one."
+        )
+    if aware:
+        notes.append(
+            "object_aware keeps every mask (MobileSAMv2's defaults: no IoU, stability or NMS "
+            "filter), so it returns about one instance per box and upscales every mask."
+        )
+    if grid is not None and points_per_side == 32:
+        for r in aware:
+            if r.grid_decoder_ratio is None:
+                continue
+            met = "met" if r.grid_decoder_ratio >= OBJECT_AWARE_TARGET_RATIO else "NOT met"
+            notes.append(
+                f"target: {r.label} decoder time >= {OBJECT_AWARE_TARGET_RATIO:.0f}x below "
+                f"grid-{points_per_side}: {r.grid_decoder_ratio:.1f}x ({met})"
+            )
+    return notes

@@ -1,4 +1,4 @@
-"""The ``segfast`` command: segment, export, quantization report and benchmark.
+"""The ``segfast`` command: segment, export, quantization report and benchmarks.
 
 Heavy imports (torch, onnxruntime) happen inside the subcommands that need them, so
 ``segfast --help`` is instant and the onnxruntime paths never load torch.
@@ -238,6 +238,91 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_segevery(args: argparse.Namespace) -> int:
+    """Every SegEvery strategy on one embedding (the encoder runs once): table, notes, JSON."""
+    import tempfile
+    import time
+
+    from .bench import (
+        bench_segevery,
+        format_segevery_table,
+        segevery_notes,
+        synthetic_scene,
+        write_json,
+    )
+    from .runtime.predictor import Predictor
+
+    with tempfile.TemporaryDirectory(prefix="segfast_bench_segevery_") as tmp:
+        if args.image:
+            image = read_rgb(args.image)
+        else:
+            import cv2
+
+            image = synthetic_scene()
+            if args.calib is None:  # int8 export calibrates on the image it is timed on
+                args.calib = [str(Path(tmp) / "scene.png")]
+                cv2.imwrite(args.calib[0], cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        if args.calib is None:
+            args.calib = [args.image]
+        predictor = Predictor(make_backend(args, args.precision, allow_random=True))
+        start = time.perf_counter()
+        predictor.set_image(image)  # the only encoder run: every strategy shares it
+        encoder_ms = 1e3 * (time.perf_counter() - start)
+        rows = bench_segevery(
+            predictor,
+            image,
+            strategies=args.strategies,
+            points_per_side=args.points_per_side,
+            box_counts=args.boxes,
+            detector=args.detector,
+            work_dir=tmp,
+            runs=args.runs,
+            detector_threads=args.threads,
+        )
+    notes = segevery_notes(
+        rows, points_per_side=args.points_per_side, random_weights=_random_weights(args)
+    )
+    h, w = image.shape[:2]
+    print(
+        f"{args.model or args.onnx_dir} {args.backend} {args.precision}, image {w}x{h} (WxH), "
+        f"threads {args.threads or 'all'}; shared encoder (set_image, once): {encoder_ms:.0f} "
+        f"ms, not in the rows; runs per strategy: {args.runs} (medians)"
+    )
+    print(format_segevery_table(rows))
+    for note in notes:
+        print(f"note: {note}")
+    if args.json:
+        write_json(
+            rows,
+            args.json,
+            model=args.model,
+            checkpoint=args.checkpoint,
+            backend=args.backend,
+            precision=args.precision,
+            threads=args.threads,
+            image=args.image or "generated (bench.synthetic_scene)",
+            image_hw=[h, w],
+            encoder_ms=encoder_ms,
+            points_per_side=args.points_per_side,
+            detector=args.detector or "synthetic fixed boxes",
+            cpu_count=os.cpu_count(),
+            notes=notes,
+        )
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _random_weights(args: argparse.Namespace) -> bool | None:
+    """True when the weights are known to be random: no checkpoint (the default ONNX folder is
+    then ``MODEL-random``) or one named so, like the parity fixture's. None otherwise: a file
+    name cannot prove that weights are trained, so the benchmark's rows decide."""
+    if args.checkpoint is not None:
+        named = Path(args.checkpoint).stem
+    else:
+        named = Path(args.onnx_dir).name if args.onnx_dir else "random"
+    return True if "random" in named.lower() else None
+
+
 def _add_backend_args(p: argparse.ArgumentParser, *, backend: bool = True) -> None:
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--checkpoint", help="official checkpoint file (e.g. models/mobile_sam.pt)")
@@ -302,6 +387,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-runs", type=int, default=50)
     p.add_argument("--json", help="write the table as JSON")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "bench-segevery",
+        help="SegEvery strategies on one embedding: decoder prompts, time, instances",
+    )
+    _add_backend_args(p)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--image", help="image to run on (default: a generated 769x770 scene)")
+    p.add_argument("--calib", nargs="+", help="int8 calibration images (default: the image)")
+    p.add_argument(
+        "--strategies",
+        nargs="+",
+        default=["grid", "hierarchical", "object_aware"],
+        help="SegEvery strategies: grid, hierarchical, object_aware",
+    )
+    p.add_argument(
+        "--points-per-side", type=int, default=32, help="grid/hierarchical points per side"
+    )
+    p.add_argument(
+        "--boxes",
+        type=int,
+        nargs="+",
+        default=[50, 100],
+        help="object-aware box counts, each emitted by a synthetic detector graph",
+    )
+    p.add_argument("--detector", help="a real detector ONNX file instead of synthetic boxes")
+    p.add_argument("--runs", type=int, default=1, help="timed runs per strategy (medians)")
+    p.add_argument("--json", help="write the table as JSON")
+    p.set_defaults(func=cmd_bench_segevery)
     return parser
 
 

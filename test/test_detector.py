@@ -20,90 +20,32 @@ from segfast_ros.everything.detector import (
     letterbox_geometry,
     letterbox_image,
 )
+from segfast_ros.everything.synthetic_detector import (
+    FILLER_ANCHORS,
+    write_constant_detector,
+    write_detector_for_image,
+    write_fixed_box_detector,
+    xyxy_to_cxcywh,
+    yolo_output,
+)
 
-#: Anchors of a YOLOv8 head at 1024 px (strides 8, 16, 32); the fake graphs emit fewer, but
-#: always more anchors than channels, as a real head does.
-FILLER_ANCHORS = 64
 
-
-def make_yolo_onnx(
+def write_malformed(
     path: Path,
-    boxes_cxcywh: Sequence[Sequence[float]],
-    scores: Sequence[Sequence[float]],
     *,
-    nm: int = 0,
-    protos: bool = False,
-    input_hw: tuple[int, int] | None = None,
-    names: dict[int, str] | None = None,
     transpose: bool = False,
     channels: int | None = None,
+    names: dict[int, str] | None = None,
 ) -> Path:
-    """Write a detector graph whose output 0 is a constant in the YOLOv8 layout.
-
-    Args:
-        boxes_cxcywh: ``(N, 4)`` boxes in letterbox pixels (cx, cy, w, h).
-        scores: ``(N, nc)`` class scores.
-        nm: mask coefficient channels, filled with 5.0 (which would pass any threshold if
-            they were mistaken for class scores).
-        protos: add a second output ``(1, nm, 160, 160)`` like YOLOv8-seg.
-        input_hw: static input size; None makes height and width dynamic.
-        names: ultralytics ``names`` metadata (None: none).
-        transpose: emit ``[1, anchors, channels]`` instead (a malformed layout).
-        channels: override the channel count (for malformed layouts).
-    """
-    boxes = np.asarray(boxes_cxcywh, np.float32).reshape(-1, 4)
-    cls = np.asarray(scores, np.float32).reshape(len(boxes), -1)
-    nc = cls.shape[1]
-    n = len(boxes)
-    a = n + FILLER_ANCHORS
-    c = channels if channels is not None else 4 + nc + nm
-    out = np.zeros((1, c, a), np.float32)
-    out[0, :4, n:] = 10.0  # filler anchors: small boxes with zero scores
-    if channels is None:
-        out[0, :4, :n] = boxes.T
-        out[0, 4 : 4 + nc, :n] = cls.T
-        out[0, 4 + nc :, :] = 5.0
+    """A one-box graph whose output 0 breaks the YOLOv8 layout: transposed to
+    ``[1, anchors, channels]``, or with ``channels`` channels (box rows only, zero scores)."""
+    out = yolo_output([[10, 10, 5, 5]], [[0.9]])
+    if channels is not None:
+        out = np.zeros((1, channels, out.shape[2]), np.float32)
+        out[0, :4] = 10.0
     if transpose:
         out = out.transpose(0, 2, 1).copy()
-    h, w = input_hw if input_hw is not None else ("height", "width")
-    image = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, h, w])
-    # The output depends on the input (times 0), so the graph really consumes the image.
-    nodes = [
-        helper.make_node("ReduceMean", ["images"], ["mean"], axes=[1, 2, 3], keepdims=0),
-        helper.make_node("Reshape", ["mean", "shape111"], ["mean111"]),
-        helper.make_node("Mul", ["mean111", "zero"], ["nothing"]),
-        helper.make_node("Add", ["const", "nothing"], ["output0"]),
-    ]
-    inits = [
-        numpy_helper.from_array(out, "const"),
-        numpy_helper.from_array(np.array([1, 1, 1], np.int64), "shape111"),
-        numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
-    ]
-    outputs = [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(out.shape))]
-    if protos:
-        nodes.append(helper.make_node("Identity", ["protos_const"], ["output1"]))
-        inits.append(
-            numpy_helper.from_array(np.zeros((1, nm, 160, 160), np.float32), "protos_const")
-        )
-        outputs.append(
-            helper.make_tensor_value_info("output1", TensorProto.FLOAT, [1, nm, 160, 160])
-        )
-    graph = helper.make_graph(nodes, "yolo_const", [image], outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    if names is not None:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = "names", str(names)
-    onnx.save(model, str(path))
-    return path
-
-
-def to_cxcywh(xyxy: np.ndarray) -> np.ndarray:
-    b = np.asarray(xyxy, np.float64).reshape(-1, 4)
-    return np.stack(
-        [(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]],
-        axis=1,
-    )
+    return write_constant_detector(path, out, names=names)
 
 
 def detector_for(
@@ -119,14 +61,8 @@ def detector_for(
     **kwargs: object,
 ) -> ObjectDetector:
     """A detector that finds ``boxes_xyxy`` (original pixels) in any image of ``image_hw``."""
-    input_hw = (1024, 1024) if static else None
-    geometry = letterbox_geometry(image_hw, (1024, 1024), rect=not static)
-    lb = boxes_to_letterbox(np.asarray(boxes_xyxy, np.float64).reshape(-1, 4), geometry)
-    cls = np.asarray(scores, np.float32)
-    cls = cls.reshape(len(lb), -1)
-    names = {i: f"class{i}" for i in range(cls.shape[1])}
-    path = make_yolo_onnx(
-        tmp_path / name, to_cxcywh(lb), cls, nm=nm, protos=protos, input_hw=input_hw, names=names
+    path = write_detector_for_image(
+        tmp_path / name, image_hw, boxes_xyxy, scores, static=static, nm=nm, protos=protos
     )
     return ObjectDetector(path, **kwargs)
 
@@ -293,7 +229,9 @@ def test_boxes_are_clipped_to_the_image(tmp_path: Path) -> None:
     hw = (480, 640)
     geometry = letterbox_geometry(hw, (1024, 1024), rect=True)
     lb = np.array([[-40.0, 300.0, 200.0, 900.0]])  # beyond the left and bottom edges
-    path = make_yolo_onnx(tmp_path / "clip.onnx", to_cxcywh(lb), [[0.9]], names={0: "object"})
+    path = write_fixed_box_detector(
+        tmp_path / "clip.onnx", xyxy_to_cxcywh(lb), [[0.9]], names={0: "object"}
+    )
     found = ObjectDetector(path, border_snap_px=0)(image(hw))
     expected = boxes_from_letterbox(lb, geometry)
     np.testing.assert_allclose(found.boxes, expected, atol=1e-3)
@@ -373,7 +311,7 @@ def test_not_an_onnx_file(tmp_path: Path) -> None:
 def test_malformed_layout_names_the_expected_layout(
     tmp_path: Path, kwargs: dict, message: str
 ) -> None:
-    path = make_yolo_onnx(tmp_path / "bad.onnx", [[10, 10, 5, 5]], [[0.9]], **kwargs)
+    path = write_malformed(tmp_path / "bad.onnx", **kwargs)
     with pytest.raises(ValueError) as err:
         ObjectDetector(path)
     assert YOLO_LAYOUT in str(err.value)
@@ -382,7 +320,7 @@ def test_malformed_layout_names_the_expected_layout(
 
 def test_ambiguous_channels_resolve_with_num_classes(tmp_path: Path) -> None:
     """37 channels without metadata: 1 class + 32 coefficients, once num_classes says so."""
-    path = make_yolo_onnx(tmp_path / "amb.onnx", [[300, 300, 100, 100]], [[0.9]], nm=32)
+    path = write_fixed_box_detector(tmp_path / "amb.onnx", [[300, 300, 100, 100]], [[0.9]], nm=32)
     det = ObjectDetector(path, num_classes=1, border_snap_px=0)
     assert (det.num_classes, det.num_coefficients) == (1, 32)
     np.testing.assert_allclose(det(image((1024, 1024))).boxes, [[250, 250, 350, 350]], atol=1e-3)
@@ -404,7 +342,9 @@ def test_wrong_input_rank(tmp_path: Path) -> None:
 
 
 def test_bad_thresholds_and_images(tmp_path: Path) -> None:
-    path = make_yolo_onnx(tmp_path / "ok.onnx", [[10, 10, 5, 5]], [[0.9]], names={0: "o"})
+    path = write_fixed_box_detector(
+        tmp_path / "ok.onnx", [[10, 10, 5, 5]], [[0.9]], names={0: "o"}
+    )
     for kwargs, message in [
         (dict(conf=1.5), "conf must be"),
         (dict(iou=0.0), "iou must be"),
@@ -415,7 +355,7 @@ def test_bad_thresholds_and_images(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             ObjectDetector(path, **kwargs)
-    static = make_yolo_onnx(
+    static = write_fixed_box_detector(
         tmp_path / "st.onnx", [[10, 10, 5, 5]], [[0.9]], input_hw=(640, 640), names={0: "o"}
     )
     with pytest.raises(ValueError, match="static input of 640x640"):

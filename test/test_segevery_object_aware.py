@@ -12,17 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_detector import make_yolo_onnx, to_cxcywh
 
 from segfast_ros.everything import SegEvery
-from segfast_ros.everything.detector import (
-    ObjectDetector,
-    boxes_to_letterbox,
-    letterbox_geometry,
-)
+from segfast_ros.everything.detector import ObjectDetector
 from segfast_ros.everything.masks import rle_to_mask
 from segfast_ros.everything.object_aware import ObjectAwareSegEvery
 from segfast_ros.everything.registry import build_segevery
+from segfast_ros.everything.synthetic_detector import (
+    write_detector_for_image,
+    write_fixed_box_detector,
+)
 from segfast_ros.runtime import ModelInfo, Predictor
 from segfast_ros.spec import LABEL_BOX_BR, LABEL_BOX_TL
 
@@ -76,14 +75,11 @@ def detector(
     tmp_path: Path, boxes: list[list[float]], scores: list[float], **kw
 ) -> ObjectDetector:
     """A detector that finds ``boxes`` (original XYXY pixels of an H x W image)."""
-    geometry = letterbox_geometry((H, W), (1024, 1024), rect=True)
-    lb = boxes_to_letterbox(np.asarray(boxes, np.float64).reshape(-1, 4), geometry)
-    path = make_yolo_onnx(
+    path = write_detector_for_image(
         tmp_path / f"det{len(list(tmp_path.iterdir()))}.onnx",
-        to_cxcywh(lb),
-        np.asarray(scores, np.float32)[:, None],
-        nm=32,
-        protos=True,
+        (H, W),
+        boxes,
+        scores,
         names={0: "object"},
     )
     return ObjectDetector(path, border_snap_px=0, **kw)
@@ -262,10 +258,8 @@ def test_batched_decode_equals_single_box_predicts(
         [30, 80, 90, 145],
         [140, 5, 180, 45],
     ]
-    geometry = letterbox_geometry((150, 200), (1024, 1024), rect=True)
-    lb = boxes_to_letterbox(np.asarray(boxes, np.float64), geometry)
-    path = make_yolo_onnx(
-        tmp_path / "real.onnx", to_cxcywh(lb), np.linspace(0.9, 0.5, 6)[:, None], names={0: "o"}
+    path = write_detector_for_image(
+        tmp_path / "real.onnx", (150, 200), boxes, np.linspace(0.9, 0.5, 6), names={0: "o"}
     )
     det = ObjectDetector(path, border_snap_px=0)
     result = ObjectAwareSegEvery(detector=det, prompts_per_batch=4)(predictor, image)
@@ -292,7 +286,7 @@ def test_end_to_end_on_the_small_model(
     tmp_path: Path, small_predictor: tuple[Predictor, np.ndarray]
 ) -> None:
     predictor, image = small_predictor
-    path = make_yolo_onnx(
+    path = write_fixed_box_detector(
         tmp_path / "e2e.onnx",
         [[600, 400, 300, 250], [200, 200, 150, 150], [900, 600, 200, 200]],
         [[0.9], [0.8], [0.3]],
