@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .export.images import list_images, read_rgb
 from .runtime.backend import Backend
+from .runtime.images import list_images, read_rgb
 
 log = logging.getLogger("segfast")
 

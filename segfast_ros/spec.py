@@ -8,7 +8,7 @@ sides import it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 
 #: Point labels as the decoder graph receives them.
 LABEL_PAD, LABEL_BG, LABEL_FG, LABEL_BOX_TL, LABEL_BOX_BR = -1, 0, 1, 2, 3
@@ -56,7 +56,6 @@ class ModelInfo:
     pixel_mean: tuple[float, float, float] = SAM_PIXEL_MEAN
     pixel_std: tuple[float, float, float] = SAM_PIXEL_STD
     single_mask_from_multimask: bool = False
-    extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def low_res_size(self) -> int:
@@ -68,7 +67,21 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, text: str) -> ModelInfo:
-        data = json.loads(text)
-        data["pixel_mean"] = tuple(data["pixel_mean"])
-        data["pixel_std"] = tuple(data["pixel_std"])
+        """Parse :meth:`to_json` output. Keys this version does not know are ignored, so files
+        from a newer exporter still load.
+
+        Raises:
+            ValueError: not JSON, not an object, or without a model name.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"model info is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict) or "name" not in data:
+            raise ValueError(f"model info must be a JSON object with a 'name', got {text[:80]!r}")
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        for key in ("pixel_mean", "pixel_std"):
+            if key in data:
+                data[key] = tuple(data[key])
         return cls(**data)

@@ -24,7 +24,7 @@ from segfast_ros.bench import (
 from segfast_ros.cli import main
 from segfast_ros.everything.detector import ObjectDetector
 from segfast_ros.everything.masks import box_iou
-from segfast_ros.everything.synthetic_detector import spread_boxes, write_detector_for_image
+from segfast_ros.export.synthetic_detector import spread_boxes, write_detector_for_image
 from segfast_ros.modeling import build_sam
 from segfast_ros.runtime import Predictor
 from segfast_ros.runtime.torch_backend import TorchBackend

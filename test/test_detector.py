@@ -20,7 +20,7 @@ from segfast_ros.everything.detector import (
     letterbox_geometry,
     letterbox_image,
 )
-from segfast_ros.everything.synthetic_detector import (
+from segfast_ros.export.synthetic_detector import (
     FILLER_ANCHORS,
     write_constant_detector,
     write_detector_for_image,

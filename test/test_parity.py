@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segfast_ros.export.images import read_rgb
 from segfast_ros.runtime import Predictor
+from segfast_ros.runtime.images import read_rgb
 
 pytestmark = pytest.mark.fullsize
 

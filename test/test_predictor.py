@@ -410,3 +410,25 @@ def test_single_mask_from_multimask_picks_best_iou() -> None:
     assert lr[:, 0, 0, 0].tolist() == [0.0, 4.0]
     lr, sc = select_masks(low_res, iou, info, multimask_output=True)
     assert sc.shape == (2, 3)
+
+
+def test_failed_encode_does_not_leave_the_previous_frame() -> None:
+    """A frame whose encode fails must not let prompts be answered on the frame before it."""
+
+    class Failing(FakeBackend):
+        fail = False
+
+        def encode(self, image: np.ndarray) -> np.ndarray:
+            if self.fail:
+                raise RuntimeError("encoder crashed")
+            return super().encode(image)
+
+    backend = Failing()
+    predictor = Predictor(backend)
+    predictor.set_image(np.zeros((40, 60, 3), np.uint8))
+    backend.fail = True
+    with pytest.raises(RuntimeError, match="encoder crashed"):
+        predictor.set_image(np.zeros((50, 70, 3), np.uint8))
+    assert not predictor.is_image_set
+    with pytest.raises(ValueError, match="call set_image"):
+        predictor.predict(point_coords=[[1, 1]], point_labels=[1])

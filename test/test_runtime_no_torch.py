@@ -52,3 +52,13 @@ def test_unknown_attribute_and_backend_kind() -> None:
         rt.Nope  # noqa: B018
     with pytest.raises(ValueError, match=r"unknown backend kind 'tensorflow'; expected one of"):
         rt.load_backend("tensorflow", "models/")
+
+
+def test_cli_and_segevery_start_without_torch_or_onnx() -> None:
+    """A robot with only onnxruntime can run `segfast segment --onnx-dir ...` and SegEvery."""
+    result = _run(
+        "import sys, segfast_ros.cli, segfast_ros.everything\n"
+        "bad = [m for m in ('torch', 'onnx') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    assert result.returncode == 0, result.stderr

@@ -18,7 +18,7 @@ from segfast_ros.everything.detector import ObjectDetector
 from segfast_ros.everything.masks import rle_to_mask
 from segfast_ros.everything.object_aware import ObjectAwareSegEvery
 from segfast_ros.everything.registry import build_segevery
-from segfast_ros.everything.synthetic_detector import (
+from segfast_ros.export.synthetic_detector import (
     write_detector_for_image,
     write_fixed_box_detector,
 )

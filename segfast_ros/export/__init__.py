@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ..runtime.images import CalibrationError, list_images, read_rgb
 from .fp16 import FP16_KEEP_FP32_OPS, convert_to_fp16, export_fp16
-from .images import CalibrationError, list_images, read_rgb
 from .metadata import OnnxMetadata, read_metadata, save_model, set_metadata
 from .quantize import QuantizationError, quantize_encoder
 

@@ -48,10 +48,10 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper, version_converter
 
+from ..runtime.images import CalibrationError, list_images, read_rgb
 from ..runtime.transforms import prepare_image
 from ..spec import ENCODER_INPUTS, ENCODER_OUTPUTS, METADATA_KEY, ModelInfo
 from .fp16 import drop_unused_initializers
-from .images import CalibrationError, list_images, read_rgb
 from .metadata import read_metadata, save_model, set_metadata
 
 __all__ = [

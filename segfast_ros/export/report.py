@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from ..runtime.images import list_images, read_rgb
 from ..runtime.onnx_backend import OnnxRuntimeBackend, onnx_file_names
 from ..runtime.predictor import Predictor
 from ..runtime.transforms import prepare_image
-from .images import list_images, read_rgb
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,8 @@ class Predictor:
         Raises:
             ValueError: the image is not ``HxWx3`` uint8, empty or absurdly large.
         """
+        # A frame that fails to encode must not leave the previous frame answering prompts.
+        self.reset_image()
         x, input_size = prepare_image(image, self.info)
         embedding = self.backend.encode(x)
         self._store(embedding, image.shape[:2], input_size)

@@ -1,4 +1,4 @@
-"""Image folders for INT8 calibration and reports (numpy/cv2 only, no torch)."""
+"""Image files and folders (calibration, reports, benchmarks, the CLI): numpy/cv2 only."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 
 
 class CalibrationError(ValueError):
-    """Calibration (or report) images are missing, empty or unreadable."""
+    """Images for calibration, a report or a benchmark are missing, empty or unreadable."""
 
 
 def list_images(
