@@ -298,3 +298,30 @@ def test_silent_fallback_to_cpu_is_an_error(
         onnx_dir, providers=["cuda", "cpu"], require_providers=False
     )
     assert backend.providers == ["CPUExecutionProvider"]
+
+
+def test_detector_refuses_a_silent_cpu_fallback(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The object-aware detector shares the backend's session creation and its provider check."""
+    import onnxruntime as ort
+
+    from segfast_ros.everything.detector import ObjectDetector
+    from segfast_ros.export.synthetic_detector import write_detector_for_image
+    from segfast_ros.runtime import onnx_backend
+
+    path = write_detector_for_image(
+        tmp_path / "det.onnx", (100, 120), [[10.0, 10.0, 60.0, 80.0]], [0.9]
+    )
+    real = ort.InferenceSession
+
+    class CpuOnly(real):  # type: ignore[misc, valid-type]
+        def get_providers(self) -> list[str]:
+            return ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(onnx_backend.ort, "InferenceSession", CpuOnly)
+    monkeypatch.setattr(
+        onnx_backend,
+        "resolve_providers",
+        lambda providers, **kw: [("CUDAExecutionProvider", {}), ("CPUExecutionProvider", {})],
+    )
+    with pytest.raises(onnx_backend.ProviderUnavailableError, match="could not activate"):
+        ObjectDetector(path, providers=["cuda"])

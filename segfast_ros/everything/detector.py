@@ -282,9 +282,11 @@ class ObjectDetector:
         intra_op_threads: int = 0,
     ) -> None:
         # onnxruntime loads on first use, as in the runtime: importing this module is cheap.
-        import onnxruntime as ort
-
-        from ..runtime.onnx_backend import resolve_providers
+        from ..runtime.onnx_backend import (
+            ProviderUnavailableError,
+            create_session,
+            resolve_providers,
+        )
 
         path = Path(onnx_path)
         if not path.is_file():
@@ -316,16 +318,11 @@ class ObjectDetector:
         self.agnostic_nms = agnostic_nms
         self.input_channel_order = input_channel_order
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
         resolved = resolve_providers(providers)
         try:
-            self.session = ort.InferenceSession(
-                str(path),
-                options,
-                providers=[n for n, _ in resolved],
-                provider_options=[o for _, o in resolved],
-            )
+            self.session = create_session(path, resolved, intra_op_threads)
+        except ProviderUnavailableError:
+            raise  # a GPU library problem, not a broken file
         except Exception as exc:  # onnxruntime raises several types for a broken file
             raise ValueError(f"{path} is not a loadable ONNX model: {exc}") from exc
         meta = dict(self.session.get_modelmeta().custom_metadata_map)

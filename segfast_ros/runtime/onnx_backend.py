@@ -155,6 +155,43 @@ def _info_from_graph(
     )
 
 
+class ProviderUnavailableError(RuntimeError):
+    """A requested execution provider could not be activated for a graph."""
+
+
+def create_session(
+    path: str | Path,
+    resolved: Sequence[tuple[str, dict[str, Any]]],
+    intra_op_threads: int = 0,
+    *,
+    require_providers: bool = True,
+) -> ort.InferenceSession:
+    """An ONNX Runtime session on the providers :func:`resolve_providers` returned.
+
+    ONNX Runtime falls back to the CPU with only a log line when a GPU provider cannot start
+    (missing CUDA libraries); on a robot that means running several times slower unnoticed, so
+    with ``require_providers`` that fallback is an error.
+
+    Raises:
+        ProviderUnavailableError: a requested provider could not be activated
+            (``require_providers``).
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    names = [n for n, _ in resolved]
+    session = ort.InferenceSession(
+        str(path), options, providers=names, provider_options=[o for _, o in resolved]
+    )
+    missing = [n for n in names if n not in session.get_providers()]
+    if require_providers and missing:
+        raise ProviderUnavailableError(
+            f"onnxruntime could not activate {missing} for {path} (active: "
+            f"{session.get_providers()}); check the GPU libraries, or pass "
+            "require_providers=False to accept the fallback"
+        )
+    return session
+
+
 class OnnxRuntimeBackend:
     """Encoder and decoder ONNX graphs run by ONNX Runtime.
 
@@ -204,29 +241,13 @@ class OnnxRuntimeBackend:
             trt_engine_cache_dir=trt_engine_cache_dir,
             provider_options=provider_options,
         )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        names = [n for n, _ in resolved]
-        opts = [o for _, o in resolved]
-        self.encoder = ort.InferenceSession(
-            str(self.encoder_path), options, providers=names, provider_options=opts
+        self.encoder = create_session(
+            self.encoder_path, resolved, intra_op_threads, require_providers=require_providers
         )
-        self.decoder = ort.InferenceSession(
-            str(self.decoder_path), options, providers=names, provider_options=opts
+        self.decoder = create_session(
+            self.decoder_path, resolved, intra_op_threads, require_providers=require_providers
         )
         self.providers: list[str] = self.encoder.get_providers()
-        if require_providers:
-            for session, path in (
-                (self.encoder, self.encoder_path),
-                (self.decoder, self.decoder_path),
-            ):
-                missing = [n for n in names if n not in session.get_providers()]
-                if missing:
-                    raise RuntimeError(
-                        f"onnxruntime could not activate {missing} for {path} (active: "
-                        f"{session.get_providers()}); check the GPU libraries, or pass "
-                        "require_providers=False to accept the fallback"
-                    )
         _check_io(self.encoder, self.encoder_path, ENCODER_INPUTS, ENCODER_OUTPUTS)
         _check_io(self.decoder, self.decoder_path, DECODER_INPUTS, DECODER_OUTPUTS)
         # fp16 graphs may take fp16 inputs; feeds are cast to whatever each graph declares.
