@@ -599,7 +599,10 @@ def segment_prompts(
                 masks = masks[keep]
                 if covered is not None:
                     assert high_score_thresh is not None
-                    covered[y0:y1, x0:x1] |= (logits[keep] > high_score_thresh).any(axis=0)
+                    # Mask by mask: logits[keep] would copy every kept logit map at once.
+                    region = covered[y0:y1, x0:x1]
+                    for i in np.flatnonzero(keep):
+                        region |= logits[i] > high_score_thresh
                 if is_crop:
                     full = np.zeros((len(masks), *full_hw), dtype=bool)
                     full[:, y0:y1, x0:x1] = masks

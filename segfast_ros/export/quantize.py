@@ -269,10 +269,15 @@ def embedding_cosines(
     for x in inputs:
         (ref,) = a.run(list(ENCODER_OUTPUTS), {ENCODER_INPUTS[0]: x})
         (got,) = b.run(list(ENCODER_OUTPUTS), {ENCODER_INPUTS[0]: x})
-        ref64, got64 = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
-        denom = np.linalg.norm(ref64) * np.linalg.norm(got64)
-        cosines.append(float(ref64 @ got64 / denom) if denom > 0 else 0.0)
+        cosines.append(cosine_similarity(ref, got))
     return cosines
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of two arrays of the same size, flattened, in float64 (0.0 if either is zero)."""
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    denom = np.linalg.norm(a64) * np.linalg.norm(b64)
+    return float(a64 @ b64 / denom) if denom > 0 else 0.0
 
 
 def quantize_encoder(

@@ -28,6 +28,7 @@ from ..runtime.images import list_images, read_rgb
 from ..runtime.onnx_backend import OnnxRuntimeBackend, onnx_file_names
 from ..runtime.predictor import Predictor
 from ..runtime.transforms import prepare_image
+from .quantize import cosine_similarity
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,6 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two boolean masks of the same shape; 1.0 when both are empty."""
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    denom = np.linalg.norm(a64) * np.linalg.norm(b64)
-    return float(a64 @ b64 / denom) if denom > 0 else 0.0
 
 
 def _timed_encode(backend: OnnxRuntimeBackend, x: np.ndarray) -> tuple[np.ndarray, float]:
@@ -167,7 +162,7 @@ def int8_report(
                 "image": path.name,
                 "height": h,
                 "width": w,
-                "embedding_cosine": _cosine(emb_ref, emb_q8),
+                "embedding_cosine": cosine_similarity(emb_ref, emb_q8),
                 "point_iou": float(np.mean(point_ious)) if point_ious else float("nan"),
                 "box_iou": float(np.mean(box_ious)) if box_ious else float("nan"),
                 "fp32_ms": float(np.median(ms_ref)),
