@@ -26,6 +26,7 @@ from .everything.base import SegEvery
 from .everything.detector import ObjectDetector
 from .everything.grid import PointGridParams
 from .everything.hierarchical import HierarchicalResult
+from .everything.masks import predictor_image_hw
 from .everything.object_aware import ObjectAwareSegEvery
 from .everything.registry import STRATEGIES, build_segevery
 from .runtime.backend import Backend
@@ -247,9 +248,7 @@ def bench_segevery(
             below 1, or ``points_per_side`` out of a strategy's range.
         RuntimeError: a synthetic detector returned another number of boxes than it emits.
     """
-    hw = predictor.original_size
-    if hw is None:
-        raise ValueError("no image is set: call predictor.set_image(image) first")
+    hw = predictor_image_hw(predictor)
     if tuple(np.shape(image)[:2]) != hw:
         raise ValueError(
             f"image {tuple(np.shape(image))} is not the frame set on the predictor {(*hw, 3)}"

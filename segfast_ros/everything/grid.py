@@ -22,9 +22,10 @@ from .masks import (
     PromptMasks,
     StageTimer,
     box_area,
-    clean_small_regions,
+    finish_candidates,
     nms,
     param,
+    predictor_image_hw,
     segment_prompts,
     validate_params,
 )
@@ -132,19 +133,12 @@ class PointGridParams:
 
     def _finish(self, candidates: MaskCandidates, timer: StageTimer) -> MaskCandidates:
         """Optional small-region clean-up, then best first."""
-        if self.min_mask_region_area > 0:
-            with timer.stage("cleanup"):
-                candidates = clean_small_regions(
-                    candidates, self.min_mask_region_area, self.box_nms_thresh
-                )
-        return candidates.sorted_by_score()
-
-
-def predictor_image_hw(predictor: Predictor) -> tuple[int, int]:
-    """``(H, W)`` of the predictor's current image, or a ValueError if none is set."""
-    if predictor.original_size is None:
-        raise ValueError("no image is set: call predictor.set_image(image) first")
-    return predictor.original_size
+        return finish_candidates(
+            candidates,
+            min_mask_region_area=self.min_mask_region_area,
+            box_nms_thresh=self.box_nms_thresh,
+            timer=timer,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,8 +17,8 @@ import numpy as np
 
 from ..runtime.predictor import Predictor
 from .base import SegEveryResult
-from .grid import PointGridParams, build_point_grid, predictor_image_hw
-from .masks import MaskCandidates, StageTimer, param
+from .grid import PointGridParams, build_point_grid
+from .masks import MaskCandidates, StageTimer, param, predictor_image_hw
 
 
 @dataclass

@@ -478,6 +478,27 @@ class StageTimer:
             self.ms[name] = self.ms.get(name, 0.0) + 1e3 * (time.perf_counter() - start)
 
 
+def predictor_image_hw(predictor: Predictor) -> tuple[int, int]:
+    """``(H, W)`` of the predictor's current image, or a ValueError if none is set."""
+    if predictor.original_size is None:
+        raise ValueError("no image is set: call predictor.set_image(image) first")
+    return predictor.original_size
+
+
+def finish_candidates(
+    candidates: MaskCandidates,
+    *,
+    min_mask_region_area: int,
+    box_nms_thresh: float,
+    timer: StageTimer,
+) -> MaskCandidates:
+    """The common tail of every strategy: optional small-region clean-up, then best first."""
+    if min_mask_region_area > 0:
+        with timer.stage("cleanup"):
+            candidates = clean_small_regions(candidates, min_mask_region_area, box_nms_thresh)
+    return candidates.sorted_by_score()
+
+
 def segment_prompts(
     predictor: Predictor,
     *,
@@ -530,9 +551,7 @@ def segment_prompts(
         ValueError: no image set, both or neither of points/boxes, or a crop that does not
             match the predictor's image.
     """
-    if predictor.original_size is None:
-        raise ValueError("no image is set: call predictor.set_image(image) first")
-    ph, pw = predictor.original_size
+    ph, pw = predictor_image_hw(predictor)
     if (points is None) == (boxes is None):
         raise ValueError("give exactly one of points (K, 2) and boxes (K, 4)")
     prompts = np.asarray(points if points is not None else boxes, dtype=np.float64)

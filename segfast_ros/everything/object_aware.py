@@ -21,7 +21,14 @@ import numpy as np
 from ..runtime.predictor import Predictor
 from .base import SegEveryResult
 from .detector import ObjectDetector
-from .masks import StageTimer, clean_small_regions, param, segment_prompts, validate_params
+from .masks import (
+    StageTimer,
+    finish_candidates,
+    param,
+    predictor_image_hw,
+    segment_prompts,
+    validate_params,
+)
 
 if TYPE_CHECKING:
     from ..runtime.onnx_backend import ProviderSpec
@@ -120,9 +127,7 @@ class ObjectAwareSegEvery:
                 the predictor holds.
         """
         start = time.perf_counter()
-        hw = predictor.original_size
-        if hw is None:
-            raise ValueError("no image is set: call predictor.set_image(image) first")
+        hw = predictor_image_hw(predictor)
         if image is None or tuple(np.shape(image)[:2]) != hw:
             got = None if image is None else tuple(np.shape(image))
             raise ValueError(
@@ -149,12 +154,12 @@ class ObjectAwareSegEvery:
         if self.box_nms_thresh < 1.0:
             with timer.stage("nms"):
                 candidates = candidates.nms(self.box_nms_thresh)
-        if self.min_mask_region_area > 0:
-            with timer.stage("cleanup"):
-                candidates = clean_small_regions(
-                    candidates, self.min_mask_region_area, self.box_nms_thresh
-                )
-        candidates = candidates.sorted_by_score()
+        candidates = finish_candidates(
+            candidates,
+            min_mask_region_area=self.min_mask_region_area,
+            box_nms_thresh=self.box_nms_thresh,
+            timer=timer,
+        )
         timings = {"detector": 0.0, "decoder": 0.0, "postprocess": 0.0, "nms": 0.0, **timer.ms}
         timings["total"] = 1e3 * (time.perf_counter() - start)
         return SegEveryResult(
