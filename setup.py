@@ -18,5 +18,11 @@ setup(
         # Building, exporting and quantizing models; never needed on the robot.
         "export": ["torch>=2.1", "onnx>=1.15", "onnxscript"],
     },
-    entry_points={"console_scripts": ["segfast = segfast_ros.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "segfast = segfast_ros.cli:main",
+            # Needs rclpy and the generated interfaces (a ROS 2 environment).
+            "segfast_node = segfast_ros.ros.node:main",
+        ]
+    },
 )

@@ -46,13 +46,13 @@ def test_cache_evicts_oldest_and_keeps_latest() -> None:
     cache = EmbeddingCache(2)
     for key in (1, 2, 3):
         cache.put(_encoded(key))
-    assert cache.keys() == [2, 3]
+    assert cache.list_keys() == [2, 3]
     assert cache.get(1) is None and cache.get(3) is not None
     assert cache.latest() is cache.get(3)
     cache.put(_encoded(2))  # the same stamp again becomes the newest
-    assert cache.keys() == [3, 2] and cache.latest().key == 2
+    assert cache.list_keys() == [3, 2] and cache.latest().key == 2
     cache.resize(1)
-    assert cache.keys() == [2]
+    assert cache.list_keys() == [2]
     with pytest.raises(ValueError, match=">= 1"):
         cache.resize(0)
     cache.clear()

@@ -81,7 +81,7 @@ def mask_to_rle(masks: np.ndarray) -> list[dict[str, Any]]:
     return out
 
 
-def _rle_counts(rle: dict[str, Any]) -> np.ndarray:
+def rle_counts(rle: dict[str, Any]) -> np.ndarray:
     counts = rle.get("counts")
     if isinstance(counts, str | bytes):
         raise ValueError(
@@ -101,7 +101,7 @@ def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
         ValueError: compressed (string) counts, or counts that do not sum to ``H * W``.
     """
     h, w = (int(v) for v in rle["size"])
-    counts = _rle_counts(rle)
+    counts = rle_counts(rle)
     if counts.sum() != h * w or (counts < 0).any():
         raise ValueError(
             f"RLE counts sum to {int(counts.sum())}, expected H * W = {h * w} for size [{h}, {w}]"
@@ -113,7 +113,7 @@ def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
 
 def rle_area(rle: dict[str, Any]) -> int:
     """Foreground pixels of an uncompressed COCO RLE (the sum of its odd runs)."""
-    return int(_rle_counts(rle)[1::2].sum())
+    return int(rle_counts(rle)[1::2].sum())
 
 
 # ------------------------------------------------------------------------ scores and boxes

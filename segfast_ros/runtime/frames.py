@@ -141,7 +141,7 @@ class EmbeddingCache:
         with self._lock:
             return self._latest
 
-    def keys(self) -> list[int]:
+    def list_keys(self) -> list[int]:
         """Cached keys, oldest first."""
         with self._lock:
             return list(self._items)
@@ -300,7 +300,7 @@ class LatestWorker(Generic[T]):
             try:
                 self._handler(item)
                 self.handled += 1
-            except Exception as err:  # noqa: BLE001 - a bad frame must not kill the thread
+            except Exception as err:  # a bad item must not end the thread
                 self.errors += 1
                 if self._on_error is not None:
                     self._on_error(item, err)

@@ -1,0 +1,654 @@
+"""The ``segfast`` lifecycle node: encode each camera frame once, answer prompts, publish SegEvery.
+
+Topics and services (relative names, remappable; ``~`` is the node's namespace):
+
+* ``image`` (``sensor_msgs/Image``, sensor-data QoS) and, with ``use_compressed``,
+  ``<image>/compressed`` (follows the remapped image topic, as image_transport does): the
+  camera. The encoder runs on a thread of its own, latest frame wins.
+* ``~/segment`` (``segfast_ros/srv/Segment``): SegAny from the cached embedding of a frame.
+* ``~/instances`` (``segfast_ros/msg/InstanceArray``), ``~/instances/label`` (``mono16``) and
+  ``~/overlay`` (``rgb8``, only while subscribed): SegEvery at ``segevery.rate``.
+* ``/diagnostics``: input rate, encoder latency, drops, cache, backend.
+
+Lifecycle: ``configure`` loads the model, ``activate`` starts subscriptions, the service and
+timers, ``deactivate`` and ``cleanup`` release them. ``main()`` configures and activates at once
+unless the ``autostart`` parameter is false.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+
+from segfast_ros.everything.base import SegEvery
+from segfast_ros.everything.registry import build_segevery
+from segfast_ros.msg import InstanceArray, SegmentResult
+from segfast_ros.ros.conversions import (
+    ACCEPTED_ENCODINGS,
+    ImageError,
+    compressed_msg_to_rgb,
+    image_msg_to_rgb,
+    instance_to_msg,
+    instances_to_label_image,
+    labels_to_mono16_msg,
+    overlay,
+    rgb_to_image_msg,
+    stamp_to_ns,
+)
+from segfast_ros.ros.params import (
+    SEGEVERY,
+    NodeConfig,
+    ParamSpec,
+    all_params,
+    ros_range,
+    strategy_kwargs,
+)
+from segfast_ros.ros.segany import segment
+from segfast_ros.runtime import Backend, Predictor, load_backend
+from segfast_ros.runtime.frames import (
+    EmbeddingCache,
+    EncodedFrame,
+    Frame,
+    LatestWorker,
+    RateWindow,
+    encode_frame,
+)
+from segfast_ros.srv import Segment
+
+#: Camera input: newest frame only, never block the camera driver (sensor-data QoS, depth 1).
+IMAGE_QOS = QoSProfile(
+    depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT
+)
+#: Outputs: reliable (matches reliable and best-effort subscribers, rviz included), depth 2.
+OUTPUT_QOS = QoSProfile(
+    depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE
+)
+#: Seconds between repeats of the same input warning.
+WARN_THROTTLE_S = 5.0
+#: No frame for this long while active turns the diagnostics to WARN.
+STALE_INPUT_S = 3.0
+#: How long ~/segment waits for a requested frame that is still being encoded.
+SEGMENT_WAIT_S = 2.0
+
+
+def resolve_model_path(path: str) -> Path:
+    """A model file or folder: as given if it exists, else under the package's ``models/``.
+
+    Looks in the current directory (or the absolute path), the installed share folder
+    (``share/segfast_ros/models``) and the source tree's ``models/``; returns the first that
+    exists, or the path as given (whose loader then names it in its error).
+    """
+    given = Path(path).expanduser()
+    candidates = [given]
+    if not given.is_absolute():
+        try:
+            from ament_index_python.packages import get_package_share_directory
+
+            candidates.append(Path(get_package_share_directory("segfast_ros")) / "models" / given)
+        except (ImportError, LookupError, ValueError):
+            pass
+        candidates.append(Path(__file__).resolve().parents[2] / "models" / given)
+    return next((c for c in candidates if c.exists()), given)
+
+
+class SegfastNode(LifecycleNode):
+    """The segfast lifecycle node (see the module docstring)."""
+
+    def __init__(self, node_name: str = "segfast", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._specs: dict[str, ParamSpec] = {s.name: s for s in all_params()}
+        self._values = self._declare_parameters()
+        self._config = NodeConfig.from_values(self._values)
+        self.autostart = bool(
+            self.declare_parameter(
+                "autostart",
+                True,
+                ParameterDescriptor(
+                    description="main() configures and activates the node at start.",
+                    read_only=True,
+                ),
+            ).value
+        )
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._lock = threading.Lock()
+        self._frame_ready = threading.Condition(self._lock)
+        self._inflight: dict[int, int] = {}
+        self._warned: dict[str, float] = {}
+        self._backend: Backend | None = None
+        self._cache: EmbeddingCache | None = None
+        self._strategy: SegEvery | None = None
+        self._encode_predictor: Predictor | None = None
+        self._encoder: LatestWorker[Frame] | None = None
+        self._segevery_worker: LatestWorker[EncodedFrame] | None = None
+        self._last_segevery: EncodedFrame | None = None
+        self._pubs: dict[str, Any] = {}
+        self._subs: list[Any] = []
+        self._service: Any = None
+        self._segevery_timer: Any = None
+
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        self._service_group = ReentrantCallbackGroup()
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+
+        # Statistics for /diagnostics (windows of recent events).
+        self._frames_in = RateWindow()
+        self._encodes = RateWindow()  # value: encoder ms
+        self._latency = RateWindow()  # value: frame arrival to embedding ready, ms
+        self._segany = RateWindow()  # value: service ms
+        self._segevery_runs = RateWindow()  # value: SegEvery ms
+        self._counts = {
+            "rejected_frames": 0,
+            "encoder_errors": 0,
+            "segment_calls": 0,
+            "segment_errors": 0,
+            "segevery_skipped": 0,
+            "segevery_errors": 0,
+        }
+        self._last_error = ""
+        self._configure_error = ""
+        self._active = False
+
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(
+            self._config.diagnostics_period, self._publish_diagnostics, self._timer_group
+        )
+
+    # ------------------------------------------------------------------ parameters
+
+    def _declare_parameters(self) -> dict[str, Any]:
+        values = {}
+        for spec in self._specs.values():
+            descriptor = ParameterDescriptor(
+                description=spec.description, read_only=spec.read_only
+            )
+            if spec.choices:
+                descriptor.additional_constraints = f"one of {list(spec.choices)}"
+            elif spec.range is not None:
+                descriptor.additional_constraints = spec.range.describe()
+            bounds = ros_range(spec)
+            if bounds is not None and bounds[0] == "integer":
+                descriptor.integer_range = [
+                    IntegerRange(from_value=bounds[1], to_value=bounds[2], step=1)
+                ]
+            elif bounds is not None:
+                descriptor.floating_point_range = [
+                    FloatingPointRange(from_value=bounds[1], to_value=bounds[2], step=0.0)
+                ]
+            value = self.declare_parameter(spec.name, spec.default, descriptor).value
+            # Ranges ROS cannot express (open ends, choices) are checked here too.
+            values[spec.name] = spec.check(value)
+        return values
+
+    def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
+        values = dict(self._values)
+        changed = []
+        for p in params:
+            spec = self._specs.get(p.name)
+            if spec is None:
+                continue
+            try:
+                values[p.name] = spec.check(p.value)
+            except ValueError as err:
+                return SetParametersResult(successful=False, reason=str(err))
+            changed.append(p.name)
+        if not changed:
+            return SetParametersResult(successful=True)
+        strategy_changed = any(
+            n.startswith(f"{SEGEVERY}.") and n != f"{SEGEVERY}.rate" for n in changed
+        )
+        if strategy_changed and self._backend is not None:
+            # Build first: a value the strategy refuses (or a detector that does not load)
+            # leaves the running one untouched and is reported to the caller.
+            try:
+                self._strategy = self._build_strategy(values, fallback=False)
+            except (ValueError, FileNotFoundError) as err:
+                return SetParametersResult(successful=False, reason=str(err))
+        config = NodeConfig.from_values(values)
+        if self._cache is not None:
+            self._cache.resize(config.cache_size)
+        old_rate = self._config.segevery_rate
+        self._values, self._config = values, config
+        if self._active and config.segevery_rate != old_rate:
+            self._start_segevery_timer()
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        cfg = self._config
+        if not cfg.model_dir:
+            return self._configure_failed(
+                "parameter model_dir is empty: set it to a folder of exported ONNX files "
+                "(encoder.<precision>.onnx and decoder.*.onnx, written by `segfast export`)"
+            )
+        model_dir = resolve_model_path(cfg.model_dir)
+        try:
+            self._backend = load_backend(
+                cfg.backend,
+                model_dir,
+                precision=cfg.precision,
+                providers=list(cfg.providers),
+                intra_op_threads=cfg.intra_op_threads,
+            )
+        except Exception as err:  # any load failure is reported; the node stays up
+            return self._configure_failed(f"cannot load the model from {model_dir}: {err}")
+        self._encode_predictor = Predictor(self._backend)
+        self._cache = EmbeddingCache(cfg.cache_size)
+        self._strategy = self._build_strategy(self._values, fallback=True)
+        self._pubs = {
+            "instances": self.create_publisher(InstanceArray, "~/instances", OUTPUT_QOS),
+            "label": self.create_publisher(Image, "~/instances/label", OUTPUT_QOS),
+            "overlay": self.create_publisher(Image, "~/overlay", OUTPUT_QOS),
+        }
+        self._configure_error = ""
+        info = self._backend.info
+        self.get_logger().info(
+            f"configured: model {info.name!r} ({info.image_size}px input) from {model_dir}, "
+            f"{cfg.precision} encoder on {list(cfg.providers)}; SegEvery "
+            f"{getattr(self._strategy, 'name', '?')} at {cfg.segevery_rate:g} Hz"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure_failed(self, message: str) -> TransitionCallbackReturn:
+        self._configure_error = message
+        self._last_error = message
+        self.get_logger().error(f"configure failed: {message}")
+        self._release_model()
+        return TransitionCallbackReturn.FAILURE
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._encoder = LatestWorker(self._encode, "segfast-encoder", self._on_encode_error)
+        self._segevery_worker = LatestWorker(
+            self._run_segevery, "segfast-segevery", self._on_segevery_error
+        )
+        self._subs = [
+            self.create_subscription(
+                Image, "image", self._on_image, IMAGE_QOS, callback_group=self._input_group
+            )
+        ]
+        if self._config.use_compressed:
+            self._subs.append(
+                # As image_transport names it: the remapped image topic + "/compressed".
+                self.create_subscription(
+                    CompressedImage,
+                    self.resolve_topic_name("image") + "/compressed",
+                    self._on_compressed,
+                    IMAGE_QOS,
+                    callback_group=self._input_group,
+                )
+            )
+        self._service = self.create_service(
+            Segment, "~/segment", self._on_segment, callback_group=self._service_group
+        )
+        self._active = True
+        self._start_segevery_timer()
+        self.get_logger().info(
+            f"active: images on {self._subs[0].topic_name}, service "
+            f"{self.resolve_service_name('~/segment')}, instances on "
+            f"{self._pubs['instances'].topic_name}"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_io()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_model()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_io()
+        self._release_model()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_io(self) -> None:
+        """Undo activate: no more input, service or timers; running work finishes first."""
+        self._active = False
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        if self._service is not None:
+            self.destroy_service(self._service)
+            self._service = None
+        if self._segevery_timer is not None:
+            self.destroy_timer(self._segevery_timer)
+            self._segevery_timer = None
+        for worker in (self._encoder, self._segevery_worker):
+            if worker is not None:
+                worker.stop()
+        self._encoder = self._segevery_worker = None
+        with self._frame_ready:
+            self._inflight.clear()
+            self._frame_ready.notify_all()
+
+    def _release_model(self) -> None:
+        """Undo configure: publishers, model, cache."""
+        for pub in self._pubs.values():
+            self.destroy_publisher(pub)
+        self._pubs = {}
+        if self._cache is not None:
+            self._cache.clear()
+        self._cache = None
+        self._backend = None
+        self._encode_predictor = None
+        self._strategy = None
+        self._last_segevery = None
+
+    # ------------------------------------------------------------------ input
+
+    def _warn(self, text: str, details: str = "", *, error: bool = False) -> None:
+        """Log ``text`` at most once per WARN_THROTTLE_S for each distinct text.
+
+        ROS's own throttling is per call site, so one bad input would hide a different one
+        that follows it; here each distinct problem gets its own line.
+        """
+        now = time.monotonic()
+        with self._lock:
+            last = self._warned.get(text)
+            if last is not None and now - last < WARN_THROTTLE_S:
+                return
+            if len(self._warned) > 256:
+                self._warned.clear()
+            self._warned[text] = now
+        log = self.get_logger()
+        (log.error if error else log.warning)(f"{text}\n{details}" if details else text)
+
+    def _on_image(self, msg: Image) -> None:
+        self._take_frame(msg, image_msg_to_rgb, "image")
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        self._take_frame(msg, compressed_msg_to_rgb, "<image>/compressed")
+
+    def _take_frame(self, msg: Any, convert: Any, topic: str) -> None:
+        self._frames_in.add()
+        encoder = self._encoder
+        if encoder is None:
+            return
+        try:
+            rgb = convert(msg)
+        except ImageError as err:
+            self._counts["rejected_frames"] += 1
+            self._last_error = f"frame rejected on {topic}: {err}"
+            self._warn(f"{self._last_error} (accepted encodings: {', '.join(ACCEPTED_ENCODINGS)})")
+            return
+        frame = Frame(stamp_to_ns(msg.header.stamp), rgb, msg.header)
+        with self._frame_ready:
+            self._inflight[frame.key] = self._inflight.get(frame.key, 0) + 1
+        replaced = encoder.submit(frame)
+        if replaced is not None:
+            self._frame_done(replaced.key)
+
+    def _frame_done(self, key: int) -> None:
+        with self._frame_ready:
+            left = self._inflight.get(key, 0) - 1
+            if left > 0:
+                self._inflight[key] = left
+            else:
+                self._inflight.pop(key, None)
+            self._frame_ready.notify_all()
+
+    def _encode(self, frame: Frame) -> None:
+        predictor, cache = self._encode_predictor, self._cache
+        try:
+            if predictor is None or cache is None:
+                return
+            encoded = encode_frame(predictor, frame)
+            cache.put(encoded)
+            self._encodes.add(encoded.encode_ms, encoded.ready)
+            self._latency.add((encoded.ready - frame.received) * 1e3, encoded.ready)
+        finally:
+            self._frame_done(frame.key)
+
+    def _on_encode_error(self, frame: Frame, err: BaseException) -> None:
+        self._counts["encoder_errors"] += 1
+        kind = "frame rejected" if isinstance(err, ValueError) else "encoder failed"
+        self._last_error = f"{kind} (stamp {_fmt_stamp(frame.key)}): {err}"
+        if isinstance(err, ValueError):
+            self._warn(self._last_error)
+        else:
+            self._warn(self._last_error, "".join(traceback.format_exception(err)), error=True)
+
+    # ------------------------------------------------------------------ SegAny
+
+    def _on_segment(self, req: Segment.Request, resp: Segment.Response) -> Segment.Response:
+        start = time.perf_counter()
+        self._counts["segment_calls"] += 1
+        try:
+            encoded = self._frame_for(stamp_to_ns(req.stamp))
+            resp.header = encoded.frame.header
+            backend = self._backend
+            if backend is None:
+                raise LookupError("the node is not configured (no model loaded)")
+            resp.results = segment(
+                encoded.predictor(backend), req, encoded.frame.header, SegmentResult
+            )
+            resp.success = True
+        except (ValueError, LookupError) as err:
+            resp.success, resp.message = False, str(err).strip("'\"")
+        except Exception as err:  # reported to the caller; the node keeps serving
+            resp.success = False
+            resp.message = f"internal error ({type(err).__name__}): {err}"
+            self.get_logger().error(f"~/segment failed:\n{traceback.format_exc()}")
+        if not resp.success:
+            self._counts["segment_errors"] += 1
+            self._warn(f"~/segment refused: {resp.message}")
+        self._segany.add((time.perf_counter() - start) * 1e3)
+        return resp
+
+    def _frame_for(self, key: int) -> EncodedFrame:
+        """The cached frame for stamp ``key`` (0: latest), waiting for one being encoded.
+
+        Raises:
+            LookupError: no frame yet, or the stamp is unknown or evicted (says which are
+                cached).
+        """
+        cache = self._cache
+        if cache is None:
+            raise LookupError("the node is not configured (no model loaded)")
+        deadline = time.monotonic() + SEGMENT_WAIT_S
+        with self._frame_ready:
+            while True:
+                found = cache.latest() if key == 0 else cache.get(key)
+                if found is not None:
+                    return found
+                waiting = key in self._inflight if key else bool(self._inflight)
+                left = deadline - time.monotonic()
+                if not waiting or left <= 0:
+                    break
+                self._frame_ready.wait(left)
+        topic = self._subs[0].topic_name if self._subs else "image"
+        if key == 0:
+            raise LookupError(
+                f"no frame yet: no image has been received and encoded on {topic}; publish "
+                f"a sensor_msgs/Image ({', '.join(ACCEPTED_ENCODINGS)}) there first"
+            )
+        cached = ", ".join(_fmt_stamp(k) for k in cache.list_keys()) or "none"
+        raise LookupError(
+            f"no cached frame with stamp {_fmt_stamp(key)}: it was never received, is still "
+            f"being encoded, or was evicted; cached stamps: {cached} (cache_size="
+            f"{cache.capacity}); use a zero stamp for the latest frame"
+        )
+
+    # ------------------------------------------------------------------ SegEvery
+
+    def _build_strategy(self, values: dict[str, Any], *, fallback: bool) -> SegEvery:
+        """The configured SegEvery strategy.
+
+        With ``fallback``, an object-aware strategy whose detector is unset or does not load
+        becomes the grid strategy, with a warning; without, that is a ValueError.
+        """
+        name = values[f"{SEGEVERY}.strategy"]
+        kwargs = strategy_kwargs(values, name)
+        if name != "object_aware":
+            return build_segevery(name, **kwargs)
+        problem = ""
+        if not kwargs["detector"]:
+            problem = (
+                f"parameter {SEGEVERY}.object_aware.detector is empty (expected a YOLOv8-layout "
+                "detector ONNX file)"
+            )
+        else:
+            kwargs["detector"] = str(resolve_model_path(kwargs["detector"]))
+            try:
+                return build_segevery(name, **kwargs)
+            except (FileNotFoundError, ValueError) as err:
+                problem = str(err)
+        if not fallback:
+            raise ValueError(f"object_aware SegEvery cannot start: {problem}")
+        self._last_error = f"object_aware unavailable, using grid: {problem}"
+        self.get_logger().warning(f"object_aware SegEvery unavailable: {problem}; using grid")
+        return build_segevery("grid", **strategy_kwargs(values, "grid"))
+
+    def _start_segevery_timer(self) -> None:
+        if self._segevery_timer is not None:
+            self.destroy_timer(self._segevery_timer)
+            self._segevery_timer = None
+        rate = self._config.segevery_rate
+        if rate > 0:
+            self._segevery_timer = self.create_timer(
+                1.0 / rate, self._on_segevery_timer, self._timer_group
+            )
+
+    def _on_segevery_timer(self) -> None:
+        cache, worker = self._cache, self._segevery_worker
+        if cache is None or worker is None:
+            return
+        latest = cache.latest()
+        if latest is None or latest is self._last_segevery:
+            return  # nothing new to segment
+        if worker.busy:
+            self._counts["segevery_skipped"] += 1
+            return
+        self._last_segevery = latest
+        worker.submit(latest)
+
+    def _run_segevery(self, encoded: EncodedFrame) -> None:
+        backend, strategy, pubs = self._backend, self._strategy, dict(self._pubs)
+        if backend is None or strategy is None or not pubs:
+            return
+        start = time.perf_counter()
+        result = strategy(encoded.predictor(backend), encoded.frame.image)
+        elapsed = (time.perf_counter() - start) * 1e3
+        header = encoded.frame.header
+        msg = InstanceArray(
+            header=header,
+            strategy=result.strategy,
+            instances=[instance_to_msg(inst, i) for i, inst in enumerate(result.instances)],
+            decoder_prompts=int(result.decoder_prompts),
+            segevery_ms=float(elapsed),
+        )
+        pubs["instances"].publish(msg)
+        labels = instances_to_label_image(result.instances, encoded.hw)
+        pubs["label"].publish(labels_to_mono16_msg(labels, header))
+        if pubs["overlay"].get_subscription_count() > 0:
+            pubs["overlay"].publish(rgb_to_image_msg(overlay(encoded.frame.image, labels), header))
+        self._segevery_runs.add(elapsed)
+
+    def _on_segevery_error(self, encoded: EncodedFrame, err: BaseException) -> None:
+        self._counts["segevery_errors"] += 1
+        self._last_error = f"SegEvery failed (stamp {_fmt_stamp(encoded.key)}): {err}"
+        self._warn(self._last_error, "".join(traceback.format_exception(err)), error=True)
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def _publish_diagnostics(self) -> None:
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [self.diagnostic_status()]
+        self._diag_pub.publish(msg)
+
+    def diagnostic_status(self) -> DiagnosticStatus:
+        """The node's health as one ``diagnostic_msgs/DiagnosticStatus``."""
+        cfg, now = self._config, time.monotonic()
+        encoder, cache = self._encoder, self._cache
+        last_frame = self._frames_in.last_time()
+        level, message = DiagnosticStatus.OK, "ok"
+        if self._configure_error:
+            level, message = DiagnosticStatus.ERROR, f"configure failed: {self._configure_error}"
+        elif not self._active:
+            level, message = DiagnosticStatus.OK, "inactive"
+        elif last_frame is None or now - last_frame > STALE_INPUT_S:
+            level, message = DiagnosticStatus.WARN, "no input images"
+        elif self._encodes.last_time() is None or now - self._encodes.last_time() > STALE_INPUT_S:
+            level, message = DiagnosticStatus.WARN, "images arrive but none is encoded"
+        info = self._backend.info if self._backend is not None else None
+        values = {
+            "backend": cfg.backend,
+            "providers": ",".join(cfg.providers),
+            "precision": cfg.precision,
+            "model": info.name if info is not None else "",
+            "input_rate_hz": f"{self._frames_in.rate_hz(now):.2f}",
+            "encoded_rate_hz": f"{self._encodes.rate_hz(now):.2f}",
+            "encoder_ms_p50": f"{self._encodes.percentile(50):.1f}",
+            "frame_to_embedding_ms_p50": f"{self._latency.percentile(50):.1f}",
+            "frames_received": str(encoder.submitted if encoder else 0),
+            "frames_encoded": str(encoder.handled if encoder else 0),
+            "frames_dropped": str(encoder.dropped if encoder else 0),
+            "cache_size": f"{len(cache) if cache else 0}/{cfg.cache_size}",
+            "segment_ms_p50": f"{self._segany.percentile(50):.1f}",
+            "segevery_strategy": getattr(self._strategy, "name", ""),
+            "segevery_ms_p50": f"{self._segevery_runs.percentile(50):.1f}",
+            **{k: str(v) for k, v in self._counts.items()},
+            "last_error": self._last_error,
+        }
+        return DiagnosticStatus(
+            level=level,
+            name=f"{self.get_fully_qualified_name()}: segfast",
+            message=message,
+            hardware_id=f"{cfg.backend}:{','.join(cfg.providers)}",
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+
+
+def _fmt_stamp(key: int) -> str:
+    """A stamp key in nanoseconds as ``sec.nanosec``."""
+    return f"{key // 1_000_000_000}.{key % 1_000_000_000:09d}"
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the node: ``segfast_node --ros-args -p model_dir:=... -r image:=/camera/image``."""
+    rclpy.init(args=args)
+    try:
+        node = SegfastNode()
+    except Exception as err:  # a bad parameter ends the start with a message, no traceback
+        print(f"segfast: cannot start: {err}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    if node.autostart and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+        node.trigger_activate()
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.on_shutdown(None)  # type: ignore[arg-type]
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""The node's parameters: one table of names, defaults, ranges and descriptions.
+
+Every parameter is declared from :data:`NODE_PARAMS` and the SegEvery strategies' own typed
+fields (:func:`segevery_params`), so the ranges a user sees in ``ros2 param describe`` are the
+ones the library enforces. Values are read into the typed :class:`NodeConfig` once, and
+runtime changes go through :func:`check_change`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from segfast_ros.everything.masks import ParamRange
+from segfast_ros.everything.registry import STRATEGIES
+
+#: Largest value ROS integer ranges accept (int64), used as "no upper bound".
+_INT_MAX = 2**63 - 1
+#: Prefix of the SegEvery strategy parameters: ``segevery.<strategy>.<field>``.
+SEGEVERY = "segevery"
+#: Detector settings of the object-aware strategy that are not strategy fields.
+DETECTOR_PARAMS = ("detector", "conf", "iou", "max_det")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter.
+
+    Attributes:
+        name: dotted ROS name.
+        default: its default; the type (bool, int, float, str, list of str) is the ROS type.
+        description: what it does, shown by ``ros2 param describe``.
+        range: accepted numeric values, checked on declaration and on every change.
+        read_only: fixed for the node's lifetime (model and backend choices).
+        choices: accepted strings.
+    """
+
+    name: str
+    default: Any
+    description: str
+    range: ParamRange | None = None
+    read_only: bool = False
+    choices: tuple[str, ...] = ()
+
+    def check(self, value: Any) -> Any:
+        """``value`` converted to this parameter's type, or a ValueError saying why not."""
+        if self.range is not None:
+            return self.range.check(self.name, value)
+        if isinstance(self.default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{self.name} must be true or false, got {value!r}")
+        elif isinstance(self.default, str):
+            if not isinstance(value, str):
+                raise ValueError(f"{self.name} must be a string, got {value!r}")
+            if self.choices and value not in self.choices:
+                raise ValueError(f"{self.name} must be one of {list(self.choices)}, got {value!r}")
+        elif isinstance(self.default, list) and not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{self.name} must be a list of strings, got {value!r}")
+        return value
+
+
+def _num(default: float, low: float | None = None, high: float | None = None) -> ParamRange:
+    kind = int if isinstance(default, int) and not isinstance(default, bool) else float
+    return ParamRange(kind, low, high)
+
+
+#: The node's own parameters (the SegEvery strategy parameters are added by segevery_params).
+NODE_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        "backend",
+        "onnxruntime",
+        "Inference backend: onnxruntime (CPU, CUDA or TensorRT execution providers).",
+        read_only=True,
+        choices=("onnxruntime",),
+    ),
+    ParamSpec(
+        "model_dir",
+        "",
+        "Folder of the exported model: encoder.<precision>.onnx and decoder.*.onnx, as "
+        "written by `segfast export`. A relative path is looked up in the package's models/.",
+        read_only=True,
+    ),
+    ParamSpec(
+        "precision",
+        "int8",
+        "Encoder precision to load: int8 (quantized, the default), fp16 or fp32.",
+        read_only=True,
+        choices=("int8", "fp16", "fp32"),
+    ),
+    ParamSpec(
+        "providers",
+        ["cpu"],
+        "ONNX Runtime execution providers in order of preference: cpu, cuda, tensorrt. A "
+        "provider this onnxruntime build lacks is an error, never a silent CPU fallback.",
+        read_only=True,
+    ),
+    ParamSpec(
+        "intra_op_threads",
+        0,
+        "ONNX Runtime threads per session; 0 lets ONNX Runtime choose.",
+        range=_num(0, 0, 256),
+        read_only=True,
+    ),
+    ParamSpec(
+        "use_compressed",
+        False,
+        "Also subscribe to <image topic>/compressed (sensor_msgs/CompressedImage, JPEG or "
+        "PNG), as image_transport names it.",
+        read_only=True,
+    ),
+    ParamSpec(
+        "cache_size",
+        4,
+        "Encoded frames kept by header stamp; ~/segment answers for any of them.",
+        range=_num(1, 1, 64),
+    ),
+    ParamSpec(
+        "diagnostics_period",
+        1.0,
+        "Seconds between /diagnostics messages.",
+        range=_num(1.0, 0.1, 60.0),
+        read_only=True,
+    ),
+    ParamSpec(
+        f"{SEGEVERY}.rate",
+        1.0,
+        "SegEvery publications per second on ~/instances (at most one per encoded frame); "
+        "0 turns SegEvery off.",
+        range=_num(1.0, 0.0, 30.0),
+    ),
+    ParamSpec(
+        f"{SEGEVERY}.strategy",
+        "grid",
+        "SegEvery strategy: grid (SAM), hierarchical (TinySAM) or object_aware (MobileSAMv2, "
+        "needs segevery.object_aware.detector; falls back to grid with a warning without it).",
+        choices=tuple(sorted(STRATEGIES)),
+    ),
+    ParamSpec(
+        f"{SEGEVERY}.object_aware.detector",
+        "",
+        "Object-discovery detector ONNX file (YOLOv8 output layout) for object_aware. A "
+        "relative path is looked up in the package's models/.",
+    ),
+    ParamSpec(
+        f"{SEGEVERY}.object_aware.conf",
+        0.4,
+        "Detector confidence threshold (MobileSAMv2: 0.4).",
+        range=ParamRange(float, 0.0, 1.0, high_open=True),
+    ),
+    ParamSpec(
+        f"{SEGEVERY}.object_aware.iou",
+        0.9,
+        "Detector NMS IoU threshold (MobileSAMv2: 0.9).",
+        range=ParamRange(float, 1e-6, 1.0),
+    ),
+    ParamSpec(
+        f"{SEGEVERY}.object_aware.max_det",
+        300,
+        "Most detector boxes, hence prompts, per frame.",
+        range=_num(300, 1, 10000),
+    ),
+)
+
+
+def segevery_params() -> tuple[ParamSpec, ...]:
+    """``segevery.<strategy>.<field>`` for every typed field of every registered strategy.
+
+    Numeric fields carry the range the strategy itself enforces; boolean fields are plain
+    switches. Defaults are the strategy's (SAM's, TinySAM's, MobileSAMv2's).
+    """
+    specs = []
+    for name, cls in sorted(STRATEGIES.items()):
+        assert dataclasses.is_dataclass(cls)
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        for f in dataclasses.fields(cls):
+            spec_range = f.metadata.get("range")
+            if spec_range is None and not isinstance(f.default, bool):
+                continue  # objects (the detector) are configured by the parameters above
+            specs.append(
+                ParamSpec(
+                    f"{SEGEVERY}.{name}.{f.name}",
+                    f.default,
+                    f"{name} SegEvery: {f.name} ({doc})",
+                    range=spec_range,
+                )
+            )
+    return tuple(specs)
+
+
+def all_params() -> tuple[ParamSpec, ...]:
+    """Every parameter the node declares."""
+    return NODE_PARAMS + segevery_params()
+
+
+def ros_range(spec: ParamSpec) -> tuple[str, float, float] | None:
+    """``("integer" | "floating_point", from, to)`` for the ROS descriptor, or None.
+
+    ROS ranges are closed and need both ends, so an open upper end or a missing bound is left
+    to :meth:`ParamSpec.check` alone.
+    """
+    rng = spec.range
+    if rng is None or rng.low is None:
+        return None
+    if rng.kind is int:
+        high = _INT_MAX if rng.high is None else rng.high
+        return "integer", int(rng.low), int(high)
+    if rng.high is None or rng.high_open:
+        return None
+    return "floating_point", float(rng.low), float(rng.high)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Typed values of the node's own parameters (read once, replaced on runtime changes)."""
+
+    backend: str
+    model_dir: str
+    precision: str
+    providers: tuple[str, ...]
+    intra_op_threads: int
+    use_compressed: bool
+    cache_size: int
+    diagnostics_period: float
+    segevery_rate: float
+    segevery_strategy: str
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> NodeConfig:
+        """Build from ``{parameter name: value}`` (all of :data:`NODE_PARAMS`)."""
+        return cls(
+            backend=str(values["backend"]),
+            model_dir=str(values["model_dir"]),
+            precision=str(values["precision"]),
+            providers=tuple(str(p) for p in values["providers"]),
+            intra_op_threads=int(values["intra_op_threads"]),
+            use_compressed=bool(values["use_compressed"]),
+            cache_size=int(values["cache_size"]),
+            diagnostics_period=float(values["diagnostics_period"]),
+            segevery_rate=float(values[f"{SEGEVERY}.rate"]),
+            segevery_strategy=str(values[f"{SEGEVERY}.strategy"]),
+        )
+
+
+def strategy_kwargs(values: dict[str, Any], strategy: str) -> dict[str, Any]:
+    """Keyword arguments for ``build_segevery(strategy, ...)`` from parameter values.
+
+    Object-aware gets its detector path and settings; the caller resolves the path.
+    """
+    prefix = f"{SEGEVERY}.{strategy}."
+    kwargs = {
+        k[len(prefix) :]: v
+        for k, v in values.items()
+        if k.startswith(prefix) and k[len(prefix) :] not in DETECTOR_PARAMS
+    }
+    if strategy == "object_aware":
+        kwargs.update({p: values[prefix + p] for p in DETECTOR_PARAMS})
+    return kwargs

@@ -1,0 +1,134 @@
+"""Helpers for tests that talk to a real segfast node over DDS.
+
+The node runs as a user would start it (the ``segfast_node`` console script with
+``--ros-args``) in its own process; the test process is a separate ROS 2 participant on an
+isolated domain that publishes frames and calls services.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+
+
+def ros_env(domain_id: int) -> dict[str, str]:
+    """Environment for a participant on ``domain_id``, discovery on this machine only."""
+    env = dict(os.environ)
+    env["ROS_DOMAIN_ID"] = str(domain_id)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env["PYTHONUNBUFFERED"] = "1"
+    env["RCUTILS_COLORIZED_OUTPUT"] = "0"
+    return env
+
+
+def free_domain_id() -> int:
+    """A domain id unlikely to clash with a parallel run (ids 1..100 are valid everywhere)."""
+    return random.Random(os.getpid() ^ time.time_ns()).randint(1, 100)
+
+
+def node_command(*ros_args: str) -> list[str]:
+    """``segfast_node --ros-args ...`` from this interpreter's environment."""
+    script = shutil.which("segfast_node", path=str(Path(sys.executable).parent))
+    base = [script] if script else [sys.executable, "-m", "segfast_ros.ros.node"]
+    return [*base, "--ros-args", *ros_args]
+
+
+class NodeProcess:
+    """A segfast node in a subprocess; its log goes to a file for the tests to read."""
+
+    def __init__(self, args: list[str], domain_id: int, log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            node_command(*args),
+            env=ros_env(domain_id),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int:
+        if self.alive():
+            self.proc.send_signal(subprocess.signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+class Client:
+    """A client participant: a node with an executor, on its own rclpy context."""
+
+    def __init__(self, domain_id: int, name: str = "segfast_test_client") -> None:
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = Node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+    def spin_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        """Spin until ``done()``; AssertionError naming ``what`` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def call(self, client: Any, request: Any, timeout: float = 30.0) -> Any:
+        """Call a service and wait for the response."""
+        self.spin_until(client.service_is_ready, timeout, f"service {client.srv_name}")
+        future = client.call_async(request)
+        self.spin_until(future.done, timeout, f"a response from {client.srv_name}")
+        return future.result()
+
+
+def image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera", encoding: str = "bgr8"):
+    """A sensor_msgs/Image of ``rgb`` (sent as ``encoding``) with the given stamp."""
+    from sensor_msgs.msg import Image
+
+    channels = {"rgb8": rgb, "bgr8": rgb[..., ::-1]}
+    pixels = np.ascontiguousarray(channels[encoding])
+    msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding=encoding)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.header.frame_id = frame_id
+    msg.step = rgb.shape[1] * 3
+    msg.data = array("B", pixels.tobytes())  # array: no per-byte check in the setter
+    return msg
+
+
+def synthetic_scene(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
+    """An RGB frame with a few flat-coloured shapes on a textured background."""
+    rng = np.random.default_rng(seed)
+    img = (rng.random((h, w, 3)) * 40 + 100).astype(np.uint8)
+    img[10:50, 15:60] = (220, 30, 30)
+    yy, xx = np.mgrid[:h, :w]
+    img[(yy - 60) ** 2 + (xx - 90) ** 2 < 20**2] = (30, 200, 40)
+    img[70:90, 10:40] = (40, 40, 210)
+    return img
