@@ -3,16 +3,51 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: setup test lint format bench clean
+# The ROS interfaces (msg/, srv/) are generated with CMake against the ROS 2 wheels in the venv
+# and installed into it: libraries to .venv/lib, the generated Python package to
+# .venv/lib/segfast_ros_interfaces, which a .pth file puts on sys.path (segfast_ros/__init__.py
+# joins it to the source tree's package). The hand-written modules stay the editable install.
+VENV_ABS = $(abspath $(VENV))
+ROS_BUILD := build/ros
+ROS_PYDIR := lib/segfast_ros_interfaces
+ROS_STAMP := $(VENV)/.ros-interfaces
+ROS_SOURCES := CMakeLists.txt package.xml $(wildcard msg/*.msg srv/*.srv cmake/*.cmake)
 
-setup: $(STAMP)
+.PHONY: setup build-tools test lint format bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt setup.py
+setup: $(STAMP) $(ROS_STAMP)
+
+# Checked before the long pip install, so a missing tool fails in seconds.
+build-tools:
+	@command -v cmake >/dev/null 2>&1 || { echo >&2 "make setup: cmake not found." \
+		"It builds the ROS interfaces (msg/, srv/): apt-get install cmake"; exit 1; }
+	@command -v $(CXX) >/dev/null 2>&1 && command -v $(CC) >/dev/null 2>&1 || { echo >&2 \
+		"make setup: no C/C++ compiler ($(CC), $(CXX)). The generated ROS interface libraries" \
+		"are C and C++: apt-get install g++ (or set CC and CXX)"; exit 1; }
+
+$(STAMP): requirements.txt requirements-dev.txt requirements-ros.txt setup.py | build-tools
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
-	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e . \
+		--config-settings editable_mode=compat
 	touch $(STAMP)
+
+# Rebuilt when the interfaces, the build files or the venv's packages change. The old generated
+# package is removed first, so a deleted msg leaves no module behind.
+$(ROS_STAMP): $(STAMP) $(ROS_SOURCES) | build-tools
+	AMENT_PREFIX_PATH=$(VENV_ABS) cmake -S . -B $(ROS_BUILD) \
+		-DCMAKE_PROJECT_INCLUDE=$(CURDIR)/cmake/pip_wheels_fixup.cmake \
+		-DCMAKE_PREFIX_PATH=$(VENV_ABS) -DPython3_EXECUTABLE=$(VENV_ABS)/bin/python \
+		-DCMAKE_INSTALL_PREFIX=$(VENV_ABS) -DPYTHON_INSTALL_DIR=$(ROS_PYDIR) \
+		-DSEGFAST_INSTALL_PYTHON_SOURCES=OFF -DBUILD_TESTING=OFF
+	AMENT_PREFIX_PATH=$(VENV_ABS) cmake --build $(ROS_BUILD) --parallel $(JOBS)
+	rm -rf $(VENV)/$(ROS_PYDIR)
+	cmake --install $(ROS_BUILD)
+	echo $(VENV_ABS)/$(ROS_PYDIR) > "$$($(PY) -c 'import sysconfig; \
+		print(sysconfig.get_path("purelib"))')/segfast_ros_interfaces.pth"
+	touch $(ROS_STAMP)
 
 lint: setup
 	$(PY) -m ruff check .
@@ -29,4 +64,4 @@ bench: setup
 	$(VENV)/bin/segfast bench --model mobile_sam --json out/bench.json
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache
+	rm -rf $(VENV) build out .pytest_cache .ruff_cache
