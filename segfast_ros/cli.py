@@ -312,6 +312,63 @@ def cmd_bench_segevery(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_node(args: argparse.Namespace) -> int:
+    """The node against the library: ~/segment vs predict, frame-to-embedding vs set_image."""
+    from .bench import format_table, synthetic_scene, write_json
+    from .ros.bench import bench_node
+
+    onnx_dir = Path(args.onnx_dir or default_onnx_dir(args.model, args.checkpoint))
+    image = read_rgb(args.image) if args.image else synthetic_scene()
+    if args.precision == "int8" and not args.calib and not args.image:
+        import cv2
+
+        calib = onnx_dir.parent / "calib_synthetic.png"
+        calib.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(calib), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        args.calib = [str(calib)]
+    ensure_onnx(
+        onnx_dir,
+        args.precision,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        calibration=_images(args.calib) if args.calib else [],
+        allow_random=True,
+    )
+    result = bench_node(
+        onnx_dir,
+        args.precision,
+        image,
+        calls=args.calls,
+        frames=args.frames,
+        providers=tuple(args.providers or ("cpu",)),
+        threads=args.threads,
+    )
+    h, w = image.shape[:2]
+    print(
+        f"{onnx_dir} {args.precision}, image {w}x{h} (WxH), threads {args.threads or 'all'}, "
+        f"{args.calls} service calls, {args.frames} frames"
+    )
+    print(format_table(result.rows))
+    notes = result.notes()
+    for note in notes:
+        print(f"note: {note}")
+    if args.json:
+        write_json(
+            result.rows,
+            args.json,
+            onnx_dir=str(onnx_dir),
+            precision=args.precision,
+            image_hw=[h, w],
+            threads=args.threads,
+            cpu_count=os.cpu_count(),
+            service_overhead_ms=result.service_overhead_ms,
+            node_overhead_pct=result.node_overhead_pct,
+            notes=notes,
+        )
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _random_weights(args: argparse.Namespace) -> bool | None:
     """True when the weights are known to be random: no checkpoint (the default ONNX folder is
     then ``MODEL-random``) or one named so, like the parity fixture's. None otherwise: a file
@@ -416,6 +473,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=1, help="timed runs per strategy (medians)")
     p.add_argument("--json", help="write the table as JSON")
     p.set_defaults(func=cmd_bench_segevery)
+
+    p = sub.add_parser(
+        "bench-node",
+        help="the ROS node vs the library: ~/segment round trip, frame-to-embedding latency",
+    )
+    _add_backend_args(p, backend=False)
+    p.add_argument("--precision", choices=PRECISIONS, default="int8")
+    p.add_argument("--image", help="frame to send (default: a generated 769x770 scene)")
+    p.add_argument("--calib", nargs="+", help="int8 calibration images (default: the image)")
+    p.add_argument("--calls", type=int, default=100, help="timed service calls")
+    p.add_argument("--frames", type=int, default=20, help="timed frames")
+    p.add_argument("--json", help="write the table as JSON")
+    p.set_defaults(func=cmd_bench_node)
     return parser
 
 

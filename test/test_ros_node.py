@@ -30,12 +30,13 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.qos import qos_profile_sensor_data
-from ros_harness import Client, NodeProcess, free_domain_id, image_msg, synthetic_scene
+from ros_scenes import synthetic_scene
 from segfast_ros.msg import InstanceArray
 from segfast_ros.srv import Segment
 from sensor_msgs.msg import CompressedImage, Image
 
 from segfast_ros.everything.masks import rle_to_mask
+from segfast_ros.ros.harness import Client, NodeProcess, free_domain_id, image_msg
 from segfast_ros.runtime import Predictor
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
 

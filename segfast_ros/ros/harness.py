@@ -1,8 +1,8 @@
-"""Helpers for tests that talk to a real segfast node over DDS.
+"""Drive a real segfast node over DDS from another process: for tests and the node benchmark.
 
 The node runs as a user would start it (the ``segfast_node`` console script with
-``--ros-args``) in its own process; the test process is a separate ROS 2 participant on an
-isolated domain that publishes frames and calls services.
+``--ros-args``) in its own process; the caller is a separate ROS 2 participant on an isolated
+domain that publishes frames and calls services.
 """
 
 from __future__ import annotations
@@ -121,14 +121,3 @@ def image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera", encoding
     msg.step = rgb.shape[1] * 3
     msg.data = array("B", pixels.tobytes())  # array: no per-byte check in the setter
     return msg
-
-
-def synthetic_scene(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
-    """An RGB frame with a few flat-coloured shapes on a textured background."""
-    rng = np.random.default_rng(seed)
-    img = (rng.random((h, w, 3)) * 40 + 100).astype(np.uint8)
-    img[10:50, 15:60] = (220, 30, 30)
-    yy, xx = np.mgrid[:h, :w]
-    img[(yy - 60) ** 2 + (xx - 90) ** 2 < 20**2] = (30, 200, 40)
-    img[70:90, 10:40] = (40, 40, 210)
-    return img

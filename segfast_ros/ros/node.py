@@ -380,7 +380,8 @@ class SegfastNode(LifecycleNode):
         self._take_frame(msg, compressed_msg_to_rgb, "<image>/compressed")
 
     def _take_frame(self, msg: Any, convert: Any, topic: str) -> None:
-        self._frames_in.add()
+        received = time.monotonic()  # frame-to-embedding latency includes the conversion
+        self._frames_in.add(now=received)
         encoder = self._encoder
         if encoder is None:
             return
@@ -391,7 +392,7 @@ class SegfastNode(LifecycleNode):
             self._last_error = f"frame rejected on {topic}: {err}"
             self._warn(f"{self._last_error} (accepted encodings: {', '.join(ACCEPTED_ENCODINGS)})")
             return
-        frame = Frame(stamp_to_ns(msg.header.stamp), rgb, msg.header)
+        frame = Frame(stamp_to_ns(msg.header.stamp), rgb, msg.header, received)
         with self._frame_ready:
             self._inflight[frame.key] = self._inflight.get(frame.key, 0) + 1
         replaced = encoder.submit(frame)
@@ -599,8 +600,10 @@ class SegfastNode(LifecycleNode):
             "model": info.name if info is not None else "",
             "input_rate_hz": f"{self._frames_in.rate_hz(now):.2f}",
             "encoded_rate_hz": f"{self._encodes.rate_hz(now):.2f}",
-            "encoder_ms_p50": f"{self._encodes.percentile(50):.1f}",
-            "frame_to_embedding_ms_p50": f"{self._latency.percentile(50):.1f}",
+            "encoder_ms_p50": f"{self._encodes.percentile(50):.2f}",
+            "encoder_ms_p95": f"{self._encodes.percentile(95):.2f}",
+            "frame_to_embedding_ms_p50": f"{self._latency.percentile(50):.2f}",
+            "frame_to_embedding_ms_p95": f"{self._latency.percentile(95):.2f}",
             "frames_received": str(encoder.submitted if encoder else 0),
             "frames_encoded": str(encoder.handled if encoder else 0),
             "frames_dropped": str(encoder.dropped if encoder else 0),
