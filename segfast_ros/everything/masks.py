@@ -61,10 +61,25 @@ def mask_to_rle(masks: np.ndarray) -> list[dict[str, Any]]:
     masks = np.asarray(masks)
     if masks.ndim != 3:
         raise ValueError(f"expected masks (N, H, W), got shape {masks.shape}")
+    size = [int(masks.shape[1]), int(masks.shape[2])]
+    return [{"size": size, "counts": c.tolist()} for c in mask_run_lengths(masks)]
+
+
+def mask_run_lengths(masks: np.ndarray) -> list[np.ndarray]:
+    """The RLE counts of :func:`mask_to_rle` as int64 arrays (no Python lists).
+
+    Args:
+        masks: ``(N, H, W)`` bool (any dtype: nonzero is foreground).
+
+    Returns:
+        ``N`` int64 arrays of run lengths, column-major, starting with a run of zeros.
+    """
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"expected masks (N, H, W), got shape {masks.shape}")
     n, h, w = masks.shape
-    size = [int(h), int(w)]
     if h * w == 0:
-        return [{"size": size, "counts": [0]} for _ in range(n)]
+        return [np.zeros(1, dtype=np.int64) for _ in range(n)]
     # Column-major flattening is a transpose; then run boundaries are where neighbours differ.
     flat = masks.astype(bool, copy=False).transpose(0, 2, 1).reshape(n, h * w)
     rows, cols = np.nonzero(flat[:, 1:] != flat[:, :-1])
@@ -73,11 +88,9 @@ def mask_to_rle(masks: np.ndarray) -> list[dict[str, Any]]:
     starts = cols + 1
     out = []
     for i in range(n):
-        edges = np.concatenate(([0], starts[bounds[i] : bounds[i + 1]], [h * w]))
-        counts = np.diff(edges).tolist()
-        if flat[i, 0]:
-            counts.insert(0, 0)
-        out.append({"size": size, "counts": counts})
+        first = [0, 0] if flat[i, 0] else [0]  # a leading empty run when the mask starts set
+        edges = np.concatenate((first, starts[bounds[i] : bounds[i + 1]], [h * w]))
+        out.append(np.diff(edges).astype(np.int64, copy=False))
     return out
 
 

@@ -5,7 +5,9 @@ process is its client and, in between, runs the same work directly on the same O
 
 * **SegAny**: a ``~/segment`` round trip (one point, one mask, from the cached embedding)
   against ``Predictor.predict`` with the same prompt here. Calls alternate, so both see the
-  same machine load. Overhead = median round trip - median direct call (target < 3 ms).
+  same machine load. Overhead = median round trip - median direct call (target < 3 ms). The
+  node's own time in the handler (from ``/diagnostics``, its last 100 calls) splits that into
+  work in the node and transport.
 * **Frames**: frame arrival in the node's image callback to embedding cached (conversion,
   hand-off to the encoder thread, pre-processing, encoder), read from the node's
   ``/diagnostics``, against ``Predictor.set_image`` on the same image here, run while the node
@@ -173,6 +175,10 @@ def bench_node(
             if i >= warmup:
                 service_ms.append(elapsed)
                 predict_ms.append(direct_elapsed)
+        # The node's own view of the calls: time inside the service handler.
+        diagnostics.clear()
+        client.spin_until(lambda: _encoded(diagnostics) > 0, 5, "diagnostics")
+        handler = _values(diagnostics[-1]) or {}
     finally:
         client.close()
         node.stop()
@@ -196,6 +202,14 @@ def bench_node(
             frames,
         ),
         _row("direct", precision, "predict (1 pt)", predict_ms),
+        BenchRow(
+            "node",
+            precision,
+            "segment handler",
+            float(handler["segment_ms_p50"]),
+            float(handler["segment_ms_p95"]),
+            calls,
+        ),
         _row("node", precision, "~/segment (1 pt)", service_ms),
     ]
     encode_med = statistics.median(direct_encode)

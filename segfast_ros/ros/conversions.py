@@ -27,9 +27,8 @@ from std_msgs.msg import Header
 
 from segfast_ros.everything.base import Instance
 from segfast_ros.everything.masks import (
-    mask_to_rle,
+    mask_run_lengths,
     masks_to_boxes,
-    rle_area,
     rle_counts,
     rle_to_mask,
 )
@@ -324,17 +323,33 @@ def instance_to_msg(inst: Instance, index: int) -> InstanceMsg:
             f"got sum {int(counts.sum())}, min {counts.min(initial=0)}, max "
             f"{counts.max(initial=0)}"
         )
+    return _instance_msg(
+        index, inst.score, inst.stability, inst.box, int(inst.area), (h, w), counts, inst.prompt
+    )
+
+
+def _instance_msg(
+    index: int,
+    score: float,
+    stability: float,
+    box: npt.ArrayLike,
+    area: int,
+    hw: tuple[int, int],
+    counts: np.ndarray,
+    prompt: npt.ArrayLike | None,
+) -> InstanceMsg:
+    """``Instance.msg`` from checked parts; array fields are filled without per-item checks."""
     msg = InstanceMsg(
         id=int(index),
-        score=float(inst.score),
-        stability=float(inst.stability),
-        box=box_to_roi(inst.box, (h, w)),
-        area=int(inst.area),
-        mask_height=h,
-        mask_width=w,
+        score=float(score),
+        stability=float(stability),
+        box=box_to_roi(box, hw),
+        area=int(area),
+        mask_height=int(hw[0]),
+        mask_width=int(hw[1]),
     )
     msg.rle_counts = _array("I", counts)
-    msg.prompt = _array("f", _prompt_array(inst.prompt))
+    msg.prompt = _array("f", _prompt_array(prompt))
     return msg
 
 
@@ -359,16 +374,10 @@ def mask_instance_msg(
     if masks.ndim != 2:
         raise ValueError(f"expected a mask (H, W), got shape {masks.shape}")
     masks = masks[None]
-    rle = mask_to_rle(masks)[0]
-    inst = Instance(
-        rle=rle,
-        box=masks_to_boxes(masks)[0],
-        score=float(score),
-        stability=float(stability),
-        area=rle_area(rle),
-        prompt=_prompt_array(prompt),
-    )
-    return instance_to_msg(inst, index)
+    (counts,) = mask_run_lengths(masks)
+    area = int(counts[1::2].sum())
+    box = masks_to_boxes(masks)[0]
+    return _instance_msg(index, score, stability, box, area, masks.shape[1:], counts, prompt)
 
 
 def instances_to_label_image(instances: Sequence[Instance], hw: tuple[int, int]) -> np.ndarray:
