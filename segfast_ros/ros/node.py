@@ -251,9 +251,12 @@ class SegfastNode(LifecycleNode):
             )
         except Exception as err:  # any load failure is reported; the node stays up
             return self._configure_failed(f"cannot load the model from {model_dir}: {err}")
+        try:
+            self._strategy = self._build_strategy(self._values, fallback=True)
+        except ValueError as err:  # e.g. hierarchical with fewer than 4 points per side
+            return self._configure_failed(f"SegEvery settings refused: {err}")
         self._encode_predictor = Predictor(self._backend)
         self._cache = EmbeddingCache(cfg.cache_size)
-        self._strategy = self._build_strategy(self._values, fallback=True)
         self._pubs = {
             "instances": self.create_publisher(InstanceArray, "~/instances", OUTPUT_QOS),
             "label": self.create_publisher(Image, "~/instances/label", OUTPUT_QOS),
