@@ -112,6 +112,14 @@ def make_backend(
         return TorchBackend.from_registry(args.model, args.checkpoint)
     from .runtime.onnx_backend import OnnxRuntimeBackend
 
+    onnx_dir = onnx_dir_for(args, precision, allow_random=allow_random)
+    return OnnxRuntimeBackend.from_dir(
+        onnx_dir, precision, providers=args.providers, intra_op_threads=args.threads
+    )
+
+
+def onnx_dir_for(args: argparse.Namespace, precision: str, *, allow_random: bool) -> Path:
+    """``--onnx-dir`` (or the default folder), with ``precision``'s graphs exported if missing."""
     onnx_dir = Path(args.onnx_dir or default_onnx_dir(args.model, args.checkpoint))
     ensure_onnx(
         onnx_dir,
@@ -121,9 +129,28 @@ def make_backend(
         calibration=_images(args.calib) if getattr(args, "calib", None) else [],
         allow_random=allow_random,
     )
-    return OnnxRuntimeBackend.from_dir(
-        onnx_dir, precision, providers=args.providers, intra_op_threads=args.threads
-    )
+    return onnx_dir
+
+
+def bench_image(args: argparse.Namespace, tmp: str) -> np.ndarray:
+    """The benchmark frame: ``--image``, or a generated scene written to ``tmp``.
+
+    Without ``--calib``, an INT8 export calibrates on that same frame.
+    """
+    from .bench import synthetic_scene
+
+    if args.image:
+        image = read_rgb(args.image)
+        if args.calib is None:
+            args.calib = [args.image]
+        return image
+    image = synthetic_scene()
+    if args.calib is None:
+        import cv2
+
+        args.calib = [str(Path(tmp) / "scene.png")]
+        cv2.imwrite(args.calib[0], cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return image
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -243,27 +270,11 @@ def cmd_bench_segevery(args: argparse.Namespace) -> int:
     import tempfile
     import time
 
-    from .bench import (
-        bench_segevery,
-        format_segevery_table,
-        segevery_notes,
-        synthetic_scene,
-        write_json,
-    )
+    from .bench import bench_segevery, format_segevery_table, segevery_notes, write_json
     from .runtime.predictor import Predictor
 
     with tempfile.TemporaryDirectory(prefix="segfast_bench_segevery_") as tmp:
-        if args.image:
-            image = read_rgb(args.image)
-        else:
-            import cv2
-
-            image = synthetic_scene()
-            if args.calib is None:  # int8 export calibrates on the image it is timed on
-                args.calib = [str(Path(tmp) / "scene.png")]
-                cv2.imwrite(args.calib[0], cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        if args.calib is None:
-            args.calib = [args.image]
+        image = bench_image(args, tmp)
         predictor = Predictor(make_backend(args, args.precision, allow_random=True))
         start = time.perf_counter()
         predictor.set_image(image)  # the only encoder run: every strategy shares it
@@ -314,26 +325,14 @@ def cmd_bench_segevery(args: argparse.Namespace) -> int:
 
 def cmd_bench_node(args: argparse.Namespace) -> int:
     """The node against the library: ~/segment vs predict, frame-to-embedding vs set_image."""
-    from .bench import format_table, synthetic_scene, write_json
+    import tempfile
+
+    from .bench import format_table, write_json
     from .ros.bench import bench_node
 
-    onnx_dir = Path(args.onnx_dir or default_onnx_dir(args.model, args.checkpoint))
-    image = read_rgb(args.image) if args.image else synthetic_scene()
-    if args.precision == "int8" and not args.calib and not args.image:
-        import cv2
-
-        calib = onnx_dir.parent / "calib_synthetic.png"
-        calib.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(calib), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        args.calib = [str(calib)]
-    ensure_onnx(
-        onnx_dir,
-        args.precision,
-        model=args.model,
-        checkpoint=args.checkpoint,
-        calibration=_images(args.calib) if args.calib else [],
-        allow_random=True,
-    )
+    with tempfile.TemporaryDirectory(prefix="segfast_bench_node_") as tmp:
+        image = bench_image(args, tmp)
+        onnx_dir = onnx_dir_for(args, args.precision, allow_random=True)
     result = bench_node(
         onnx_dir,
         args.precision,

@@ -183,33 +183,17 @@ def bench_node(
         client.close()
         node.stop()
 
+    def node_row(stage: str, values: dict[str, str], key: str, runs: int) -> BenchRow:
+        """A row from the node's own p50/p95 of ``key`` in its diagnostics."""
+        p50, p95 = float(values[f"{key}_p50"]), float(values[f"{key}_p95"])
+        return BenchRow("node", precision, stage, p50, p95, runs)
+
     rows = [
         _row("direct", precision, "set_image", direct_encode),
-        BenchRow(
-            "node",
-            precision,
-            "encoder (in node)",
-            float(values["encoder_ms_p50"]),
-            float(values["encoder_ms_p95"]),
-            frames,
-        ),
-        BenchRow(
-            "node",
-            precision,
-            "frame->embedding",
-            float(values["frame_to_embedding_ms_p50"]),
-            float(values["frame_to_embedding_ms_p95"]),
-            frames,
-        ),
+        node_row("encoder (in node)", values, "encoder_ms", frames),
+        node_row("frame->embedding", values, "frame_to_embedding_ms", frames),
         _row("direct", precision, "predict (1 pt)", predict_ms),
-        BenchRow(
-            "node",
-            precision,
-            "segment handler",
-            float(handler["segment_ms_p50"]),
-            float(handler["segment_ms_p95"]),
-            calls,
-        ),
+        node_row("segment handler", handler, "segment_ms", calls),
         _row("node", precision, "~/segment (1 pt)", service_ms),
     ]
     encode_med = statistics.median(direct_encode)

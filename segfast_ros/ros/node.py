@@ -448,7 +448,7 @@ class SegfastNode(LifecycleNode):
             )
             resp.success = True
         except (ValueError, LookupError) as err:
-            resp.success, resp.message = False, str(err).strip("'\"")
+            resp.success, resp.message = False, str(err)
         except Exception as err:  # reported to the caller; the node keeps serving
             resp.success = False
             resp.message = f"internal error ({type(err).__name__}): {err}"

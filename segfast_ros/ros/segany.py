@@ -17,7 +17,7 @@ from segfast_ros.ros.conversions import mask_instance_msg, mask_to_mono8_msg
 from segfast_ros.runtime.predictor import Predictor
 
 
-def request_prompts(req: Any, low_res_size: int) -> tuple[dict[str, Any], int]:
+def request_prompts(req: Any, low_res_size: int) -> dict[str, Any]:
     """Predictor keyword arguments for a ``segfast_ros/srv/Segment`` request.
 
     Args:
@@ -26,8 +26,8 @@ def request_prompts(req: Any, low_res_size: int) -> tuple[dict[str, Any], int]:
         low_res_size: the model's low-res mask side ``L`` (for ``mask_input``).
 
     Returns:
-        ``(kwargs, num_sets)``: kwargs for :meth:`Predictor.predict_low_res`, always batched
-        (prompt sets on the leading axis), and the number of prompt sets.
+        Keyword arguments for :meth:`Predictor.predict_low_res`, always batched (prompt sets
+        on the leading axis).
 
     Raises:
         ValueError: mismatched lengths or groupings, saying what was expected.
@@ -92,7 +92,7 @@ def request_prompts(req: Any, low_res_size: int) -> tuple[dict[str, Any], int]:
                 f"logits, shared) or {num_sets} x {block} (one block per prompt set), got "
                 f"{mask.size}"
             )
-    return kwargs, num_sets
+    return kwargs
 
 
 def segment(
@@ -121,7 +121,7 @@ def segment(
         ValueError: a malformed or out-of-image prompt (the message says which and why).
     """
     lr = predictor.info.low_res_size
-    kwargs, _ = request_prompts(req, lr)
+    kwargs = request_prompts(req, lr)
     low_res, scores = predictor.predict_low_res(**kwargs)
     boxes = kwargs.get("box")
     results = []
