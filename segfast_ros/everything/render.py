@@ -1,0 +1,281 @@
+"""SegEvery and SegAny output as the world sees it: label images, overlays, Instance.msg fields.
+
+numpy and cv2 only. The ROS node wraps these values in rclpy messages
+(:mod:`segfast_ros.ros.conversions`), the offline replay in rosbags messages, so both publish
+the same bytes for the same instances.
+
+Frames: every array is in pixels of the source image, ``H x W``; boxes are XYXY pixel edges
+(``x2 = last column + 1``) as in :mod:`segfast_ros.everything.masks`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from .base import Instance
+from .masks import mask_run_lengths, masks_to_boxes, rle_counts, rle_to_mask
+
+#: Most instances a ``mono16`` label image can tell apart (label 0 is the background).
+MAX_LABELS: int = 65535
+
+# The golden-ratio conjugate: successive multiples mod 1 spread hues evenly whatever the count.
+_GOLDEN = 0.6180339887498949
+
+
+# ------------------------------------------------------------------------ Instance.msg fields
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """The fields of ``segfast_ros/msg/Instance`` as plain values, checked.
+
+    Attributes:
+        id: index of the instance in its array.
+        score: predicted IoU.
+        stability: stability score.
+        roi: ``(x_offset, y_offset, width, height)`` of the ``RegionOfInterest`` box.
+        area: mask pixels.
+        mask_hw: ``(mask_height, mask_width)``.
+        rle_counts: uint32 column-major run lengths (COCO uncompressed RLE counts).
+        prompt: float32, 0, 2 (X, Y) or 4 (XYXY) values.
+    """
+
+    id: int
+    score: float
+    stability: float
+    roi: tuple[int, int, int, int]
+    area: int
+    mask_hw: tuple[int, int]
+    rle_counts: np.ndarray
+    prompt: np.ndarray
+
+
+def box_to_roi(box: npt.ArrayLike, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The smallest integer region ``(x_offset, y_offset, width, height)`` that holds a box.
+
+    ``x_offset = floor(x1)``, ``width = ceil(x2) - x_offset`` (likewise for y), each clipped to
+    ``[0, W]`` (``[0, H]``), so an empty box gives a zero-size region.
+
+    Args:
+        box: ``(4,)`` XYXY pixel edges (``x2 = last column + 1``).
+        image_hw: ``(H, W)`` of the image the box is in.
+
+    Raises:
+        ValueError: a box that is not 4 finite numbers.
+    """
+    b = np.asarray(box, dtype=np.float64).reshape(-1)
+    if b.size != 4 or not np.isfinite(b).all():
+        raise ValueError(f"expected a box of 4 finite XYXY numbers, got {b.tolist()}")
+    h, w = int(image_hw[0]), int(image_hw[1])
+    x0 = min(max(math.floor(b[0]), 0), w)
+    y0 = min(max(math.floor(b[1]), 0), h)
+    x1 = min(max(math.ceil(b[2]), x0), w)
+    y1 = min(max(math.ceil(b[3]), y0), h)
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def _prompt_array(prompt: npt.ArrayLike | None) -> np.ndarray:
+    """``(P,)`` float32 prompt, ``P`` in ``{0, 2, 4}`` (none, an (X, Y) point, an XYXY box)."""
+    if prompt is None:
+        return np.zeros(0, dtype=np.float32)
+    p = np.asarray(prompt, dtype=np.float32).reshape(-1)
+    if p.size not in (0, 2, 4):
+        raise ValueError(
+            f"expected a prompt of 0, 2 (X, Y) or 4 (XYXY) values, got {p.size}: {p.tolist()}"
+        )
+    return p
+
+
+def _record(
+    index: int,
+    score: float,
+    stability: float,
+    box: npt.ArrayLike,
+    area: int,
+    hw: tuple[int, int],
+    counts: np.ndarray,
+    prompt: npt.ArrayLike | None,
+) -> InstanceRecord:
+    return InstanceRecord(
+        id=int(index),
+        score=float(score),
+        stability=float(stability),
+        roi=box_to_roi(box, hw),
+        area=int(area),
+        mask_hw=(int(hw[0]), int(hw[1])),
+        rle_counts=np.ascontiguousarray(counts, dtype=np.uint32),
+        prompt=_prompt_array(prompt),
+    )
+
+
+def instance_record(inst: Instance, index: int) -> InstanceRecord:
+    """The ``Instance.msg`` fields of a SegEvery :class:`~segfast_ros.everything.base.Instance`.
+
+    Args:
+        inst: its ``rle`` must be uncompressed (counts a list of ints).
+        index: the instance's position in its array (``id``).
+
+    Raises:
+        ValueError: compressed RLE, counts that are negative, above ``2**32 - 1`` or do not sum
+            to ``H * W``, or a prompt that is not 0, 2 or 4 numbers.
+    """
+    h, w = (int(v) for v in inst.rle["size"])
+    counts = rle_counts(inst.rle)
+    if counts.sum() != h * w or (counts < 0).any() or (counts > np.iinfo(np.uint32).max).any():
+        raise ValueError(
+            f"RLE counts must be in [0, 2**32) and sum to H * W = {h * w} for size [{h}, {w}], "
+            f"got sum {int(counts.sum())}, min {counts.min(initial=0)}, max "
+            f"{counts.max(initial=0)}"
+        )
+    return _record(
+        index, inst.score, inst.stability, inst.box, int(inst.area), (h, w), counts, inst.prompt
+    )
+
+
+def mask_record(
+    mask: np.ndarray,
+    score: float,
+    stability: float,
+    index: int,
+    prompt: npt.ArrayLike | None = None,
+) -> InstanceRecord:
+    """The ``Instance.msg`` fields of one boolean mask (a SegAny answer): RLE, box and area.
+
+    Args:
+        mask: ``(H, W)`` bool, source image pixels.
+        score: the decoder's predicted IoU.
+        stability: the mask's stability score.
+        index: ``id`` of the instance.
+        prompt: ``(2,)`` (X, Y) point or ``(4,)`` XYXY box, pixels; None (or empty) when the
+            mask came from several points.
+    """
+    masks = np.asarray(mask, dtype=bool)
+    if masks.ndim != 2:
+        raise ValueError(f"expected a mask (H, W), got shape {masks.shape}")
+    masks = masks[None]
+    (counts,) = mask_run_lengths(masks)
+    area = int(counts[1::2].sum())
+    box = masks_to_boxes(masks)[0]
+    return _record(index, score, stability, box, area, masks.shape[1:], counts, prompt)
+
+
+# ------------------------------------------------------------------------------ label images
+
+
+def instances_to_label_image(instances: Sequence[Instance], hw: tuple[int, int]) -> np.ndarray:
+    """Paint instances into a label image: 0 background, instance ``i`` is label ``i + 1``.
+
+    Where instances overlap the earlier one wins: SegEvery returns them best first.
+
+    Args:
+        instances: with uncompressed RLE of size ``hw``.
+        hw: ``(H, W)`` of the image.
+
+    Returns:
+        ``(H, W)`` uint16.
+
+    Raises:
+        ValueError: more than :data:`MAX_LABELS` instances, or an RLE of another size.
+    """
+    h, w = int(hw[0]), int(hw[1])
+    if len(instances) > MAX_LABELS:
+        raise ValueError(
+            f"a uint16 label image holds at most {MAX_LABELS} instances, got {len(instances)}"
+        )
+    for i, inst in enumerate(instances):
+        size = [int(v) for v in inst.rle["size"]]
+        if size != [h, w]:
+            raise ValueError(f"instance {i} has an RLE of size {size}, expected [{h}, {w}]")
+    labels = np.zeros((h, w), dtype=np.uint16)
+    # Worst first, so that each better instance paints over the ones it overlaps.
+    for i in range(len(instances) - 1, -1, -1):
+        np.copyto(labels, np.uint16(i + 1), where=rle_to_mask(instances[i].rle))
+    return labels
+
+
+# -------------------------------------------------------------------------------- overlay
+
+
+@lru_cache(maxsize=1)
+def _palette() -> np.ndarray:
+    """``(MAX_LABELS + 1, 3)`` uint8 RGB, one colour per label (a golden-ratio hue walk).
+
+    Hues of neighbouring labels are far apart; value alternates so that hues that come round
+    close again still differ in brightness. Label 0 (background) is black and unused.
+    """
+    i = np.arange(MAX_LABELS + 1, dtype=np.float64)
+    hue = (0.08 + i * _GOLDEN) % 1.0 * 360.0
+    sat = np.full_like(i, 0.8)
+    val = np.where(i % 2 == 0, 1.0, 0.8)
+    hsv = np.stack([hue, sat, val], axis=-1).astype(np.float32)[None]
+    lut = np.round(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0] * 255.0).astype(np.uint8)
+    lut[0] = 0
+    lut.flags.writeable = False
+    return lut
+
+
+def overlay(
+    rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5, boundaries: bool = True
+) -> np.ndarray:
+    """Blend a label image over an RGB image, a distinct fixed colour per label.
+
+    Vectorised (a colour lookup table and whole-image blends), about as fast for 100 labels as
+    for one.
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8 RGB.
+        labels: ``(H, W)`` non-negative ints below ``2**16`` (uint16 from
+            :func:`instances_to_label_image`), 0 for the background, which stays unchanged.
+        alpha: weight of the label colour, in ``[0, 1]``.
+        boundaries: draw each instance's outermost pixels in its full colour.
+
+    Returns:
+        A new ``(H, W, 3)`` uint8 RGB image.
+
+    Raises:
+        ValueError: shapes or dtypes as not described, label values out of range, or alpha
+            outside ``[0, 1]``.
+    """
+    rgb = np.asarray(rgb)
+    labels = np.asarray(labels)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an RGB image (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    if labels.shape != rgb.shape[:2] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"expected integer labels of shape {rgb.shape[:2]}, got {labels.shape} {labels.dtype}"
+        )
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if labels.dtype not in (np.uint8, np.uint16):
+        if labels.size and (labels.min() < 0 or labels.max() > MAX_LABELS):
+            raise ValueError(
+                f"labels must be in [0, {MAX_LABELS}], got [{labels.min()}, {labels.max()}]"
+            )
+        labels = labels.astype(np.uint16)
+    if labels.size == 0:
+        return rgb.copy()
+    # np.take and cv2.copyTo: several times faster than fancy indexing and np.copyto(where=).
+    colour = np.take(_palette(), labels, axis=0)
+    blended = cv2.addWeighted(rgb, 1.0 - alpha, colour, alpha, 0.0)
+    foreground = labels != 0
+    out = rgb.copy()
+    out = cv2.copyTo(blended, foreground.view(np.uint8), out)
+    if boundaries:
+        # A pixel is on a boundary if a 4-neighbour has another label.
+        edge = np.zeros_like(foreground)
+        dx = labels[:, 1:] != labels[:, :-1]
+        dy = labels[1:] != labels[:-1]
+        edge[:, 1:] |= dx
+        edge[:, :-1] |= dx
+        edge[1:] |= dy
+        edge[:-1] |= dy
+        edge &= foreground
+        out = cv2.copyTo(colour, edge.view(np.uint8), out)
+    return out

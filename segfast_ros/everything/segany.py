@@ -1,0 +1,169 @@
+"""SegAny on a frame's embedding: prompt sets in, masks best-first out.
+
+The node's ``~/segment`` service and the offline replay's scripted prompts both go through
+here, so a prompt gives the same masks live and offline. Prompts arrive flat, as in
+``srv/Segment.srv`` (points with labels, grouped by ``points_per_set``; boxes; optional
+low-res mask input); :func:`prompt_kwargs` checks what the flat layout adds (lengths,
+groupings), and the :class:`~segfast_ros.runtime.predictor.Predictor` checks the values (NaN,
+out-of-image, labels) and names the offending prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..runtime.predictor import Predictor
+from .masks import stability_score
+
+
+@dataclass(frozen=True)
+class PromptSetMasks:
+    """The answer for one prompt set.
+
+    Attributes:
+        masks: ``(K, H, W)`` bool, best predicted IoU first (``K`` = 1, or 3 with multimask).
+        scores: ``(K,)`` predicted IoU, in the same order.
+        stability: ``(K,)`` stability scores.
+        prompt: ``(4,)`` the set's box, or None when the set had no box.
+        low_res: ``(L, L)`` float32 low-res logits of the best mask (the next ``mask_input``).
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    stability: np.ndarray
+    prompt: np.ndarray | None
+    low_res: np.ndarray
+
+
+def prompt_kwargs(
+    points: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    boxes: npt.ArrayLike = (),
+    *,
+    points_per_set: int = 0,
+    multimask: bool = False,
+    mask_input: npt.ArrayLike = (),
+    low_res_size: int,
+) -> dict[str, Any]:
+    """Predictor keyword arguments for flat prompts, always batched (sets on the first axis).
+
+    Args:
+        points: ``(N, 2)`` X, Y pixels (or a flat ``2N`` list).
+        labels: ``(N,)`` 1 foreground, 0 background.
+        boxes: ``(M, 4)`` XYXY pixels, or a flat list of ``4M`` values. Every box is a set.
+        points_per_set: 0, all points form one set (shared by every box); ``G > 0``,
+            consecutive groups of ``G`` points are separate sets.
+        multimask: three masks per set instead of one.
+        mask_input: low-res logits: ``L * L`` values shared by all sets, or one block per set.
+        low_res_size: the model's low-res mask side ``L``.
+
+    Returns:
+        Keyword arguments for :meth:`Predictor.predict_low_res`.
+
+    Raises:
+        ValueError: mismatched lengths or groupings, or no prompt, saying what was expected.
+    """
+    coords = np.asarray(points, dtype=np.float64).reshape(-1)
+    if coords.size % 2:
+        raise ValueError(f"points: expected (x, y) pairs, got {coords.size} values")
+    coords = coords.reshape(-1, 2)
+    n_points = len(coords)
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    if len(labels) != n_points:
+        raise ValueError(
+            f"labels: expected one label per point ({n_points} points), got {len(labels)}"
+        )
+    boxes_flat = np.asarray(boxes, dtype=np.float64).reshape(-1)
+    if boxes_flat.size % 4:
+        raise ValueError(
+            f"boxes: expected a flat list of [x1, y1, x2, y2] groups (a multiple of 4 values), "
+            f"got {boxes_flat.size} values"
+        )
+    box_array = boxes_flat.reshape(-1, 4)
+
+    per_set = int(points_per_set)
+    if per_set < 0:
+        raise ValueError(f"points_per_set must be >= 0, got {per_set}")
+    if per_set and n_points % per_set:
+        raise ValueError(
+            f"points_per_set={per_set}: expected a multiple of {per_set} points, got {n_points}"
+        )
+    point_sets = n_points // per_set if per_set else None
+    if point_sets is not None and len(box_array) and point_sets != len(box_array):
+        raise ValueError(
+            f"{point_sets} point groups (points_per_set={per_set}) and {len(box_array)} boxes: "
+            "with both, each box needs one group of points (or set points_per_set=0 to share "
+            "the points with every box)"
+        )
+    num_sets = len(box_array) or point_sets or 1
+
+    kwargs: dict[str, Any] = {"multimask_output": bool(multimask)}
+    if n_points:
+        if per_set:
+            kwargs["point_coords"] = coords.reshape(-1, per_set, 2)
+            kwargs["point_labels"] = labels.reshape(-1, per_set)
+        else:
+            # Shared points: repeat them per set, so that every call is batched.
+            kwargs["point_coords"] = np.broadcast_to(coords, (num_sets, n_points, 2))
+            kwargs["point_labels"] = np.broadcast_to(labels, (num_sets, n_points))
+    if len(box_array):
+        kwargs["box"] = box_array
+    elif not n_points:
+        raise ValueError("no prompt: expected points with labels, or boxes")
+
+    mask = np.asarray(mask_input, dtype=np.float32)
+    if mask.size:
+        lr = int(low_res_size)
+        block = lr * lr
+        if mask.size == block:
+            kwargs["mask_input"] = np.broadcast_to(
+                mask.reshape(1, 1, lr, lr), (num_sets, 1, lr, lr)
+            )
+        elif mask.size == num_sets * block:
+            kwargs["mask_input"] = mask.reshape(num_sets, 1, lr, lr)
+        else:
+            raise ValueError(
+                f"mask_input: expected {block} values ({lr}x{lr} low-res logits, shared) or "
+                f"{num_sets} x {block} (one block per prompt set), got {mask.size}"
+            )
+    return kwargs
+
+
+def decode_prompt_sets(
+    predictor: Predictor,
+    kwargs: dict[str, Any],
+    *,
+    mask_threshold: float = 0.0,
+    stability_offset: float = 1.0,
+) -> Iterator[PromptSetMasks]:
+    """Decode all prompt sets in one decoder batch, then yield each set's masks best first.
+
+    Masks are upscaled one set at a time, so a call with many boxes on a large frame never
+    holds all full-size logits at once.
+
+    Args:
+        predictor: with the frame's image or embedding set.
+        kwargs: from :func:`prompt_kwargs`.
+        mask_threshold: logit above which a pixel is in the mask.
+        stability_offset: logit offset of the stability score.
+
+    Raises:
+        ValueError: an out-of-image or malformed prompt (raised before anything is yielded).
+    """
+    low_res, scores = predictor.predict_low_res(**kwargs)
+    boxes = kwargs.get("box")
+    for i in range(low_res.shape[0]):
+        order = np.argsort(-scores[i], kind="stable")
+        logits = predictor.upscale(low_res[i][order])
+        yield PromptSetMasks(
+            masks=logits > mask_threshold,
+            scores=np.asarray(scores[i][order], dtype=np.float32),
+            stability=stability_score(logits, mask_threshold, stability_offset),
+            prompt=None if boxes is None else boxes[i],
+            low_res=np.ascontiguousarray(low_res[i, order[0]], dtype=np.float32),
+        )
