@@ -368,6 +368,61 @@ def cmd_bench_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay a bag; exit 0 when complete, 3 on a corrupt input part-way, 130 on Ctrl-C."""
+    import json
+
+    from .everything.registry import build_segevery
+    from .replay import ReplayOptions, load_prompts, replay
+    from .runtime.predictor import Predictor
+
+    kwargs = dict(_strategy_options(args.set))
+    if args.mode == "object_aware":
+        if not args.detector:
+            raise ValueError("--mode object_aware needs --detector DETECTOR.onnx (YOLOv8 layout)")
+        kwargs.setdefault("detector", args.detector)
+    options = ReplayOptions(
+        topic=args.topic,
+        every=args.every,
+        rate_hz=args.rate,
+        segevery_rate_hz=args.segevery_rate,
+        namespace=args.namespace,
+        copy_input=args.copy_input,
+        overlay_topic=args.overlay_topic,
+        storage=args.storage,
+        overwrite=args.overwrite,
+        prompts=load_prompts(args.prompts) if args.prompts else (),
+        coco=Path(args.coco) if args.coco else None,
+        overlay_video=Path(args.overlay_video) if args.overlay_video else None,
+        contact_sheet=Path(args.contact_sheet) if args.contact_sheet else None,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    options.check()
+    segevery = build_segevery(args.mode, **kwargs)
+    predictor = Predictor(make_backend(args, args.precision))
+    summary = replay(args.input, args.output, predictor, segevery, options)
+    print(summary.format())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary.to_json(), indent=2))
+    if summary.interrupted:
+        return 130
+    return 3 if summary.error else 0
+
+
+def _strategy_options(items: Sequence[str] | None) -> list[tuple[str, object]]:
+    """``--set key=value`` pairs, values parsed as YAML scalars (numbers, booleans)."""
+    import yaml
+
+    pairs = []
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. points_per_side=16")
+        pairs.append((key.strip(), yaml.safe_load(value)))
+    return pairs
+
+
 def _random_weights(args: argparse.Namespace) -> bool | None:
     """True when the weights are known to be random: no checkpoint (the default ONNX folder is
     then ``MODEL-random``) or one named so, like the parity fixture's. None otherwise: a file
@@ -485,6 +540,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=20, help="timed frames")
     p.add_argument("--json", help="write the table as JSON")
     p.set_defaults(func=cmd_bench_node)
+
+    p = sub.add_parser(
+        "replay",
+        help="segment every selected frame of a rosbag2 (mcap/sqlite3) into an output bag",
+        description="Replay a rosbag2 through the encoder and SegEvery, deterministically: "
+        "every selected frame is processed, on bag time, and the instance arrays and label "
+        "images are written to OUTPUT with the source frame's header and bag time.",
+    )
+    p.add_argument("input", help="input rosbag2 folder (mcap or sqlite3)")
+    p.add_argument("output", help="output rosbag2 folder (must not exist, see --overwrite)")
+    _add_backend_args(p, backend=False)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument(
+        "--topic", help="image topic (sensor_msgs/Image or CompressedImage; default: the only one)"
+    )
+    pick = p.add_mutually_exclusive_group()
+    pick.add_argument("--every", type=int, default=1, help="process every N-th frame (default 1)")
+    pick.add_argument(
+        "--rate", type=float, help="process at most HZ frames per second of bag time"
+    )
+    p.add_argument(
+        "--mode",
+        choices=("grid", "hierarchical", "object_aware"),
+        default="grid",
+        help="SegEvery strategy (object_aware needs --detector)",
+    )
+    p.add_argument("--detector", help="object-discovery detector ONNX (YOLOv8 output layout)")
+    p.add_argument(
+        "--segevery-rate",
+        type=float,
+        help="SegEvery on at most HZ processed frames per second of bag time (default: every "
+        "processed frame; 0: never, only the encoder and --prompts)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="SegEvery strategy option, e.g. points_per_side=16 (repeatable)",
+    )
+    p.add_argument("--prompts", help="YAML file of scripted SegAny calls (points/boxes at times)")
+    p.add_argument("--copy-input", action="store_true", help="copy all input topics through")
+    p.add_argument("--overlay-topic", action="store_true", help="also write <ns>/overlay images")
+    p.add_argument("--namespace", default="/segfast", help="output topic prefix (the node's)")
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
+    p.add_argument("--coco", help="write COCO results JSON (RLE masks) here")
+    p.add_argument("--overlay-video", help="write an mp4 of the overlays here")
+    p.add_argument("--contact-sheet", help="write a PNG contact sheet of overlays here")
+    p.add_argument("--json", help="write the summary (counts, per-stage timings) as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress line")
+    p.set_defaults(func=cmd_replay, backend="onnxruntime")
     return parser
 
 

@@ -37,6 +37,19 @@ def parity_prompts(parity_dir: Path) -> dict[str, dict]:
     return json.loads((parity_dir / "prompts.json").read_text())
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small ``tinyvit_s256`` model (seeded random weights) exported to fp32 ONNX once."""
+    torch = pytest.importorskip("torch", reason="exporting the test model needs torch")
+    from segfast_ros.export.onnx_export import export_model
+    from segfast_ros.modeling.registry import build_sam
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("onnx_s256")
+    export_model(build_sam("tinyvit_s256").eval(), out, ("fp32",))
+    return out
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _few_threads() -> None:
     """CI machines have 2 cores; oversubscription only slows the suite down."""

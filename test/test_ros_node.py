@@ -46,15 +46,8 @@ GRID_SIDE = 4
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch = pytest.importorskip("torch", reason="exporting the test model needs torch")
-    from segfast_ros.export.onnx_export import export_model
-    from segfast_ros.modeling.registry import build_sam
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("onnx_s256")
-    export_model(build_sam("tinyvit_s256").eval(), out, ("fp32",))
-    return out
+def model_dir(tiny_onnx_dir: Path) -> Path:
+    return tiny_onnx_dir
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,239 @@
+"""rosbag2 in and out with the ``rosbags`` library: no ROS installation needed.
+
+The project's messages are registered from the ``msg/*.msg`` files the package ships (the same
+files rosidl builds the node's interfaces from), so the output bag carries their definitions
+and any rosbag2 tool can read it. Input bags may be mcap or sqlite3, any rosbag2 version that
+rosbags reads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from rosbags.interfaces import Connection
+from rosbags.rosbag2 import Reader, Writer
+from rosbags.rosbag2.enums import StoragePlugin
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+#: Our package's interface name, as in ``package.xml``.
+PACKAGE = "segfast_ros"
+
+#: The message files the replay writes, in dependency order.
+MESSAGES: tuple[str, ...] = ("Instance", "SegmentResult", "InstanceArray")
+
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED = "sensor_msgs/msg/CompressedImage"
+#: Input message types the replay can segment.
+IMAGE_TYPES: tuple[str, ...] = (IMAGE, COMPRESSED)
+
+#: ``--storage`` names and the rosbags plugins.
+STORAGES: dict[str, StoragePlugin] = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+
+# Files rosbag2 writes into a bag folder: what --overwrite may delete.
+_BAG_SUFFIXES = (".mcap", ".db3", ".db3-shm", ".db3-wal", ".yaml", ".zstd")
+
+
+class BagError(RuntimeError):
+    """A bag that cannot be opened, read or written; the message says which and why."""
+
+
+def msg_type(name: str) -> str:
+    """The full type name of one of our messages: ``segfast_ros/msg/<name>``."""
+    return f"{PACKAGE}/msg/{name}"
+
+
+def msg_dirs() -> list[Path]:
+    """Where the ``.msg`` files may be, in search order.
+
+    ``$SEGFAST_MSG_DIR``; the source tree (``msg/`` next to the package); the install prefix
+    (``share/segfast_ros/msg``, from pip or colcon); every ``$AMENT_PREFIX_PATH`` entry.
+    """
+    dirs = []
+    if os.environ.get("SEGFAST_MSG_DIR"):
+        dirs.append(Path(os.environ["SEGFAST_MSG_DIR"]))
+    dirs.append(Path(__file__).resolve().parents[2] / "msg")
+    dirs.append(Path(sys.prefix) / "share" / PACKAGE / "msg")
+    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        dirs.append(Path(prefix) / "share" / PACKAGE / "msg")
+    return dirs
+
+
+@lru_cache(maxsize=1)
+def typestore() -> Any:
+    """A Jazzy typestore with the project's messages registered from their ``.msg`` files.
+
+    Raises:
+        BagError: no folder holds all of :data:`MESSAGES`.
+    """
+    for folder in msg_dirs():
+        files = [folder / f"{name}.msg" for name in MESSAGES]
+        if all(f.is_file() for f in files):
+            break
+    else:
+        searched = ", ".join(str(d) for d in msg_dirs())
+        raise BagError(
+            f"cannot find the segfast_ros message definitions ({', '.join(MESSAGES)}.msg); "
+            f"searched {searched}. Set SEGFAST_MSG_DIR to the package's msg/ folder"
+        )
+    store = get_typestore(Stores.ROS2_JAZZY)
+    types: dict[str, Any] = {}
+    for name, path in zip(MESSAGES, files, strict=True):
+        types.update(get_types_from_msg(path.read_text(), msg_type(name)))
+    store.register(types)
+    return store
+
+
+# ----------------------------------------------------------------------------------- input
+
+
+def open_reader(path: Path) -> Reader:
+    """Open a rosbag2 bag (a folder with ``metadata.yaml``, or its single ``.mcap`` file).
+
+    Raises:
+        BagError: a missing path, a folder that is not a bag, or a bag that cannot be opened
+            (corrupt or truncated: the message says what rosbags reported).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f"input bag {path} does not exist; expected a rosbag2 folder")
+    if path.is_dir() and not (path / "metadata.yaml").is_file():
+        found = sorted(p.name for p in path.iterdir())[:8]
+        raise BagError(
+            f"input {path} is not a rosbag2 folder: no metadata.yaml (it holds "
+            f"{found or 'nothing'}); expected the folder `ros2 bag record` writes"
+        )
+    reader = Reader(path)
+    try:
+        reader.open()
+    except Exception as err:  # rosbags raises ReaderError, sqlite3 and OS errors
+        raise BagError(
+            f"cannot open input bag {path}: {err}. The bag is corrupt or truncated (a recording "
+            "that was cut off has no mcap footer or index; `ros2 bag reindex` can rebuild it)"
+        ) from err
+    return reader
+
+
+def image_topics(reader: Reader) -> dict[str, str]:
+    """Topics of the bag whose type the replay segments: topic -> message type."""
+    return {c.topic: c.msgtype for c in reader.connections if c.msgtype in IMAGE_TYPES}
+
+
+def describe_topics(reader: Reader) -> str:
+    """All topics of a bag, one per line: ``topic (type, count)``."""
+    lines = [
+        f"  {topic} ({info.msgtype}, {info.msgcount} messages)"
+        for topic, info in sorted(reader.topics.items())
+    ]
+    return "\n".join(lines) or "  (none: the bag is empty)"
+
+
+def select_topic(reader: Reader, topic: str | None) -> str:
+    """The image topic to segment: ``topic``, or the bag's only image topic.
+
+    Raises:
+        BagError: the topic is not in the bag or not an image type, or ``topic`` is None and
+            the bag has zero or several image topics; the message lists the bag's topics.
+    """
+    images = image_topics(reader)
+    expected = f"expected one of type {' or '.join(IMAGE_TYPES)}"
+    if topic is None:
+        if len(images) == 1:
+            return next(iter(images))
+        what = "no image topic" if not images else f"{len(images)} image topics"
+        raise BagError(
+            f"the bag has {what}; pass --topic ({expected}). Topics in the bag:\n"
+            f"{describe_topics(reader)}"
+        )
+    if topic not in reader.topics:
+        raise BagError(
+            f"topic {topic!r} is not in the bag; {expected}. Topics in the bag:\n"
+            f"{describe_topics(reader)}"
+        )
+    if topic not in images:
+        raise BagError(
+            f"topic {topic!r} has type {reader.topics[topic].msgtype}; {expected}. Topics in "
+            f"the bag:\n{describe_topics(reader)}"
+        )
+    return topic
+
+
+def read_messages(
+    reader: Reader, connections: list[Connection]
+) -> Iterator[tuple[Connection, int, bytes]]:
+    """The bag's messages on ``connections`` in bag-time order, errors named as bag errors.
+
+    Raises:
+        BagError: the storage failed part-way (a corrupt page or chunk); earlier messages have
+            been yielded.
+    """
+    count = 0
+    try:
+        for item in reader.messages(connections=connections):
+            yield item
+            count += 1
+    except GeneratorExit:
+        raise
+    except Exception as err:
+        raise BagError(
+            f"input bag {reader.path} is corrupt after {count} readable messages: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+
+
+# ---------------------------------------------------------------------------------- output
+
+
+def prepare_output(path: Path, *, overwrite: bool) -> None:
+    """Make room for a new bag at ``path``.
+
+    An existing path is refused, unless ``overwrite`` and it is a bag folder (only rosbag2
+    files inside), which is then deleted. A folder with other files is never deleted.
+
+    Raises:
+        BagError: the path exists (without ``overwrite``), or is not a bag folder.
+    """
+    path = Path(path)
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise BagError(f"cannot write {path}: folder {path.parent} does not exist")
+        return
+    if not overwrite:
+        raise BagError(f"output {path} exists already; pass --overwrite to replace it")
+    if not path.is_dir():
+        raise BagError(f"output {path} is a file, not a bag folder; not deleting it")
+    other = [p.name for p in path.iterdir() if p.suffix not in _BAG_SUFFIXES or p.is_dir()]
+    if other:
+        raise BagError(
+            f"output {path} holds files that are not rosbag2's ({', '.join(sorted(other)[:5])}); "
+            "not deleting it, choose another output path"
+        )
+    shutil.rmtree(path)
+
+
+def open_writer(path: Path, storage: str) -> Writer:
+    """A rosbag2 writer (version 9) at ``path`` in ``storage`` (``mcap`` or ``sqlite3``)."""
+    if storage not in STORAGES:
+        raise BagError(f"unknown storage {storage!r}; expected one of {sorted(STORAGES)}")
+    writer = Writer(path, version=Writer.VERSION_LATEST, storage_plugin=STORAGES[storage])
+    writer.open()
+    return writer
+
+
+def copy_connection(writer: Writer, conn: Connection) -> Connection:
+    """A connection in ``writer`` for ``conn``'s messages as they are (type, definition, QoS)."""
+    ext = conn.ext
+    kwargs: dict[str, Any] = {
+        "serialization_format": getattr(ext, "serialization_format", "cdr"),
+        "offered_qos_profiles": getattr(ext, "offered_qos_profiles", ()),
+    }
+    if conn.msgdef.data and conn.digest:
+        kwargs.update(msgdef=conn.msgdef.data, rihs01=conn.digest)
+    else:  # an older bag without definitions: take them from the typestore
+        kwargs["typestore"] = typestore()
+    return writer.add_connection(conn.topic, conn.msgtype, **kwargs)
