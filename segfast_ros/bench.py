@@ -277,7 +277,7 @@ def bench_segevery(
                 plan.append(_Step(name, None, build_segevery(name, detector=det), det.path.name))
             else:
                 for n in box_counts:
-                    path = _synthetic_detector(folder, hw, n)
+                    path = synthetic_box_detector(folder, hw, n)
                     # max_det: the detector's default (300) must not cut a larger count.
                     det = ObjectDetector(
                         path, max_det=max(300, n), intra_op_threads=detector_threads
@@ -311,8 +311,9 @@ class _Step:
     note: str
 
 
-def _synthetic_detector(folder: Path, hw: tuple[int, int], n: int) -> Path:
-    """A fixed-box detector graph emitting ``n`` distinct boxes over an ``hw`` image."""
+def synthetic_box_detector(folder: Path, hw: tuple[int, int], n: int) -> Path:
+    """A fixed-box detector graph emitting ``n`` distinct boxes over an ``hw`` image (needs
+    the ``onnx`` package, as the benchmarks do)."""
     # Needs onnx, which the robot's runtime does not: imported only when a benchmark asks.
     from .export.synthetic_detector import spread_boxes, write_detector_for_image
 

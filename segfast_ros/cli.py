@@ -21,6 +21,8 @@ from .runtime.images import list_images, read_rgb
 log = logging.getLogger("segfast")
 
 PRECISIONS = ("fp32", "fp16", "int8")
+#: SegEvery strategies the replay commands take (`--mode`).
+MODES = ("grid", "hierarchical", "object_aware")
 # The registry itself needs torch; an unknown name gets the full list from build_sam.
 MODEL_HELP = "registry name: mobile_sam, tinysam, sam_vit_b, sam_vit_l, sam_vit_h, tinyvit_s256"
 
@@ -132,19 +134,21 @@ def onnx_dir_for(args: argparse.Namespace, precision: str, *, allow_random: bool
     return onnx_dir
 
 
-def bench_image(args: argparse.Namespace, tmp: str) -> np.ndarray:
-    """The benchmark frame: ``--image``, or a generated scene written to ``tmp``.
+def bench_image(
+    args: argparse.Namespace, tmp: str, hw: tuple[int, int] | None = None
+) -> np.ndarray:
+    """The benchmark frame: ``--image``, or a generated scene (of size ``hw``) written to ``tmp``.
 
     Without ``--calib``, an INT8 export calibrates on that same frame.
     """
     from .bench import synthetic_scene
 
-    if args.image:
+    if getattr(args, "image", None):
         image = read_rgb(args.image)
         if args.calib is None:
             args.calib = [args.image]
         return image
-    image = synthetic_scene()
+    image = synthetic_scene() if hw is None else synthetic_scene(hw)
     if args.calib is None:
         import cv2
 
@@ -410,6 +414,49 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 3 if summary.error else 0
 
 
+def cmd_bench_replay(args: argparse.Namespace) -> int:
+    """Replay throughput vs the encoder-bound limit: raw and JPEG bags, SegEvery off and on."""
+    import json
+    import tempfile
+
+    from .bench import synthetic_box_detector, synthetic_scene
+    from .everything.registry import build_segevery
+    from .replay.bench import bench_replay, format_replay_table, rows_json
+    from .runtime.predictor import Predictor
+
+    hw = (args.height, args.width)
+    with tempfile.TemporaryDirectory(prefix="segfast_bench_replay_") as tmp:
+        first = bench_image(args, tmp, hw)  # also the int8 calibration frame without --calib
+        images = [first] + [synthetic_scene(hw, seed=i) for i in range(1, args.frames)]
+        predictor = Predictor(make_backend(args, args.precision, allow_random=True))
+        if args.mode == "object_aware":
+            detector = args.detector or synthetic_box_detector(Path(tmp), hw, args.boxes)
+            segevery = build_segevery("object_aware", detector=str(detector))
+        else:
+            segevery = build_segevery(args.mode, **dict(_strategy_options(args.set)))
+        rows = bench_replay(predictor, segevery, images, Path(tmp))
+    print(
+        f"{args.model or args.onnx_dir} {args.precision}, {args.frames} frames {args.width}x"
+        f"{args.height}, threads {args.threads or 'all'}, SegEvery {args.mode}"
+    )
+    print(format_replay_table(rows))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "model": args.model or args.onnx_dir,
+            "precision": args.precision,
+            "threads": args.threads,
+            "frames": args.frames,
+            "image_hw": list(hw),
+            "mode": args.mode,
+            "cpu_count": os.cpu_count(),
+            "rows": rows_json(rows),
+        }
+        Path(args.json).write_text(json.dumps(doc, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _strategy_options(items: Sequence[str] | None) -> list[tuple[str, object]]:
     """``--set key=value`` pairs, values parsed as YAML scalars (numbers, booleans)."""
     import yaml
@@ -562,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--mode",
-        choices=("grid", "hierarchical", "object_aware"),
+        choices=MODES,
         default="grid",
         help="SegEvery strategy (object_aware needs --detector)",
     )
@@ -591,6 +638,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the summary (counts, per-stage timings) as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_replay, backend="onnxruntime")
+
+    p = sub.add_parser(
+        "bench-replay",
+        help="replay throughput vs the encoder-bound limit (raw/JPEG, SegEvery off/on)",
+    )
+    _add_backend_args(p, backend=False)
+    p.add_argument("--precision", choices=PRECISIONS, default="int8")
+    p.add_argument("--calib", nargs="+", help="int8 calibration images (default: frame 0)")
+    p.add_argument("--frames", type=int, default=20, help="frames in the generated bag")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--mode", choices=MODES, default="object_aware")
+    p.add_argument("--boxes", type=int, default=20, help="object_aware: synthetic detector boxes")
+    p.add_argument("--detector", help="object_aware: a real detector ONNX instead")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="grid/hierarchical option")
+    p.add_argument("--json", help="write the table as JSON")
+    p.set_defaults(func=cmd_bench_replay, backend="onnxruntime")
     return parser
 
 

@@ -537,3 +537,27 @@ def test_cli_reports_a_corrupt_bag_and_a_missing_topic(
     )
     assert run.returncode == 2
     assert "topic '/x' is not in the bag" in run.stderr and TOPIC in run.stderr
+
+
+def test_bench_replay_prints_a_table_and_writes_json(
+    tmp_path: Path, tiny_onnx_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pytest.importorskip("onnx", reason="the synthetic detector graph is written with onnx")
+    from segfast_ros.cli import main
+
+    out = tmp_path / "bench.json"
+    args = ["--onnx-dir", str(tiny_onnx_dir), "--precision", "fp32", "--threads", "1"]
+    size = ["--frames", "3", "--width", "64", "--height", "48", "--boxes", "2"]
+    assert main(["bench-replay", *args, *size, "--json", str(out)]) == 0
+    assert "jpeg, SegEvery object_aware" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["config"] for r in rows] == [
+        "rgb8, encoder only",
+        "rgb8, SegEvery object_aware",
+        "jpeg, encoder only",
+        "jpeg, SegEvery object_aware",
+    ]
+    for row in rows:
+        assert row["frames"] == 3
+        assert row["ratio"] == pytest.approx(row["fps"] / row["encoder_bound_fps"])
+    assert rows[0]["instances"] == 0 and rows[1]["instances"] == 6  # 2 boxes x 3 frames

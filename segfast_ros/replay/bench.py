@@ -1,0 +1,155 @@
+"""Replay throughput against the encoder-bound limit, on one machine, in one run.
+
+The limit is what a loop that only ran the encoder on the same decoded frames would reach
+(1 / median encoder time). The replay adds image decoding, SegEvery and writing; its reader and
+writer threads overlap decoding and writing with inference, so with SegEvery off it should come
+close to the limit, and with SegEvery on close to 1 / (encoder + SegEvery).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from rosbags.rosbag2 import Writer
+
+from ..everything.base import SegEvery
+from ..runtime.images import image_fields
+from ..runtime.predictor import Predictor
+from . import bags
+from .pipeline import ReplayOptions, replay
+
+
+@dataclass(frozen=True)
+class ReplayBenchRow:
+    """One replay configuration, timed.
+
+    Attributes:
+        config: what ran (input format, SegEvery or not).
+        frames: frames processed.
+        fps: frames per second of the whole replay (wall time, reading to closing the bag).
+        encoder_bound_fps: 1 / median encoder time of a plain encoder loop on the same frames.
+        ratio: ``fps / encoder_bound_fps``.
+        inference_bound_fps: 1 / median per-frame inference time inside the replay (encoder,
+            SegEvery); equal to the encoder-bound limit's own measure when SegEvery is off.
+        serial_fps: 1 / the sum of all stage medians: what the replay would reach without its
+            reader and writer threads.
+        instances: instances written.
+    """
+
+    config: str
+    frames: int
+    fps: float
+    encoder_bound_fps: float
+    ratio: float
+    inference_bound_fps: float
+    serial_fps: float
+    instances: int
+
+
+def write_sequence_bag(
+    path: Path, images: Sequence[np.ndarray], *, jpeg: bool, rate_hz: float = 10.0
+) -> str:
+    """A bag of ``images`` on ``/camera/image_raw`` (rgb8) or ``.../compressed`` (JPEG 90)."""
+    store = bags.typestore()
+    types = store.types
+    topic = "/camera/image_raw/compressed" if jpeg else "/camera/image_raw"
+    msgtype = bags.COMPRESSED if jpeg else bags.IMAGE
+    with Writer(path, version=Writer.VERSION_LATEST) as writer:
+        conn = writer.add_connection(topic, msgtype, typestore=store)
+        for i, rgb in enumerate(images):
+            t = 1_000_000_000 + round(i * 1e9 / rate_hz)
+            header = types["std_msgs/msg/Header"](
+                stamp=types["builtin_interfaces/msg/Time"](sec=t // 10**9, nanosec=t % 10**9),
+                frame_id="camera",
+            )
+            if jpeg:
+                ok, data = cv2.imencode(
+                    ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
+                )
+                assert ok
+                msg = types[msgtype](header=header, format="jpeg", data=data.reshape(-1))
+            else:
+                msg = types[msgtype](header=header, **image_fields(rgb, "rgb8"))
+            writer.write(conn, t, store.serialize_cdr(msg, msgtype))
+    return topic
+
+
+def encoder_bound_fps(predictor: Predictor, images: Sequence[np.ndarray]) -> float:
+    """1 / median ``set_image`` time over ``images`` (after one warm-up call)."""
+    predictor.set_image(images[0])
+    times = []
+    for image in images:
+        start = time.perf_counter()
+        predictor.set_image(image)
+        times.append(time.perf_counter() - start)
+    return 1.0 / float(np.median(times))
+
+
+def bench_replay(
+    predictor: Predictor,
+    segevery: SegEvery,
+    images: Sequence[np.ndarray],
+    work_dir: Path,
+) -> list[ReplayBenchRow]:
+    """Replay the same frames as raw and JPEG bags, with SegEvery off and on, side by side.
+
+    The encoder-bound limit is measured right before each replay, so that both see the same
+    machine state.
+    """
+    rows = []
+    for jpeg in (False, True):
+        bag = work_dir / ("in_jpeg" if jpeg else "in_raw")
+        shutil.rmtree(bag, ignore_errors=True)
+        write_sequence_bag(bag, images, jpeg=jpeg)
+        for with_segevery in (False, True):
+            limit = encoder_bound_fps(predictor, images)
+            out = work_dir / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            opts = ReplayOptions(segevery_rate_hz=None if with_segevery else 0.0)
+            summary = replay(bag, out, predictor, segevery, opts)
+            serial_ms = sum(
+                summary.median_ms(s) * len(v) / max(summary.processed, 1)
+                for s, v in summary.timings_ms.items()
+                if v and s != "inference"
+            )
+            config = f"{'jpeg' if jpeg else 'rgb8'}, " + (
+                f"SegEvery {segevery.name}" if with_segevery else "encoder only"
+            )
+            rows.append(
+                ReplayBenchRow(
+                    config=config,
+                    frames=summary.processed,
+                    fps=summary.fps,
+                    encoder_bound_fps=limit,
+                    ratio=summary.fps / limit,
+                    inference_bound_fps=summary.inference_bound_fps,
+                    serial_fps=1000.0 / serial_ms if serial_ms > 0 else math.nan,
+                    instances=summary.instances,
+                )
+            )
+    return rows
+
+
+def format_replay_table(rows: Sequence[ReplayBenchRow]) -> str:
+    head = (
+        f"{'config':<28}{'frames':>7}{'replay fps':>11}{'enc-bound':>10}{'ratio':>7}"
+        f"{'infer-bound':>12}{'serial':>8}{'instances':>10}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.config:<28}{r.frames:>7}{r.fps:>11.2f}{r.encoder_bound_fps:>10.2f}"
+            f"{r.ratio:>7.2f}{r.inference_bound_fps:>12.2f}{r.serial_fps:>8.2f}{r.instances:>10}"
+        )
+    return "\n".join(lines)
+
+
+def rows_json(rows: Sequence[ReplayBenchRow]) -> list[dict]:
+    return [asdict(r) for r in rows]
