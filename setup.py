@@ -4,6 +4,8 @@ On a robot the ROS package is built with colcon instead (package.xml); both inst
 `segfast_ros` Python package.
 """
 
+from glob import glob
+
 from setuptools import find_packages, setup
 
 setup(
@@ -17,7 +19,11 @@ setup(
     extras_require={
         # Building, exporting and quantizing models; never needed on the robot.
         "export": ["torch>=2.1", "onnx>=1.15", "onnxscript"],
+        # Offline rosbag replay (`segfast replay`): reads and writes rosbag2 without ROS.
+        "replay": ["rosbags>=0.10"],
     },
+    # The replay registers our message types from these files (segfast_ros.replay.bags).
+    data_files=[("share/segfast_ros/msg", sorted(glob("msg/*.msg")))],
     entry_points={
         "console_scripts": [
             "segfast = segfast_ros.cli:main",

@@ -561,3 +561,33 @@ def test_bench_replay_prints_a_table_and_writes_json(
         assert row["frames"] == 3
         assert row["ratio"] == pytest.approx(row["fps"] / row["encoder_bound_fps"])
     assert rows[0]["instances"] == 0 and rows[1]["instances"] == 6  # 2 boxes x 3 frames
+
+
+def test_progress_line_shows_rate_and_eta() -> None:
+    import io
+
+    from segfast_ros.replay.outputs import Progress
+
+    stream = io.StringIO()
+    progress = Progress(40, stream=stream)
+    line = progress.line(10, "7 instances", now=progress.start + 5.0)
+    assert "10/40 frames  25%" in line and " 2.00 fps" in line
+    assert "elapsed 0:05 ETA 0:15" in line and line.endswith("7 instances")
+    progress.close(40)
+    assert stream.getvalue().startswith("\r[========================] 40/40")
+    silent = io.StringIO()
+    Progress(5, stream=silent, enabled=False).close(5)
+    assert silent.getvalue() == ""
+
+
+def test_contact_sheet_spreads_its_tiles() -> None:
+    from segfast_ros.replay.outputs import ContactSheet
+
+    sheet = ContactSheet(expected_frames=100, max_tiles=16)
+    taken = []
+    for i in range(100):
+        if sheet.wants(i):
+            sheet.add(np.zeros((48, 640, 3), np.uint8), str(i))
+            taken.append(i)
+    assert taken == list(range(0, 100, 7))[:15]  # 100 frames / 16 tiles: every 7th
+    assert sheet.tiles[0].shape == (24, 320, 3)  # shrunk to the tile width, never enlarged
