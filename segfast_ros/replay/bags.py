@@ -11,15 +11,19 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 from rosbags.interfaces import Connection
 from rosbags.rosbag2 import Reader, Writer
 from rosbags.rosbag2.enums import StoragePlugin
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+from ..runtime.images import image_fields
 
 #: Our package's interface name, as in ``package.xml``.
 PACKAGE = "segfast_ros"
@@ -237,3 +241,41 @@ def copy_connection(writer: Writer, conn: Connection) -> Connection:
     else:  # an older bag without definitions: take them from the typestore
         kwargs["typestore"] = typestore()
     return writer.add_connection(conn.topic, conn.msgtype, **kwargs)
+
+
+def write_image_bag(
+    path: Path,
+    images: Iterable[np.ndarray],
+    *,
+    jpeg: bool = False,
+    rate_hz: float = 10.0,
+    frame_id: str = "camera",
+    storage: str = "mcap",
+) -> str:
+    """Write a camera bag: ``images`` on ``/camera/image_raw`` (rgb8) or
+    ``/camera/image_raw/compressed`` (JPEG, quality 90), at ``rate_hz`` of bag time from 1 s,
+    header stamps equal to the bag times. Returns the topic.
+    """
+    store = typestore()
+    types = store.types
+    topic = "/camera/image_raw/compressed" if jpeg else "/camera/image_raw"
+    msgtype = COMPRESSED if jpeg else IMAGE
+    with Writer(path, version=Writer.VERSION_LATEST, storage_plugin=STORAGES[storage]) as writer:
+        conn = writer.add_connection(topic, msgtype, typestore=store)
+        for i, rgb in enumerate(images):
+            t = 1_000_000_000 + round(i * 1e9 / rate_hz)
+            header = types["std_msgs/msg/Header"](
+                stamp=types["builtin_interfaces/msg/Time"](sec=t // 10**9, nanosec=t % 10**9),
+                frame_id=frame_id,
+            )
+            if jpeg:
+                ok, data = cv2.imencode(
+                    ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
+                )
+                if not ok:
+                    raise ValueError(f"cannot JPEG-encode frame {i} of shape {rgb.shape}")
+                msg = types[msgtype](header=header, format="jpeg", data=data.reshape(-1))
+            else:
+                msg = types[msgtype](header=header, **image_fields(rgb, "rgb8"))
+            writer.write(conn, t, store.serialize_cdr(msg, msgtype))
+    return topic

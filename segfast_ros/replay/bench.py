@@ -15,12 +15,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
-from rosbags.rosbag2 import Writer
 
 from ..everything.base import SegEvery
-from ..runtime.images import image_fields
 from ..runtime.predictor import Predictor
 from . import bags
 from .pipeline import ReplayOptions, replay
@@ -53,34 +50,6 @@ class ReplayBenchRow:
     instances: int
 
 
-def write_sequence_bag(
-    path: Path, images: Sequence[np.ndarray], *, jpeg: bool, rate_hz: float = 10.0
-) -> str:
-    """A bag of ``images`` on ``/camera/image_raw`` (rgb8) or ``.../compressed`` (JPEG 90)."""
-    store = bags.typestore()
-    types = store.types
-    topic = "/camera/image_raw/compressed" if jpeg else "/camera/image_raw"
-    msgtype = bags.COMPRESSED if jpeg else bags.IMAGE
-    with Writer(path, version=Writer.VERSION_LATEST) as writer:
-        conn = writer.add_connection(topic, msgtype, typestore=store)
-        for i, rgb in enumerate(images):
-            t = 1_000_000_000 + round(i * 1e9 / rate_hz)
-            header = types["std_msgs/msg/Header"](
-                stamp=types["builtin_interfaces/msg/Time"](sec=t // 10**9, nanosec=t % 10**9),
-                frame_id="camera",
-            )
-            if jpeg:
-                ok, data = cv2.imencode(
-                    ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
-                )
-                assert ok
-                msg = types[msgtype](header=header, format="jpeg", data=data.reshape(-1))
-            else:
-                msg = types[msgtype](header=header, **image_fields(rgb, "rgb8"))
-            writer.write(conn, t, store.serialize_cdr(msg, msgtype))
-    return topic
-
-
 def encoder_bound_fps(predictor: Predictor, images: Sequence[np.ndarray]) -> float:
     """1 / median ``set_image`` time over ``images`` (after one warm-up call)."""
     predictor.set_image(images[0])
@@ -107,7 +76,7 @@ def bench_replay(
     for jpeg in (False, True):
         bag = work_dir / ("in_jpeg" if jpeg else "in_raw")
         shutil.rmtree(bag, ignore_errors=True)
-        write_sequence_bag(bag, images, jpeg=jpeg)
+        bags.write_image_bag(bag, images, jpeg=jpeg)
         for with_segevery in (False, True):
             limit = encoder_bound_fps(predictor, images)
             out = work_dir / "out"

@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 import rclpy
@@ -71,6 +70,7 @@ from segfast_ros.runtime.frames import (
     RateWindow,
     encode_frame,
 )
+from segfast_ros.runtime.paths import resolve_model_path
 from segfast_ros.srv import Segment
 
 #: Camera input: newest frame only, never block the camera driver (sensor-data QoS, depth 1).
@@ -87,26 +87,6 @@ WARN_THROTTLE_S = 5.0
 STALE_INPUT_S = 3.0
 #: How long ~/segment waits for a requested frame that is still being encoded.
 SEGMENT_WAIT_S = 2.0
-
-
-def resolve_model_path(path: str) -> Path:
-    """A model file or folder: as given if it exists, else under the package's ``models/``.
-
-    Looks in the current directory (or the absolute path), the installed share folder
-    (``share/segfast_ros/models``) and the source tree's ``models/``; returns the first that
-    exists, or the path as given (whose loader then names it in its error).
-    """
-    given = Path(path).expanduser()
-    candidates = [given]
-    if not given.is_absolute():
-        try:
-            from ament_index_python.packages import get_package_share_directory
-
-            candidates.append(Path(get_package_share_directory("segfast_ros")) / "models" / given)
-        except (ImportError, LookupError, ValueError):
-            pass
-        candidates.append(Path(__file__).resolve().parents[2] / "models" / given)
-    return next((c for c in candidates if c.exists()), given)
 
 
 class SegfastNode(LifecycleNode):
