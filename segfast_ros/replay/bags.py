@@ -117,8 +117,9 @@ def open_reader(path: Path) -> Reader:
         reader.open()
     except Exception as err:  # rosbags raises ReaderError, sqlite3 and OS errors
         raise BagError(
-            f"cannot open input bag {path}: {err}. The bag is corrupt or truncated (a recording "
-            "that was cut off has no mcap footer or index; `ros2 bag reindex` can rebuild it)"
+            f"cannot open input bag {path}: {err}. The bag is corrupt or truncated: a recording "
+            "that was cut off has no mcap footer and index; `mcap recover` (the mcap CLI) "
+            "rewrites its readable part, and `ros2 bag reindex` rebuilds a missing metadata.yaml"
         ) from err
     return reader
 
