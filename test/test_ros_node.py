@@ -31,14 +31,14 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.qos import qos_profile_sensor_data
 from ros_scenes import synthetic_scene
-from segfast_ros.msg import InstanceArray
-from segfast_ros.srv import Segment
 from sensor_msgs.msg import CompressedImage, Image
 
 from segfast_ros.everything.masks import rle_to_mask
+from segfast_ros.msg import InstanceArray
 from segfast_ros.ros.harness import Client, NodeProcess, free_domain_id, image_msg
 from segfast_ros.runtime import Predictor
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
+from segfast_ros.srv import Segment
 
 NS = "/segfast_test"
 NODE = f"{NS}/segfast"
