@@ -436,6 +436,23 @@ def test_unreadable_input_bags_are_named(tmp_path: Path, predictor: Predictor) -
         replay(tmp_path / "cut", tmp_path / "out", predictor, _segevery())
 
 
+def test_a_cut_off_mcap_is_replayed_up_to_the_cut(tmp_path: Path, predictor: Predictor) -> None:
+    from segfast_ros.replay.mcap_salvage import SalvageReader
+
+    write_bag(tmp_path / "in", 60, extra_topics=False)  # two 1 MiB chunks and a bit
+    with Reader(tmp_path / "in") as reader:
+        intact = [(t, bytes(d)) for _, t, d in reader.messages()]
+    salvage = SalvageReader(tmp_path / "in")
+    assert [(t, d) for _, t, d in salvage.messages()] == intact  # same as rosbags when whole
+    (mcap,) = (tmp_path / "in").glob("*.mcap")
+    mcap.write_bytes(mcap.read_bytes()[: int(mcap.stat().st_size * 0.7)])  # power lost
+    summary = replay(tmp_path / "in", tmp_path / "out", predictor, _segevery())
+    assert summary.error is not None and "is cut off" in summary.error
+    assert 0 < summary.processed < 60
+    out = read_bag(tmp_path / "out")["/segfast/instances"]
+    assert [t for t, _ in out] == [t for t, _ in intact[: summary.processed]]
+
+
 def _corrupt_sqlite(path: Path) -> None:
     """Overwrite a stretch in the second half of the database with garbage."""
     (db,) = path.glob("*.db3")

@@ -8,6 +8,7 @@ rosbags reads.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -24,6 +25,9 @@ from rosbags.rosbag2.enums import StoragePlugin
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from ..runtime.images import image_fields
+from .mcap_salvage import SalvageReader
+
+log = logging.getLogger("segfast.replay")
 
 #: Our package's interface name, as in ``package.xml``.
 PACKAGE = "segfast_ros"
@@ -99,6 +103,10 @@ def typestore() -> Any:
 def open_reader(path: Path) -> Reader:
     """Open a rosbag2 bag (a folder with ``metadata.yaml``, or its single ``.mcap`` file).
 
+    A cut-off mcap recording (no footer, which rosbags refuses) is read up to the cut with
+    :class:`~.mcap_salvage.SalvageReader`; the replay then reports it as an error after
+    processing what was readable.
+
     Raises:
         BagError: a missing path, a folder that is not a bag, or a bag that cannot be opened
             (corrupt or truncated: the message says what rosbags reported).
@@ -116,12 +124,28 @@ def open_reader(path: Path) -> Reader:
     try:
         reader.open()
     except Exception as err:  # rosbags raises ReaderError, sqlite3 and OS errors
+        salvaged = _salvage(path)
+        if salvaged is not None:
+            log.warning("%s", salvaged.describe())
+            return salvaged
         raise BagError(
-            f"cannot open input bag {path}: {err}. The bag is corrupt or truncated: a recording "
-            "that was cut off has no mcap footer and index; `mcap recover` (the mcap CLI) "
-            "rewrites its readable part, and `ros2 bag reindex` rebuilds a missing metadata.yaml"
+            f"cannot open input bag {path}: {err}. The bag is corrupt or truncated (nothing "
+            "before the damage could be read either; `ros2 bag reindex` rebuilds a missing "
+            "metadata.yaml)"
         ) from err
     return reader
+
+
+def _salvage(path: Path) -> SalvageReader | None:
+    """The readable part of a cut-off mcap bag, or None (not mcap, or nothing readable)."""
+    is_mcap = path.suffix == ".mcap" or (path.is_dir() and len(list(path.glob("*.mcap"))) == 1)
+    if not is_mcap:
+        return None
+    try:
+        reader = SalvageReader(path)
+    except (ValueError, OSError):
+        return None
+    return reader if reader.message_count else None
 
 
 def image_topics(reader: Reader) -> dict[str, str]:

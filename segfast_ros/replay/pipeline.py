@@ -51,6 +51,7 @@ from ..runtime.images import (
 )
 from ..runtime.predictor import Predictor
 from . import bags
+from .mcap_salvage import SalvageReader
 from .outputs import CocoResults, ContactSheet, OverlayVideo, Progress
 from .prompts import ScriptedPrompt
 
@@ -383,6 +384,8 @@ def replay(
             raise ValueError("write the overlay video outside the output bag folder")
         bags.prepare_output(output_bag, overwrite=opts.overwrite)
         _run(reader, store, predictor, segevery, opts, summary, on_frame)
+        if isinstance(reader, SalvageReader) and summary.error is None:
+            summary.error = reader.describe()
     finally:
         reader.close()
     return summary
