@@ -1,10 +1,12 @@
 """Start the segfast node next to a camera.
 
     ros2 launch segfast_ros segfast.launch.py camera_topic:=/camera/color/image_raw \
-        model_dir:=/path/to/onnx profile_file:=<a platform profile YAML>
+        model_dir:=/path/to/onnx profile:=auto
 
-Parameters come from ``params_file`` (the base, config/segfast.yaml), then ``profile_file`` (a
-per-platform layer, optional), then the arguments below; a later layer wins.
+Parameters come from ``params_file`` (the base, config/segfast.yaml), then ``profile`` (a
+platform layer from config/profiles/: ``auto`` picks it from /proc/device-tree/model, falling
+back to ``cpu``), then ``profile_file`` (an optional extra layer of your own), then the
+arguments below; a later layer wins.
 """
 
 from pathlib import Path
@@ -15,6 +17,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
+from segfast_ros.profiles import PROFILES, resolve_profile
 
 
 def _node(context, *args, **kwargs):
@@ -23,6 +26,10 @@ def _node(context, *args, **kwargs):
 
     camera = arg("camera_topic")
     layers = [arg("params_file")]
+    share = Path(get_package_share_directory("segfast_ros"))
+    profile = resolve_profile(arg("profile"), share / "config" / "profiles")
+    if profile is not None:
+        layers.append(str(profile))
     if arg("profile_file"):
         layers.append(arg("profile_file"))
     overrides = {"use_sim_time": arg("use_sim_time").lower() == "true"}
@@ -68,10 +75,17 @@ def generate_launch_description() -> LaunchDescription:
                 description="Base parameter file.",
             ),
             DeclareLaunchArgument(
+                "profile",
+                default_value="auto",
+                description="Platform profile layered over params_file: auto (from "
+                "/proc/device-tree/model, else cpu), none, "
+                f"{', '.join(PROFILES)}, or a parameter file path.",
+            ),
+            DeclareLaunchArgument(
                 "profile_file",
                 default_value="",
-                description="Optional parameter file layered over params_file (a platform "
-                "profile); empty for none.",
+                description="Optional parameter file of your own, layered over the profile; "
+                "empty for none.",
             ),
             DeclareLaunchArgument(
                 "model_dir",

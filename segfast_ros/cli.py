@@ -655,6 +655,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="grid/hierarchical option")
     p.add_argument("--json", help="write the table as JSON")
     p.set_defaults(func=cmd_bench_replay, backend="onnxruntime")
+
+    from .export.tensorrt_build import add_build_engine_parser
+
+    add_build_engine_parser(sub)
     return parser
 
 

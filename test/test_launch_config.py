@@ -19,7 +19,7 @@ from segfast_ros.ros.params import all_params
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "segfast.launch.py"
-CONFIGS = sorted((REPO / "config").glob("*.yaml"))
+CONFIGS = sorted((REPO / "config").glob("**/*.yaml"))  # the base and config/profiles/
 #: Parameters every ROS node has, or the node declares outside the table.
 EXTRA_PARAMS = {"use_sim_time", "autostart"}
 

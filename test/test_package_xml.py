@@ -52,7 +52,11 @@ ROSDEP_KEYS = {
 NOT_ROSDEP = {
     "onnxruntime": "pip (onnxruntime, or onnxruntime-gpu on Jetson); see package.xml's comment",
     "tensorrt": "ships with JetPack / NVIDIA's wheels; optional backend",
+    "cuda": "cuda-python (pip), the tensorrt backend's GPU buffers; optional backend",
     "rosbags": "bag replay from the segfast CLI, pip only; the node does not use it",
+    "lz4": "mcap chunk decompression in the replay; comes with rosbags",
+    "backports": "zstd (backports.zstd) for mcap chunks in the replay; comes with rosbags",
+    "compression": "zstd in the standard library from Python 3.14 (the replay's mcap chunks)",
     "torch": "exporting and training only (pip extra [export]); never on the robot",
     "torchvision": "exporting and training only",
     "timm": "exporting only (EfficientViT-SAM)",

@@ -57,6 +57,7 @@ from segfast_ros.ros.params import (
     NodeConfig,
     ParamSpec,
     all_params,
+    backend_options,
     ros_range,
     strategy_kwargs,
 )
@@ -222,20 +223,17 @@ class SegfastNode(LifecycleNode):
             )
         model_dir = resolve_model_path(cfg.model_dir)
         try:
-            self._backend = load_backend(
-                cfg.backend,
-                model_dir,
-                precision=cfg.precision,
-                providers=list(cfg.providers),
-                intra_op_threads=cfg.intra_op_threads,
-            )
+            options = backend_options(cfg, model_dir)
+            if cfg.backend == "tensorrt":
+                options["log"] = self.get_logger().info  # cache hits, rebuilds and why
+            self._backend = load_backend(cfg.backend, model_dir, **options)
         except Exception as err:  # any load failure is reported; the node stays up
             return self._configure_failed(f"cannot load the model from {model_dir}: {err}")
         try:
             self._strategy = self._build_strategy(self._values, fallback=True)
         except ValueError as err:  # e.g. hierarchical with fewer than 4 points per side
             return self._configure_failed(f"SegEvery settings refused: {err}")
-        self._encode_predictor = Predictor(self._backend)
+        self._encode_predictor = Predictor(self._backend, interpolation=cfg.resize_interpolation)
         self._cache = EmbeddingCache(cfg.cache_size)
         self._pubs = {
             "instances": self.create_publisher(InstanceArray, "~/instances", OUTPUT_QOS),
@@ -246,7 +244,8 @@ class SegfastNode(LifecycleNode):
         info = self._backend.info
         self.get_logger().info(
             f"configured: model {info.name!r} ({info.image_size}px input) from {model_dir}, "
-            f"{cfg.precision} encoder on {list(cfg.providers)}; SegEvery "
+            f"{cfg.precision} encoder on "
+            f"{cfg.backend if cfg.backend != 'onnxruntime' else list(cfg.providers)}; SegEvery "
             f"{getattr(self._strategy, 'name', '?')} at {cfg.segevery_rate:g} Hz"
         )
         return TransitionCallbackReturn.SUCCESS
@@ -424,7 +423,11 @@ class SegfastNode(LifecycleNode):
             if backend is None:
                 raise LookupError("the node is not configured (no model loaded)")
             resp.results = segment(
-                encoded.predictor(backend), req, encoded.frame.header, SegmentResult
+                encoded.predictor(backend),
+                req,
+                encoded.frame.header,
+                SegmentResult,
+                max_sets=self._config.max_prompt_sets,
             )
             resp.success = True
         except (ValueError, LookupError) as err:

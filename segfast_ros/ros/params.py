@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from segfast_ros.everything.masks import ParamRange
@@ -70,9 +71,11 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "backend",
         "onnxruntime",
-        "Inference backend: onnxruntime (CPU, CUDA or TensorRT execution providers).",
+        "Inference backend: onnxruntime (CPU, CUDA or TensorRT execution providers) or "
+        "tensorrt (native engines built from model_dir's ONNX files, cached in "
+        "engine_cache_dir; needs tensorrt and cuda-python).",
         read_only=True,
-        choices=("onnxruntime",),
+        choices=("onnxruntime", "tensorrt"),
     ),
     ParamSpec(
         "model_dir",
@@ -92,13 +95,54 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         "providers",
         ["cpu"],
         "ONNX Runtime execution providers in order of preference: cpu, cuda, tensorrt. A "
-        "provider this onnxruntime build lacks is an error, never a silent CPU fallback.",
+        "provider this onnxruntime build lacks is an error, never a silent CPU fallback. "
+        "With tensorrt, precision fp16 or int8 enables its FP16 kernels and "
+        "engine_cache_dir its engine cache.",
         read_only=True,
+    ),
+    ParamSpec(
+        "engine_cache_dir",
+        "",
+        "TensorRT engine cache folder, for the tensorrt backend and for onnxruntime's "
+        "tensorrt provider; empty: <model_dir>/engines. Engines are keyed by ONNX hash, "
+        "TensorRT version, GPU and precision; a mismatch rebuilds (minutes on a Jetson).",
+        read_only=True,
+    ),
+    ParamSpec(
+        "tensorrt.decoder_opt_sets",
+        16,
+        "tensorrt backend: prompt sets per decoder call the engine is tuned for (its "
+        "optimization profile's opt).",
+        range=_num(16, 1, 4096),
+        read_only=True,
+    ),
+    ParamSpec(
+        "tensorrt.decoder_max_sets",
+        320,
+        "tensorrt backend: most prompt sets per decoder engine call (profile max; larger "
+        "batches are split). Must be >= tensorrt.decoder_opt_sets.",
+        range=_num(320, 1, 4096),
+        read_only=True,
+    ),
+    ParamSpec(
+        "max_prompt_sets",
+        64,
+        "Most prompt sets (boxes or point groups) one ~/segment request may carry; more is "
+        "refused with a message.",
+        range=_num(64, 1, 4096),
+    ),
+    ParamSpec(
+        "resize_interpolation",
+        "linear",
+        "Image resize to the encoder input: linear (the reference, cheapest) or area "
+        "(antialiased, for frames more than ~2x larger than the model input).",
+        read_only=True,
+        choices=("linear", "area"),
     ),
     ParamSpec(
         "intra_op_threads",
         0,
-        "ONNX Runtime threads per session; 0 lets ONNX Runtime choose.",
+        "ONNX Runtime threads per session (CPU work); 0 lets ONNX Runtime choose.",
         range=_num(0, 0, 256),
         read_only=True,
     ),
@@ -218,6 +262,11 @@ class NodeConfig:
     model_dir: str
     precision: str
     providers: tuple[str, ...]
+    engine_cache_dir: str
+    decoder_opt_sets: int
+    decoder_max_sets: int
+    max_prompt_sets: int
+    resize_interpolation: str
     intra_op_threads: int
     use_compressed: bool
     cache_size: int
@@ -233,6 +282,11 @@ class NodeConfig:
             model_dir=str(values["model_dir"]),
             precision=str(values["precision"]),
             providers=tuple(str(p) for p in values["providers"]),
+            engine_cache_dir=str(values["engine_cache_dir"]),
+            decoder_opt_sets=int(values["tensorrt.decoder_opt_sets"]),
+            decoder_max_sets=int(values["tensorrt.decoder_max_sets"]),
+            max_prompt_sets=int(values["max_prompt_sets"]),
+            resize_interpolation=str(values["resize_interpolation"]),
             intra_op_threads=int(values["intra_op_threads"]),
             use_compressed=bool(values["use_compressed"]),
             cache_size=int(values["cache_size"]),
@@ -240,6 +294,37 @@ class NodeConfig:
             segevery_rate=float(values[f"{SEGEVERY}.rate"]),
             segevery_strategy=str(values[f"{SEGEVERY}.strategy"]),
         )
+
+
+def backend_options(config: NodeConfig, model_dir: Path) -> dict[str, Any]:
+    """Keyword arguments for ``load_backend(config.backend, model_dir, ...)``.
+
+    The engine cache (``engine_cache_dir``, default ``<model_dir>/engines``) serves both the
+    native tensorrt backend and onnxruntime's tensorrt provider; fp16 and int8 let the
+    provider build FP16 kernels (the int8 encoder's own QDQ nodes stay int8).
+
+    Raises:
+        ValueError: a decoder profile with opt above max.
+    """
+    cache_dir = Path(config.engine_cache_dir or Path(model_dir) / "engines")
+    if config.backend == "tensorrt":
+        from segfast_ros.runtime.tensorrt_plan import DecoderProfile
+
+        profile = DecoderProfile(
+            opt_sets=config.decoder_opt_sets, max_sets=config.decoder_max_sets
+        )
+        return {"precision": config.precision, "engine_cache_dir": cache_dir, "profile": profile}
+    options: dict[str, Any] = {
+        "precision": config.precision,
+        "providers": list(config.providers),
+        "intra_op_threads": config.intra_op_threads,
+    }
+    if any(
+        p.lower() in ("tensorrt", "trt", "tensorrtexecutionprovider") for p in config.providers
+    ):
+        options["trt_fp16"] = config.precision in ("fp16", "int8")
+        options["trt_engine_cache_dir"] = cache_dir
+    return options
 
 
 def strategy_kwargs(values: dict[str, Any], strategy: str) -> dict[str, Any]:

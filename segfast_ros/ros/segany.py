@@ -44,6 +44,7 @@ def segment(
     *,
     mask_threshold: float = 0.0,
     stability_offset: float = 1.0,
+    max_sets: int | None = None,
 ) -> list[Any]:
     """Answer a ``Segment`` request on ``predictor``'s embedding: one result per prompt set.
 
@@ -54,14 +55,23 @@ def segment(
         result_type: ``segfast_ros.msg.SegmentResult``.
         mask_threshold: logit above which a pixel is in the mask.
         stability_offset: logit offset of the stability score.
+        max_sets: refuse requests with more prompt sets than this (None: no cap).
 
     Raises:
-        ValueError: a malformed or out-of-image prompt (the message says which and why).
+        ValueError: a malformed or out-of-image prompt, or more prompt sets than
+            ``max_sets`` (the message says which and why).
     """
     lr = predictor.info.low_res_size
+    prompts = request_prompts(req, lr)
+    sets_asked = len(prompts.get("box", prompts.get("point_coords", ())))
+    if max_sets is not None and sets_asked > max_sets:
+        raise ValueError(
+            f"{sets_asked} prompt sets in one request; this node answers at most {max_sets} "
+            "(parameter max_prompt_sets): split the request"
+        )
     sets = decode_prompt_sets(
         predictor,
-        request_prompts(req, lr),
+        prompts,
         mask_threshold=mask_threshold,
         stability_offset=stability_offset,
     )

@@ -1,7 +1,8 @@
 """Inference without torch: backends, pre/post-processing and the :class:`Predictor`.
 
-``OnnxRuntimeBackend`` (onnxruntime) and ``TorchBackend`` (torch, development only) are
-imported on first use, so ``import segfast_ros.runtime`` costs only numpy and cv2.
+``OnnxRuntimeBackend`` (onnxruntime), ``TensorRTBackend`` (tensorrt + cuda-python) and
+``TorchBackend`` (torch, development only) are imported on first use, so
+``import segfast_ros.runtime`` costs only numpy and cv2.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 #: Backend kinds accepted by :func:`load_backend`.
-BACKEND_KINDS = ("onnxruntime", "torch")
+BACKEND_KINDS = ("onnxruntime", "tensorrt", "torch")
 
 
 def __getattr__(name: str) -> Any:
@@ -47,11 +48,15 @@ def load_backend(kind: str, source: str | Path, **options: Any) -> Backend:
     """Create a backend by kind, e.g. from a node parameter or a CLI flag.
 
     Args:
-        kind: ``"onnxruntime"`` (alias ``"onnx"``) or ``"torch"``.
-        source: for onnxruntime the folder of exported ONNX files; for torch a registry name.
+        kind: ``"onnxruntime"`` (alias ``"onnx"``), ``"tensorrt"`` (alias ``"trt"``) or
+            ``"torch"``.
+        source: for onnxruntime and tensorrt the folder of exported ONNX files; for torch a
+            registry name.
         **options: onnxruntime: ``precision`` and the :class:`OnnxRuntimeBackend` keywords
-            (``providers``, ``intra_op_threads``, TensorRT options); torch: ``checkpoint``,
-            ``device``.
+            (``providers``, ``intra_op_threads``, TensorRT EP options); tensorrt: the
+            :class:`~segfast_ros.runtime.tensorrt_backend.TensorRTBackend` keywords
+            (``precision``, ``engine_cache_dir``, ``device_id``, ``profile``, ``log``); torch:
+            ``checkpoint``, ``device``.
 
     Raises:
         ValueError: unknown kind.
@@ -60,6 +65,10 @@ def load_backend(kind: str, source: str | Path, **options: Any) -> Backend:
         from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend.from_dir(source, **options)
+    if kind in ("tensorrt", "trt"):
+        from segfast_ros.runtime.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(source, **options)
     if kind == "torch":
         from segfast_ros.runtime.torch_backend import TorchBackend as TorchBackend
 

@@ -13,6 +13,7 @@ import numpy.typing as npt
 
 from segfast_ros.runtime.backend import Backend, ModelInfo
 from segfast_ros.runtime.transforms import (
+    RESIZE_INTERPOLATIONS,
     apply_boxes,
     apply_coords,
     postprocess_masks,
@@ -46,10 +47,19 @@ class Predictor:
 
     Args:
         backend: any :class:`~segfast_ros.runtime.backend.Backend` (ONNX Runtime, torch, ...).
+        interpolation: image resize policy for :meth:`set_image`, a key of
+            :data:`RESIZE_INTERPOLATIONS` (``"linear"``, the reference, or ``"area"``, an
+            antialiased downscale).
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, interpolation: str = "linear") -> None:
+        if interpolation not in RESIZE_INTERPOLATIONS:
+            raise ValueError(
+                f"unknown interpolation {interpolation!r}; expected one of "
+                f"{sorted(RESIZE_INTERPOLATIONS)}"
+            )
         self.backend = backend
+        self.interpolation = interpolation
         self.info: ModelInfo = backend.info
         lr = self.info.low_res_size
         # Shared, read-only "no mask" input: predict() allocates nothing for it.
@@ -76,7 +86,9 @@ class Predictor:
         """
         # A frame that fails to encode must not leave the previous frame answering prompts.
         self.reset_image()
-        x, input_size = prepare_image(image, self.info)
+        x, input_size = prepare_image(
+            image, self.info, interpolation=RESIZE_INTERPOLATIONS[self.interpolation]
+        )
         embedding = self.backend.encode(x)
         self._store(embedding, image.shape[:2], input_size)
 

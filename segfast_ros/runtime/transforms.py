@@ -88,6 +88,12 @@ def validate_rgb_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+#: Image resize policies by name (node parameter ``resize_interpolation``): ``linear`` is the
+#: reference (and the cheapest); ``area`` antialiases when a large frame shrinks by > ~2x
+#: (e.g. 4K to 1024), at a higher CPU cost for the resize.
+RESIZE_INTERPOLATIONS: dict[str, int] = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
+
+
 def prepare_image(
     image: np.ndarray,
     info: ModelInfo,
