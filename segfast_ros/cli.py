@@ -112,9 +112,14 @@ def make_backend(
         if args.threads:
             torch.set_num_threads(args.threads)
         return TorchBackend.from_registry(args.model, args.checkpoint)
+    onnx_dir = onnx_dir_for(args, precision, allow_random=allow_random)
+    if args.backend == "tensorrt":
+        from .runtime import load_backend
+
+        # Engines are built (or taken from <onnx_dir>/engines) on the first use.
+        return load_backend("tensorrt", onnx_dir, precision=precision)
     from .runtime.onnx_backend import OnnxRuntimeBackend
 
-    onnx_dir = onnx_dir_for(args, precision, allow_random=allow_random)
     return OnnxRuntimeBackend.from_dir(
         onnx_dir, precision, providers=args.providers, intra_op_threads=args.threads
     )
@@ -537,7 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_args(p, backend=False)
     p.add_argument("--image", help="image to time on (default: a random 769x770 image)")
     p.add_argument(
-        "--backends", nargs="+", choices=("onnxruntime", "torch"), default=["torch", "onnxruntime"]
+        "--backends",
+        nargs="+",
+        choices=("onnxruntime", "torch", "tensorrt"),
+        default=["torch", "onnxruntime"],
+        help="tensorrt: the native TensorRT backend (a Jetson or NVIDIA GPU with TensorRT)",
     )
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32", "int8"])
     p.add_argument("--calib", nargs="+", help="int8 calibration images (default: --image)")

@@ -506,3 +506,15 @@ def test_profile_build_settings_follow_the_profile_files() -> None:
     nano = profile_build_settings(repo / "config" / "profiles" / "orin_nano.yaml")
     assert nano == {"precision": "fp16", "opt_sets": 8, "max_sets": 64}
     assert "opt_sets" not in profile_build_settings(repo / "config" / "profiles" / "cpu.yaml")
+
+
+def test_bench_names_the_missing_tensorrt(tiny_onnx_dir, capsys, monkeypatch) -> None:
+    """`segfast bench --backends tensorrt` without TensorRT: exit 2 and what to install."""
+    import sys as _sys
+
+    from segfast_ros.cli import main
+
+    monkeypatch.setitem(_sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    args = ["bench", "--onnx-dir", str(tiny_onnx_dir), "--backends", "tensorrt"]
+    assert main([*args, "--precisions", "fp32"]) == 2
+    assert "needs the `tensorrt` Python package" in capsys.readouterr().err
