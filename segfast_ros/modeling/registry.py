@@ -8,7 +8,7 @@ a backend).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -125,6 +125,19 @@ MODEL_REGISTRY: dict[str, ModelSpec] = {
         ),
     )
 }
+
+# The demo model (segfast_ros.demo) is tinyvit_s256 with attention windows that tile its 32, 16
+# and 16 token grids exactly (the default 7/14/7 windows pad them), trained from scratch on
+# generated scenes by `python -m segfast_ros.demo.train`; not a general-purpose segmenter.
+MODEL_REGISTRY["demo_tinyvit"] = replace(
+    MODEL_REGISTRY["tinyvit_s256"],
+    name="demo_tinyvit",
+    description="Demo model for synthetic scenes: tinyvit_s256 with 8/16/16 windows, trained "
+    "here (models/demo)",
+    build_encoder=partial(
+        MODEL_REGISTRY["tinyvit_s256"].build_encoder, window_sizes=(8, 8, 16, 16)
+    ),
+)
 
 
 def build_sam(name: str, checkpoint: str | Path | None = None) -> Sam:
