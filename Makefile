@@ -15,7 +15,7 @@ ROS_PYDIR := lib/segfast_ros_interfaces
 ROS_STAMP := $(VENV)/.ros-interfaces
 ROS_SOURCES := CMakeLists.txt package.xml $(wildcard msg/*.msg srv/*.srv cmake/*.cmake)
 
-.PHONY: setup build-tools test lint format bench clean
+.PHONY: setup build-tools test lint format bench demo clean
 
 setup: $(STAMP) $(ROS_STAMP)
 
@@ -59,6 +59,11 @@ format: setup
 
 test: setup lint
 	$(PY) -m pytest -q
+
+# The main job: a generated sample bag replayed with the demo model (models/demo) into
+# out/demo: output bag, COCO JSON, contact sheet, and a summary.
+demo: setup
+	$(VENV)/bin/segfast demo --out out/demo
 
 bench: setup
 	$(VENV)/bin/segfast bench --model mobile_sam --json out/bench.json

@@ -462,6 +462,140 @@ def cmd_bench_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on a fresh machine: a generated bag, replayed with the demo model."""
+    import shutil
+
+    from .demo.scenes import generate_sequence
+    from .replay import ReplayOptions, replay
+    from .replay.bags import write_image_bag
+    from .runtime.predictor import Predictor
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = generate_sequence(args.seed, args.frames, (args.height, args.width))
+    bag = out / "sample_bag"
+    shutil.rmtree(bag, ignore_errors=True)
+    write_image_bag(bag, (f.image for f in frames))
+    print(
+        f"1/3 generated {len(frames)} frames ({args.width}x{args.height}, seed {args.seed}): {bag}"
+    )
+
+    model_dir, detector, label = _demo_model(args, frames[0].image, out)
+    print(f"2/3 model: {label}")
+    predictor = Predictor(make_backend_from_dir(model_dir, args))
+    segevery = _demo_segevery(args.mode, detector, demo="demo model" in label)
+    options = ReplayOptions(
+        overwrite=True,
+        coco=out / "coco.json",
+        contact_sheet=out / "contact_sheet.png",
+        progress=sys.stderr.isatty(),
+    )
+    summary = replay(bag, out / "segmented_bag", predictor, segevery, options)
+    print("3/3 replayed:")
+    print(summary.format())
+    recall, truth = _demo_recall(out / "coco.json", frames)
+    print(
+        f"demo: {summary.processed} frames, {summary.instances} instances; {recall:.2f} of the "
+        f"{truth} generated objects found (mask IoU >= 0.5 with the generator's ground truth)"
+    )
+    print(f"demo: look at {out / 'contact_sheet.png'}; results in {out / 'coco.json'}")
+    return 0 if summary.complete else 3
+
+
+def make_backend_from_dir(model_dir: Path, args: argparse.Namespace) -> Backend:
+    """ONNX Runtime on ``model_dir`` at ``--precision``, or fp32 when that file is missing."""
+    from .runtime.onnx_backend import OnnxRuntimeBackend, onnx_file_names
+
+    precision = args.precision
+    if not (model_dir / onnx_file_names(precision)[0]).is_file():
+        log.warning("no %s encoder in %s; using fp32", precision, model_dir)
+        precision = "fp32"
+    return OnnxRuntimeBackend.from_dir(
+        model_dir, precision, providers=args.providers, intra_op_threads=args.threads
+    )
+
+
+def _demo_model(
+    args: argparse.Namespace, calib_rgb: np.ndarray, out: Path
+) -> tuple[Path, Path | None, str]:
+    """``(onnx folder, detector or None, description)`` for the demo.
+
+    ``--onnx-dir`` first; else official MobileSAM weights in ``models/`` (exported once to
+    ONNX, calibrated on a generated frame); else the project's demo model.
+    """
+    from .runtime.paths import DEMO_MODEL, model_candidates, resolve_model_path
+
+    # The first folder that holds the demo model, not any folder that happens to be "demo".
+    demo = next(
+        (c for c in model_candidates(DEMO_MODEL) if (c / "encoder.fp32.onnx").is_file()),
+        None,
+    )
+    official_detector = resolve_model_path("object_aware.onnx")
+    candidates = [official_detector] + ([demo / "detector.onnx"] if demo else [])
+    detector = args.detector or next((d for d in candidates if d.is_file()), None)
+    if args.onnx_dir:
+        return Path(args.onnx_dir), detector, f"{args.onnx_dir} (--onnx-dir)"
+    checkpoint = resolve_model_path("mobile_sam.pt")
+    if checkpoint.is_file():
+        import cv2
+
+        calib = out / "calibration_frame.png"
+        cv2.imwrite(str(calib), cv2.cvtColor(calib_rgb, cv2.COLOR_RGB2BGR))
+        onnx_dir = default_onnx_dir("mobile_sam", str(checkpoint))
+        ensure_onnx(
+            onnx_dir,
+            args.precision,
+            model="mobile_sam",
+            checkpoint=str(checkpoint),
+            calibration=[calib],
+        )
+        return onnx_dir, detector, f"official MobileSAM ({checkpoint}), exported to {onnx_dir}"
+    if demo is None:
+        raise FileNotFoundError(
+            f"no model: models/{DEMO_MODEL} (the demo model) is missing and no official "
+            "checkpoint is in models/ (see models/README.md); pass --onnx-dir"
+        )
+    return demo, detector, f"the demo model in {demo} (trained on synthetic scenes only)"
+
+
+def _demo_segevery(mode: str, detector: Path | None, *, demo: bool):
+    """The strategy: the demo model's settings (see ``DEMO_SEGEVERY_PARAMS``), else defaults."""
+    from .demo.evaluate import DEMO_SEGEVERY_PARAMS
+    from .everything.registry import build_segevery
+
+    kwargs = dict(DEMO_SEGEVERY_PARAMS[mode]) if demo else {}
+    if mode == "object_aware":
+        if detector is None:
+            raise FileNotFoundError(
+                "object_aware needs a detector: models/demo/detector.onnx is missing; pass "
+                "--detector or --mode hierarchical"
+            )
+        kwargs["detector"] = str(detector)
+    return build_segevery(mode, **kwargs)
+
+
+def _demo_recall(coco_path: Path, frames: Sequence) -> tuple[float, int]:
+    """Fraction of the generated objects some written mask matches (IoU >= 0.5)."""
+    import json
+
+    from .demo.evaluate import recall_at
+    from .everything.masks import rle_to_mask
+
+    doc = json.loads(coco_path.read_text())
+    by_image: dict[int, list[np.ndarray]] = {}
+    for ann in doc["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(rle_to_mask(ann["segmentation"]))
+    hits = []
+    for image, frame in zip(doc["images"], frames, strict=False):
+        found = by_image.get(image["id"], [])
+        hw = frame.masks.shape[1:]
+        stack = np.stack(found) if found else np.zeros((0, *hw), dtype=bool)
+        hits.append(recall_at(stack, frame.masks))
+    all_hits = np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
+    return (float(all_hits.mean()) if all_hits.size else 0.0), int(all_hits.size)
+
+
 def _strategy_options(items: Sequence[str] | None) -> list[tuple[str, object]]:
     """``--set key=value`` pairs, values parsed as YAML scalars (numbers, booleans)."""
     import yaml
@@ -664,6 +798,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="grid/hierarchical option")
     p.add_argument("--json", help="write the table as JSON")
     p.set_defaults(func=cmd_bench_replay, backend="onnxruntime")
+
+    p = sub.add_parser(
+        "demo",
+        help="the main job: generate a sample bag and replay it with the demo model",
+    )
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--frames", type=int, default=30)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--seed", type=int, default=2026, help="scene generator seed")
+    p.add_argument("--mode", choices=MODES, default="object_aware")
+    p.add_argument("--precision", choices=PRECISIONS, default="int8")
+    p.add_argument("--onnx-dir", help="use this exported model instead of the demo model")
+    p.add_argument("--detector", help="object-discovery detector ONNX (default: the demo one)")
+    p.add_argument("--providers", nargs="+", default=None, help="onnxruntime providers")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
+    p.set_defaults(func=cmd_demo)
 
     from .export.tensorrt_build import add_build_engine_parser
 

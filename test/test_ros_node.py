@@ -10,6 +10,8 @@ order on one node.
 # ruff: noqa: E402 (imports after the skip when ROS 2 is absent)
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from array import array
 from pathlib import Path
@@ -35,11 +37,12 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from segfast_ros.everything.masks import rle_to_mask
 from segfast_ros.msg import InstanceArray
-from segfast_ros.ros.harness import Client, NodeProcess, free_domain_id, image_msg
+from segfast_ros.ros.harness import Client, NodeProcess, free_domain_id, image_msg, ros_env
 from segfast_ros.runtime import Predictor
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
 from segfast_ros.srv import Segment
 
+REPO = Path(__file__).resolve().parents[1]
 NS = "/segfast_test"
 NODE = f"{NS}/segfast"
 GRID_SIDE = 4
@@ -439,3 +442,18 @@ def test_object_aware_without_a_detector_falls_back_to_grid(
         assert "segevery.object_aware.detector is empty" in proc.log()
     finally:
         assert proc.stop() == 0
+
+
+def test_the_planner_example_gets_masks_over_dds(client: Client, domain_id: int) -> None:
+    """examples/planner_client.py, the README's second demo, against the running node."""
+    example = [sys.executable, str(REPO / "examples/planner_client.py"), "--frames", "2"]
+    run = subprocess.run(
+        [*example, "--node", NODE, "--topic", f"{NS}/camera/image"],
+        env=ros_env(domain_id),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("box prompt -> mask of") == 2
+    assert "SegEvery messages on /segfast_test/segfast/instances" in run.stdout
