@@ -49,6 +49,7 @@ def prompt_kwargs(
     multimask: bool = False,
     mask_input: npt.ArrayLike = (),
     low_res_size: int,
+    max_sets: int | None = None,
 ) -> dict[str, Any]:
     """Predictor keyword arguments for flat prompts, always batched (sets on the first axis).
 
@@ -61,12 +62,14 @@ def prompt_kwargs(
         multimask: three masks per set instead of one.
         mask_input: low-res logits: ``L * L`` values shared by all sets, or one block per set.
         low_res_size: the model's low-res mask side ``L``.
+        max_sets: refuse more prompt sets than this in one call (None: no cap).
 
     Returns:
         Keyword arguments for :meth:`Predictor.predict_low_res`.
 
     Raises:
-        ValueError: mismatched lengths or groupings, or no prompt, saying what was expected.
+        ValueError: mismatched lengths or groupings, no prompt, or more than ``max_sets``
+            prompt sets, saying what was expected.
     """
     coords = np.asarray(points, dtype=np.float64).reshape(-1)
     if coords.size % 2:
@@ -101,6 +104,11 @@ def prompt_kwargs(
             "the points with every box)"
         )
     num_sets = len(box_array) or point_sets or 1
+    if max_sets is not None and num_sets > max_sets:
+        raise ValueError(
+            f"{num_sets} prompt sets in one request; this node answers at most {max_sets} "
+            "(parameter max_prompt_sets): split the request"
+        )
 
     kwargs: dict[str, Any] = {"multimask_output": bool(multimask)}
     if n_points:

@@ -42,6 +42,7 @@ from ..everything.render import (
     overlay,
 )
 from ..everything.segany import decode_prompt_sets, prompt_kwargs
+from ..runtime.frames import stamp_to_ns
 from ..runtime.images import (
     ImageError,
     compressed_msg_to_rgb,
@@ -422,7 +423,8 @@ def _run(
     conns = list(reader.connections) if opts.copy_input else image_conns
     selector = _Selector(opts.every, opts.rate_hz)
     seg_rate = opts.segevery_rate_hz
-    seg_selector = None if seg_rate is None else _Selector(1, seg_rate or None)
+    # None: SegEvery on every processed frame; 0: never; else on bag-time slots.
+    seg_selector = _Selector(1, seg_rate) if seg_rate else None
     expected = selector.expected(summary.topic_messages, reader.duration)
     timings = summary.timings_ms = {s: [] for s in (*STAGES, "inference")}
 
@@ -576,7 +578,7 @@ def _run(
                 timings["decoder"].append(decoder_ms)
                 seg_total = 1e3 * (time.perf_counter() - encoded)
                 timings["postprocess"].append(seg_total - detector_ms - decoder_ms)
-            for p in by_stamp.pop(_stamp_ns(item.msg), []):
+            for p in by_stamp.pop(stamp_to_ns(item.msg.header.stamp), []):
                 _answer(p, item, predictor, summary, timings, results, put)
             timings["inference"].append(1e3 * (time.perf_counter() - start))
             last = item
@@ -609,10 +611,6 @@ def _run(
             if out.error is not None and summary.error is None:
                 summary.error = out.error
             progress.close(summary.processed, f"{summary.instances} instances")
-
-
-def _stamp_ns(msg: Any) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
 
 def _answer(
@@ -761,7 +759,7 @@ class _Outputs:
         if self.opts.coco:
             self.coco.add_frame(
                 topic=self.topic,
-                stamp_ns=_stamp_ns(frame.msg),
+                stamp_ns=stamp_to_ns(frame.msg.header.stamp),
                 bag_time_ns=frame.bag_time,
                 frame_id=header.frame_id,
                 hw=result.image_hw,
@@ -770,7 +768,7 @@ class _Outputs:
         if self.video is not None:
             self.video.add(drawn)
         if self.sheet is not None and drawn is not None and self.sheet.wants(frame.index):
-            stamp = _stamp_ns(frame.msg) / 1e9
+            stamp = stamp_to_ns(frame.msg.header.stamp) / 1e9
             self.sheet.add(drawn, f"#{frame.index} t={stamp:.3f} n={len(instances)}")
 
     def _image(self, header: Any, pixels: np.ndarray, encoding: str) -> Any:

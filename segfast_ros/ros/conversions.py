@@ -16,7 +16,6 @@ import array
 
 import numpy as np
 import numpy.typing as npt
-from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image, RegionOfInterest
 from std_msgs.msg import Header
 
@@ -31,6 +30,7 @@ from segfast_ros.everything.render import (
 )
 from segfast_ros.everything.render import box_to_roi as _roi
 from segfast_ros.msg import Instance as InstanceMsg
+from segfast_ros.runtime.frames import stamp_to_ns
 from segfast_ros.runtime.images import (
     ACCEPTED_ENCODINGS,
     ImageError,
@@ -127,11 +127,6 @@ def labels_to_mono16_msg(labels: np.ndarray, header: Header) -> Image:
     if labels.ndim != 2 or labels.dtype != np.uint16:
         raise ValueError(f"expected labels (H, W) uint16, got {labels.shape} {labels.dtype}")
     return _image_msg(labels, header, "mono16")
-
-
-def stamp_to_ns(stamp: Time) -> int:
-    """A ``builtin_interfaces/Time`` as integer nanoseconds (exact; a cache key)."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 # ------------------------------------------------------------------------------ instances

@@ -14,13 +14,14 @@ from segfast_ros.ros.conversions import mask_instance_msg, mask_to_mono8_msg
 from segfast_ros.runtime.predictor import Predictor
 
 
-def request_prompts(req: Any, low_res_size: int) -> dict[str, Any]:
+def request_prompts(req: Any, low_res_size: int, max_sets: int | None = None) -> dict[str, Any]:
     """Predictor keyword arguments for a ``segfast_ros/srv/Segment`` request.
 
     Args:
         req: the request (``points``, ``labels``, ``points_per_set``, ``boxes``, ``multimask``,
             ``mask_input``).
         low_res_size: the model's low-res mask side ``L`` (for ``mask_input``).
+        max_sets: refuse requests with more prompt sets than this (None: no cap).
 
     Raises:
         ValueError: mismatched lengths or groupings, saying what was expected.
@@ -33,6 +34,7 @@ def request_prompts(req: Any, low_res_size: int) -> dict[str, Any]:
         multimask=req.multimask,
         mask_input=req.mask_input,
         low_res_size=low_res_size,
+        max_sets=max_sets,
     )
 
 
@@ -62,16 +64,9 @@ def segment(
             ``max_sets`` (the message says which and why).
     """
     lr = predictor.info.low_res_size
-    prompts = request_prompts(req, lr)
-    sets_asked = len(prompts.get("box", prompts.get("point_coords", ())))
-    if max_sets is not None and sets_asked > max_sets:
-        raise ValueError(
-            f"{sets_asked} prompt sets in one request; this node answers at most {max_sets} "
-            "(parameter max_prompt_sets): split the request"
-        )
     sets = decode_prompt_sets(
         predictor,
-        prompts,
+        request_prompts(req, lr, max_sets),
         mask_threshold=mask_threshold,
         stability_offset=stability_offset,
     )

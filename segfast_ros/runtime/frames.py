@@ -26,6 +26,11 @@ from segfast_ros.runtime.predictor import Predictor
 T = TypeVar("T")
 
 
+def stamp_to_ns(stamp: Any) -> int:
+    """A ``builtin_interfaces/Time`` (rclpy or rosbags) as integer nanoseconds: a cache key."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
 @dataclass(frozen=True)
 class Frame:
     """One camera frame as it arrived.
