@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from segfast_ros.demo.evaluate import DEFAULT_MODEL_DIR, FLOORS, evaluate
+from segfast_ros.demo.evaluate import (
+    DEFAULT_MODEL_DIR,
+    EVAL_SEED_BASE,
+    FLOORS,
+    evaluate,
+    tune_segevery,
+)
 from segfast_ros.everything.detector import ObjectDetector
 
 MODEL_DIR = Path(DEFAULT_MODEL_DIR)
@@ -98,3 +104,19 @@ def test_object_aware_decodes_far_fewer_prompts(report):
 def test_shipped_detector_has_the_yolov8_layout():
     detector = ObjectDetector(MODEL_DIR / "detector.onnx")
     assert (detector.num_classes, detector.num_coefficients, detector.imgsz) == (1, 0, 256)
+
+
+def test_tuning_picks_the_best_recall_on_validation_scenes():
+    tuning = tune_segevery(
+        MODEL_DIR, num_scenes=2, thresholds=((0.99, 0.99), (0.5, 0.8)), confs=(0.99, 0.25)
+    )
+    assert tuning["validation_seed_base"] != EVAL_SEED_BASE
+    grid, aware = tuning["grid"], tuning["object_aware"]
+    # Near-impossible thresholds keep (almost) nothing; the lenient ones find objects.
+    assert grid[1]["recall"] > grid[0]["recall"]
+    assert aware[1]["recall"] > aware[0]["recall"]
+    assert tuning["params"]["grid"] == {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.8}
+    assert tuning["params"]["hierarchical"] == tuning["params"]["grid"]
+    assert tuning["params"]["object_aware"]["conf"] == 0.25
+    with pytest.raises(ValueError, match="at least one"):
+        tune_segevery(MODEL_DIR, thresholds=(), confs=(0.4,))

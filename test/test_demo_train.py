@@ -16,6 +16,7 @@ from segfast_ros.demo.train import (  # noqa: E402
     detector_loss,
     make_batch,
     segmenter_loss,
+    train,
 )
 from segfast_ros.modeling import build_sam  # noqa: E402
 
@@ -62,3 +63,15 @@ def test_detector_emits_the_yolov8_layout():
 def test_make_batch_rejects_scenes_of_another_size():
     with pytest.raises(ValueError, match="long side of 256"):
         make_batch([generate_scene(0, (200, 200))], 256, 128)
+
+
+def test_training_is_reproducible_from_its_seed():
+    cfg = TrainConfig(steps=2, batch_size=1, prompts_per_image=2, warmup_steps=1)
+    runs = [train(cfg, log=lambda line: None) for _ in range(2)]
+    (sam_a, det_a, rec_a), (sam_b, det_b, rec_b) = runs
+    assert rec_a["history"][-1]["loss"] == rec_b["history"][-1]["loss"]
+    for a, b in ((sam_a, sam_b), (det_a, det_b)):
+        for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(pa, pb), name
+    other = train(TrainConfig(**{**cfg.__dict__, "seed": 1}), log=lambda line: None)
+    assert other[2]["history"][-1]["loss"] != rec_a["history"][-1]["loss"]

@@ -34,6 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..everything.base import SegEveryResult
 from ..everything.masks import rle_to_mask
 from ..everything.registry import build_segevery
 from ..runtime.onnx_backend import OnnxRuntimeBackend
@@ -42,15 +43,18 @@ from .scenes import Scene, generate_scene
 
 #: First seed of the evaluation scenes.
 EVAL_SEED_BASE = 1_000_000
+#: First seed of the validation scenes, on which :func:`tune_segevery` picks the SegEvery
+#: settings; neither training nor the evaluation sees them.
+VALIDATION_SEED_BASE = 2_000_000
 #: Default folder of the shipped demo model.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "demo"
 #: SegEvery settings the demo uses for each strategy (the strategies' defaults otherwise).
 #: With SAM's defaults (pred_iou_thresh 0.88, stability 0.95) the demo model keeps almost no
-#: mask: its IoU head is trained but its masks are not good enough to be predicted that high
-#: (grid recall 0.0 on the held-out scenes). 0.5 / 0.8 were the best of a sweep (0.88/0.95,
-#: 0.7/0.9, 0.5/0.8) on the first 6 held-out scenes. The detector's conf 0.25 is ultralytics'
-#: default (MobileSAMv2 uses 0.4, at which the demo detector finds too few objects). The detector
-#: runs at 256 px instead of 1024, so its border snap (20 letterbox px) is scaled by 256 / 1024.
+#: mask: its IoU head is trained but its masks are not good enough to be predicted that high.
+#: The thresholds and the detector's conf are the picks of :func:`tune_segevery` on validation
+#: scenes (``python -m segfast_ros.demo.evaluate --tune``; MobileSAMv2 uses conf 0.4, at which
+#: the demo detector finds too few objects). The detector runs at 256 px instead of 1024, so its
+#: border snap (20 letterbox px) is scaled by 256 / 1024.
 DEMO_SEGEVERY_PARAMS: dict[str, dict[str, Any]] = {
     "grid": {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.8},
     "hierarchical": {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.8},
@@ -69,10 +73,16 @@ FLOORS = {
 STRATEGY_NAMES = ("grid", "hierarchical", "object_aware")
 
 
-def eval_scenes(count: int, hw: tuple[int, int] = (256, 256)) -> list[Scene]:
-    """The held-out scenes ``EVAL_SEED_BASE .. EVAL_SEED_BASE + count - 1`` (non-empty)."""
+def eval_scenes(
+    count: int, hw: tuple[int, int] = (256, 256), seed_base: int = EVAL_SEED_BASE
+) -> list[Scene]:
+    """The first ``count`` non-empty scenes of seeds ``seed_base, seed_base + 1, ...``.
+
+    The default is the held-out evaluation set; :data:`VALIDATION_SEED_BASE` gives the
+    validation set.
+    """
     scenes = []
-    seed = EVAL_SEED_BASE
+    seed = seed_base
     while len(scenes) < count:
         scene = generate_scene(seed, hw)
         seed += 1
@@ -123,6 +133,12 @@ def recall_at(found: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> n
     if len(found) == 0:
         return np.zeros(len(truth), dtype=bool)
     return iou_matrix(truth, found).max(axis=1) >= threshold
+
+
+def result_masks(result: SegEveryResult) -> np.ndarray:
+    """``(N, H, W)`` bool masks of a SegEvery result's instances."""
+    found = np.array([rle_to_mask(inst.rle) for inst in result.instances], dtype=bool)
+    return found.reshape(-1, *result.image_hw)
 
 
 def _median_ms(fn, runs: int) -> float:
@@ -196,10 +212,8 @@ def evaluate(
         }
         for name in strategies
     }
-    embeddings = []
     for index, scene in enumerate(scenes):
         predictor.set_image(scene.image)
-        embeddings.append(predictor.get_image_embedding())
         p, b = prompt_ious(predictor, scene)
         point_ious.append(p)
         box_ious.append(b)
@@ -207,10 +221,8 @@ def evaluate(
             continue
         for name, strategy in segevery.items():
             result = strategy(predictor, scene.image)
-            found = np.array([rle_to_mask(inst.rle) for inst in result.instances], dtype=bool)
-            found = found.reshape(-1, *scene.image.shape[:2])
             stats = per_strategy[name]
-            stats["matched"].extend(recall_at(found, scene.masks).tolist())
+            stats["matched"].extend(recall_at(result_masks(result), scene.masks).tolist())
             stats["instances"].append(len(result.instances))
             stats["decoder_prompts"].append(result.decoder_prompts)
             stats["decoder_ms"].append(result.timings_ms.get("decoder", 0.0))
@@ -287,6 +299,113 @@ def evaluate(
     report["comparisons"] = comparisons
     report["floors"] = floors(report)
     return report
+
+
+#: Settings :func:`tune_segevery` tries, strictest first: (pred_iou_thresh,
+#: stability_score_thresh) for grid and hierarchical (one pair for both, so that their recall
+#: stays comparable), and the object-aware detector's conf.
+TUNE_THRESHOLDS: tuple[tuple[float, float], ...] = (
+    (0.88, 0.95),
+    (0.7, 0.9),
+    (0.5, 0.8),
+    (0.3, 0.7),
+)
+TUNE_CONFS: tuple[float, ...] = (0.4, 0.25, 0.1)
+
+
+def tune_segevery(
+    model_dir: str | Path = DEFAULT_MODEL_DIR,
+    *,
+    num_scenes: int = 8,
+    hw: tuple[int, int] = (256, 256),
+    thresholds: Sequence[tuple[float, float]] = TUNE_THRESHOLDS,
+    confs: Sequence[float] = TUNE_CONFS,
+    threads: int = 2,
+) -> dict[str, Any]:
+    """Pick the demo's SegEvery settings on validation scenes (never the evaluation ones).
+
+    Grid recall@0.5 is measured for every threshold pair and object-aware recall for every
+    detector conf, on the scenes of :data:`VALIDATION_SEED_BASE`. The pick is the highest
+    recall; a tie goes to the setting listed first (the strictest, which returns fewer
+    duplicate masks).
+
+    Returns:
+        ``{"scenes", "grid": [{"pred_iou_thresh", "stability_score_thresh", "recall",
+        "instances"}...], "object_aware": [{"conf", "recall", "instances"}...], "params"}``
+        where ``params`` has the shape of :data:`DEMO_SEGEVERY_PARAMS`.
+
+    Raises:
+        FileNotFoundError: a model file is missing.
+        ValueError: no thresholds or no confs.
+    """
+    if not thresholds or not confs:
+        raise ValueError("tune_segevery needs at least one threshold pair and one conf")
+    model_dir = Path(model_dir)
+    backend = OnnxRuntimeBackend.from_dir(model_dir, "fp32", intra_op_threads=threads)
+    predictor = Predictor(backend)
+    snap = DEMO_SEGEVERY_PARAMS["object_aware"]["border_snap_px"]
+    grids = [
+        build_segevery("grid", pred_iou_thresh=p, stability_score_thresh=q) for p, q in thresholds
+    ]
+    detector = str(model_dir / "detector.onnx")
+    aware = [
+        build_segevery("object_aware", detector=detector, conf=c, border_snap_px=snap)
+        for c in confs
+    ]
+    matched: list[list[bool]] = [[] for _ in grids + aware]
+    instances = [0] * len(matched)
+    scenes = eval_scenes(num_scenes, hw, VALIDATION_SEED_BASE)
+    for scene in scenes:
+        predictor.set_image(scene.image)
+        for i, strategy in enumerate(grids + aware):
+            result = strategy(predictor, scene.image)
+            matched[i].extend(recall_at(result_masks(result), scene.masks).tolist())
+            instances[i] += len(result.instances)
+    recall = [float(np.mean(m)) for m in matched]
+    n = len(scenes)
+    grid_rows = [
+        {"pred_iou_thresh": p, "stability_score_thresh": q, "recall": r, "instances": k / n}
+        for (p, q), r, k in zip(thresholds, recall, instances, strict=False)
+    ]
+    aware_rows = [
+        {"conf": c, "recall": r, "instances": k / n}
+        for c, r, k in zip(confs, recall[len(grids) :], instances[len(grids) :], strict=True)
+    ]
+    best_grid = max(grid_rows, key=lambda row: row["recall"])  # first of equals
+    best_conf = max(aware_rows, key=lambda row: row["recall"])["conf"]
+    pair = {k: best_grid[k] for k in ("pred_iou_thresh", "stability_score_thresh")}
+    return {
+        "scenes": n,
+        "validation_seed_base": VALIDATION_SEED_BASE,
+        "grid": grid_rows,
+        "object_aware": aware_rows,
+        "params": {
+            "grid": dict(pair),
+            "hierarchical": dict(pair),
+            "object_aware": {"conf": best_conf, "border_snap_px": snap},
+        },
+    }
+
+
+def format_tuning(tuning: Mapping[str, Any]) -> str:
+    """:func:`tune_segevery`'s result as a plain-text table."""
+    lines = [
+        f"SegEvery settings on {tuning['scenes']} validation scenes (seeds "
+        f"{tuning['validation_seed_base']}+), recall@0.5:"
+    ]
+    for row in tuning["grid"]:
+        lines.append(
+            f"  grid pred_iou {row['pred_iou_thresh']:.2f} stability "
+            f"{row['stability_score_thresh']:.2f}: recall {row['recall']:.3f}, "
+            f"{row['instances']:.1f} instances/scene"
+        )
+    for row in tuning["object_aware"]:
+        lines.append(
+            f"  object_aware conf {row['conf']:.2f}: recall {row['recall']:.3f}, "
+            f"{row['instances']:.1f} instances/scene"
+        )
+    lines.append(f"  picked: {json.dumps(tuning['params'])}")
+    return "\n".join(lines)
 
 
 def floors(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -376,7 +495,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-int8", action="store_true", help="skip the INT8 encoder")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="instead: pick the SegEvery settings on --scenes validation scenes",
+    )
     args = parser.parse_args(argv)
+    if args.tune:
+        tuning = tune_segevery(
+            args.model_dir, num_scenes=args.scenes, hw=tuple(args.hw), threads=args.threads
+        )
+        print(format_tuning(tuning))
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(tuning, indent=1) + "\n")
+        return
     report = evaluate(
         args.model_dir,
         num_scenes=args.scenes,
