@@ -56,8 +56,8 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "demo"
 #: the demo detector finds too few objects). The detector runs at 256 px instead of 1024, so its
 #: border snap (20 letterbox px) is scaled by 256 / 1024.
 DEMO_SEGEVERY_PARAMS: dict[str, dict[str, Any]] = {
-    "grid": {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.8},
-    "hierarchical": {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.8},
+    "grid": {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.9},
+    "hierarchical": {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.9},
     "object_aware": {"conf": 0.25, "border_snap_px": 5.0},
 }
 #: The issue's floors, checked by :func:`floors`.
@@ -108,8 +108,8 @@ def interior_points(masks: np.ndarray) -> np.ndarray:
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise IoU of ``(N, H, W)`` and ``(M, H, W)`` bool masks: ``(N, M)`` float64."""
-    fa = a.reshape(len(a), -1).astype(np.float32)
-    fb = b.reshape(len(b), -1).astype(np.float32)
+    fa = a.reshape(len(a), int(np.prod(a.shape[1:]))).astype(np.float32)
+    fb = b.reshape(len(b), int(np.prod(b.shape[1:]))).astype(np.float32)
     inter = fa @ fb.T
     union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0).astype(np.float64)
@@ -324,14 +324,14 @@ def tune_segevery(
 ) -> dict[str, Any]:
     """Pick the demo's SegEvery settings on validation scenes (never the evaluation ones).
 
-    Grid recall@0.5 is measured for every threshold pair and object-aware recall for every
-    detector conf, on the scenes of :data:`VALIDATION_SEED_BASE`. The pick is the highest
-    recall; a tie goes to the setting listed first (the strictest, which returns fewer
-    duplicate masks).
+    Grid recall and precision at IoU 0.5 are measured for every threshold pair, object-aware
+    ones for every detector conf, on the scenes of :data:`VALIDATION_SEED_BASE`. The pick is
+    the best F1: recall alone would always pick the loosest setting, which returns several
+    duplicate or background masks per object. A tie goes to the setting listed first.
 
     Returns:
         ``{"scenes", "grid": [{"pred_iou_thresh", "stability_score_thresh", "recall",
-        "instances"}...], "object_aware": [{"conf", "recall", "instances"}...], "params"}``
+        "precision", "f1", "instances"}...], "object_aware": [{"conf", ...}...], "params"}``
         where ``params`` has the shape of :data:`DEMO_SEGEVERY_PARAMS`.
 
     Raises:
@@ -353,26 +353,28 @@ def tune_segevery(
         for c in confs
     ]
     matched: list[list[bool]] = [[] for _ in grids + aware]
-    instances = [0] * len(matched)
+    correct: list[list[bool]] = [[] for _ in grids + aware]
     scenes = eval_scenes(num_scenes, hw, VALIDATION_SEED_BASE)
     for scene in scenes:
         predictor.set_image(scene.image)
         for i, strategy in enumerate(grids + aware):
-            result = strategy(predictor, scene.image)
-            matched[i].extend(recall_at(result_masks(result), scene.masks).tolist())
-            instances[i] += len(result.instances)
-    recall = [float(np.mean(m)) for m in matched]
+            found = result_masks(strategy(predictor, scene.image))
+            matched[i].extend(recall_at(found, scene.masks).tolist())
+            correct[i].extend(recall_at(scene.masks, found).tolist())
     n = len(scenes)
+    rows = []
+    for m, c in zip(matched, correct, strict=True):
+        recall = float(np.mean(m)) if m else 0.0
+        precision = float(np.mean(c)) if c else 0.0
+        f1 = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
+        rows.append({"recall": recall, "precision": precision, "f1": f1, "instances": len(c) / n})
     grid_rows = [
-        {"pred_iou_thresh": p, "stability_score_thresh": q, "recall": r, "instances": k / n}
-        for (p, q), r, k in zip(thresholds, recall, instances, strict=False)
+        {"pred_iou_thresh": p, "stability_score_thresh": q, **row}
+        for (p, q), row in zip(thresholds, rows, strict=False)
     ]
-    aware_rows = [
-        {"conf": c, "recall": r, "instances": k / n}
-        for c, r, k in zip(confs, recall[len(grids) :], instances[len(grids) :], strict=True)
-    ]
-    best_grid = max(grid_rows, key=lambda row: row["recall"])  # first of equals
-    best_conf = max(aware_rows, key=lambda row: row["recall"])["conf"]
+    aware_rows = [{"conf": c, **row} for c, row in zip(confs, rows[len(grids) :], strict=True)]
+    best_grid = max(grid_rows, key=lambda row: row["f1"])  # first of equals
+    best_conf = max(aware_rows, key=lambda row: row["f1"])["conf"]
     pair = {k: best_grid[k] for k in ("pred_iou_thresh", "stability_score_thresh")}
     return {
         "scenes": n,
@@ -387,23 +389,26 @@ def tune_segevery(
     }
 
 
+def _quality(row: Mapping[str, float]) -> str:
+    return (
+        f"recall {row['recall']:.3f}, precision {row['precision']:.3f}, F1 {row['f1']:.3f}, "
+        f"{row['instances']:.1f} instances/scene"
+    )
+
+
 def format_tuning(tuning: Mapping[str, Any]) -> str:
     """:func:`tune_segevery`'s result as a plain-text table."""
     lines = [
         f"SegEvery settings on {tuning['scenes']} validation scenes (seeds "
-        f"{tuning['validation_seed_base']}+), recall@0.5:"
+        f"{tuning['validation_seed_base']}+), at IoU 0.5 (picked by F1):"
     ]
     for row in tuning["grid"]:
         lines.append(
             f"  grid pred_iou {row['pred_iou_thresh']:.2f} stability "
-            f"{row['stability_score_thresh']:.2f}: recall {row['recall']:.3f}, "
-            f"{row['instances']:.1f} instances/scene"
+            f"{row['stability_score_thresh']:.2f}: {_quality(row)}"
         )
     for row in tuning["object_aware"]:
-        lines.append(
-            f"  object_aware conf {row['conf']:.2f}: recall {row['recall']:.3f}, "
-            f"{row['instances']:.1f} instances/scene"
-        )
+        lines.append(f"  object_aware conf {row['conf']:.2f}: {_quality(row)}")
     lines.append(f"  picked: {json.dumps(tuning['params'])}")
     return "\n".join(lines)
 

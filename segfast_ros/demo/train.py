@@ -86,7 +86,7 @@ class TrainConfig:
     """
 
     seed: int = 0
-    steps: int = 1600
+    steps: int = 3200
     batch_size: int = 6
     prompts_per_image: int = 12
     rounds: int = 2
