@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -73,5 +75,5 @@ def test_training_is_reproducible_from_its_seed():
     for a, b in ((sam_a, sam_b), (det_a, det_b)):
         for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             assert torch.equal(pa, pb), name
-    other = train(TrainConfig(**{**cfg.__dict__, "seed": 1}), log=lambda line: None)
+    other = train(replace(cfg, seed=1), log=lambda line: None)
     assert other[2]["history"][-1]["loss"] != rec_a["history"][-1]["loss"]

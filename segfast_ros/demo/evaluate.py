@@ -370,7 +370,7 @@ def tune_segevery(
         rows.append({"recall": recall, "precision": precision, "f1": f1, "instances": len(c) / n})
     grid_rows = [
         {"pred_iou_thresh": p, "stability_score_thresh": q, **row}
-        for (p, q), row in zip(thresholds, rows, strict=False)
+        for (p, q), row in zip(thresholds, rows[: len(grids)], strict=True)
     ]
     aware_rows = [{"conf": c, **row} for c, row in zip(confs, rows[len(grids) :], strict=True)]
     best_grid = max(grid_rows, key=lambda row: row["f1"])  # first of equals
