@@ -10,9 +10,11 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +107,10 @@ def write_bag(
     compressed: bool = False,
     encodings: dict[int, str] | None = None,
     extra_topics: bool = True,
+    raw: dict[int, bytes] | None = None,
 ) -> list[np.ndarray]:
     """A bag with ``frames`` images on TOPIC (and, with ``extra_topics``, a second camera and a
-    string topic)."""
+    string topic). ``raw`` replaces the bytes of TOPIC's message ``i`` by ``raw[i]``."""
     store = typestore()
     images = []
     msgtype = "sensor_msgs/msg/CompressedImage" if compressed else IMAGE
@@ -123,7 +126,8 @@ def write_bag(
                 msg = _compressed_msg(store, rgb, i)
             else:
                 msg = _image_msg(store, rgb, i, (encodings or {}).get(i, "rgb8"))
-            writer.write(cam, T0 + i * DT, store.serialize_cdr(msg, msgtype))
+            data = (raw or {}).get(i, store.serialize_cdr(msg, msgtype))
+            writer.write(cam, T0 + i * DT, data)
             if extra_topics:
                 status = store.types["std_msgs/msg/String"](data=f"frame {i}")
                 t = T0 + i * DT + DT // 2
@@ -473,6 +477,72 @@ def test_a_corrupt_input_keeps_what_was_processed(tmp_path: Path, predictor: Pre
     assert "ERROR" in summary.format()
 
 
+#: Bytes that are no CDR message: not even the encapsulation header is valid.
+GARBAGE = b"\xde\xad\xbe\xef" * 64
+
+
+def _garble_sqlite(path: Path, index: int, data: bytes) -> None:
+    """Replace the bytes of TOPIC's message ``index`` (bag order) in a sound sqlite3 bag."""
+    (db,) = path.glob("*.db3")
+    with closing(sqlite3.connect(db)) as con, con:
+        ((row_id,),) = con.execute(
+            "SELECT messages.id FROM messages JOIN topics ON topics.id = messages.topic_id "
+            "WHERE topics.name = ? ORDER BY messages.timestamp LIMIT 1 OFFSET ?",
+            (TOPIC, index),
+        ).fetchall()
+        con.execute("UPDATE messages SET data = ? WHERE id = ?", (data, row_id))
+
+
+def _truncated_cdr() -> bytes:
+    """A valid CDR header, then a string length far beyond the message's end."""
+    store = typestore()
+    good = store.serialize_cdr(_image_msg(store, synthetic_scene(seed=0), 0), IMAGE)
+    return bytes(good[:4]) + b"\xff" * 40
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+@pytest.mark.parametrize("payload", ["garbage", "truncated"])
+def test_an_undecodable_message_is_named(
+    tmp_path: Path, predictor: Predictor, storage: str, payload: str
+) -> None:
+    data = GARBAGE if payload == "garbage" else _truncated_cdr()
+    if storage == "sqlite3":  # a sound bag whose database row then gets garbage bytes
+        write_bag(tmp_path / "in", 8, storage=storage)
+        _garble_sqlite(tmp_path / "in", 5, data)
+    else:  # a sound mcap whose record holds garbage bytes
+        write_bag(tmp_path / "in", 8, storage=storage, raw={5: data})
+    summary = replay(
+        tmp_path / "in", tmp_path / "out", predictor, _segevery(), ReplayOptions(TOPIC)
+    )
+    assert summary.error is not None and not summary.complete
+    # The bag, the topic, the message's index within the topic (the bag also holds two other
+    # topics, so its bag-wide position differs) and its bag time.
+    assert f"input bag {tmp_path / 'in'}: cannot decode message 5 of topic {TOPIC}" in (
+        summary.error
+    )
+    assert "0-based, counting that topic's messages" in summary.error
+    assert f"bag time 1700000000.500000000 s = {T0 + 5 * DT} ns" in summary.error
+    assert "sensor_msgs/msg/Image" in summary.error and "SerdeError" in summary.error
+    assert summary.processed == 5
+    out = read_bag(tmp_path / "out")  # closed properly, with the frames before the bad one
+    assert len(out["/segfast/instances"]) == 5
+    assert f"ERROR: {summary.error}" in summary.format()
+
+
+def test_an_image_with_too_little_data_is_skipped_and_counted(
+    tmp_path: Path, predictor: Predictor
+) -> None:
+    """A message that deserializes but whose pixels are short is skipped, not fatal."""
+    store = typestore()
+    short = _image_msg(store, synthetic_scene(seed=2), 2)
+    short.data = short.data[:100]
+    write_bag(tmp_path / "in", 4, extra_topics=False, raw={2: store.serialize_cdr(short, IMAGE)})
+    summary = replay(tmp_path / "in", tmp_path / "out", predictor, _segevery())
+    assert summary.complete and summary.processed == 3 and summary.selected == 4
+    ((reason, count),) = summary.skipped.items()
+    assert count == 1 and "needs step * height" in reason and "got 100" in reason
+
+
 def test_an_interrupt_keeps_what_was_processed(tmp_path: Path, predictor: Predictor) -> None:
     write_bag(tmp_path / "in", 8, extra_topics=False)
 
@@ -554,6 +624,31 @@ def test_cli_reports_a_corrupt_bag_and_a_missing_topic(
     )
     assert run.returncode == 2
     assert "topic '/x' is not in the bag" in run.stderr and TOPIC in run.stderr
+
+
+def test_cli_names_an_undecodable_message(tmp_path: Path, tiny_onnx_dir: Path) -> None:
+    write_bag(tmp_path / "in", 6, storage="sqlite3", extra_topics=False)
+    _garble_sqlite(tmp_path / "in", 3, GARBAGE)
+    run = subprocess.run(
+        [
+            *_cli(str(tmp_path / "in"), str(tmp_path / "out"), "--onnx-dir", str(tiny_onnx_dir)),
+            *("--set", "points_per_side=2"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert run.returncode == 3, run.stderr
+    facts = [
+        f"input bag {tmp_path / 'in'}",
+        f"message 3 of topic {TOPIC}",
+        f"bag time 1700000000.300000000 s = {T0 + 3 * DT} ns",
+    ]
+    error = next(line for line in run.stderr.splitlines() if "segfast replay: error:" in line)
+    assert all(fact in error for fact in facts), run.stderr
+    assert "3 processed" in run.stdout and "ERROR: input bag" in run.stdout
+    assert len(read_bag(tmp_path / "out")["/segfast/instances"]) == 3
 
 
 def test_bench_replay_prints_a_table_and_writes_json(

@@ -215,6 +215,30 @@ def read_messages(
         ) from err
 
 
+def deserialize(
+    store: Any, conn: Connection, raw: bytes, *, bag: Path, index: int, bag_time: int
+) -> Any:
+    """``raw`` (CDR bytes of one message on ``conn``) as a message of ``conn.msgtype``.
+
+    ``index`` is the message's 0-based position among its topic's messages in bag order and
+    ``bag_time`` its bag timestamp in ns; both only name the message in the error.
+
+    Raises:
+        BagError: the bytes are not a CDR message of that type; the message names the bag, the
+            topic, the index and the bag time.
+    """
+    try:
+        return store.deserialize_cdr(raw, conn.msgtype)
+    except Exception as err:  # rosbags raises its SerdeError, struct, index and decode errors
+        sec, nsec = divmod(bag_time, 10**9)
+        raise BagError(
+            f"input bag {bag}: cannot decode message {index} of topic {conn.topic} (0-based, "
+            f"counting that topic's messages in bag order; bag time {sec}.{nsec:09d} s = "
+            f"{bag_time} ns): expected a CDR-serialized {conn.msgtype}, got {len(raw)} bytes "
+            f"that fail with {type(err).__name__}: {err}"
+        ) from err
+
+
 # ---------------------------------------------------------------------------------- output
 
 

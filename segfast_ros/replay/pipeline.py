@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +96,10 @@ class ReplayOptions:
         contact_sheet: write a PNG contact sheet of overlays here.
         progress: draw a progress line on stderr.
         queue_size: frames buffered between the threads.
+        model: what runs the encoder and decoder, and why it was chosen (for the summary).
+        segevery_settings: the SegEvery settings given to the strategy, those that differ
+            from its defaults (for the summary).
+        segevery_settings_source: where those settings come from (for the summary).
     """
 
     topic: str | None = None
@@ -113,6 +117,9 @@ class ReplayOptions:
     contact_sheet: Path | None = None
     progress: bool = False
     queue_size: int = 4
+    model: str = ""
+    segevery_settings: Mapping[str, Any] = field(default_factory=dict)
+    segevery_settings_source: str = ""
 
     def check(self) -> None:
         if self.every < 1:
@@ -138,6 +145,9 @@ class ReplaySummary:
     output: Path
     topic: str = ""
     strategy: str = ""
+    model: str = ""
+    segevery_settings: dict[str, Any] = field(default_factory=dict)
+    segevery_settings_source: str = ""
     topic_messages: int = 0
     selected: int = 0
     processed: int = 0
@@ -195,6 +205,9 @@ class ReplaySummary:
             "output": str(self.output),
             "topic": self.topic,
             "strategy": self.strategy,
+            "model": self.model,
+            "segevery_settings": self.segevery_settings,
+            "segevery_settings_source": self.segevery_settings_source,
             "topic_messages": self.topic_messages,
             "selected": self.selected,
             "processed": self.processed,
@@ -216,10 +229,20 @@ class ReplaySummary:
             "files": self.files,
         }
 
+    def _setup_lines(self) -> list[str]:
+        """What ran: the model, and the SegEvery settings with where they come from."""
+        lines = [f"  model: {self.model}"] if self.model else []
+        if self.segevery_settings or self.segevery_settings_source:
+            given = ", ".join(f"{k}={v}" for k, v in self.segevery_settings.items())
+            source = f" ({self.segevery_settings_source})" if self.segevery_settings_source else ""
+            lines.append(f"  SegEvery {self.strategy} settings: {given or 'none'}{source}")
+        return lines
+
     def format(self) -> str:
         """A human summary: counts, per-stage timings, throughput, outputs, problems."""
         lines = [
             f"replay {self.input} -> {self.output} ({self.topic}, {self.strategy})",
+            *self._setup_lines(),
             f"  frames: {self.topic_messages} on the topic, {self.selected} selected, "
             f"{self.processed} processed ({self.segevery_frames} with SegEvery); "
             f"{self.instances} instances, "
@@ -376,7 +399,14 @@ def replay(
     opts = options or ReplayOptions()
     opts.check()
     input_bag, output_bag = Path(input_bag), Path(output_bag)
-    summary = ReplaySummary(input=input_bag, output=output_bag, strategy=segevery.name)
+    summary = ReplaySummary(
+        input=input_bag,
+        output=output_bag,
+        strategy=segevery.name,
+        model=opts.model,
+        segevery_settings=dict(opts.segevery_settings),
+        segevery_settings_source=opts.segevery_settings_source,
+    )
     store = bags.typestore()
     reader = bags.open_reader(input_bag)
     try:
@@ -464,8 +494,13 @@ def _run(
                 if not take:
                     continue
                 start = time.perf_counter()
+                # Bytes that do not deserialize end the replay (a BagError naming the message,
+                # turned into the summary's error below); a message that deserializes but
+                # holds an unusable image is skipped and counted.
+                msg = bags.deserialize(
+                    store, conn, raw, bag=summary.input, index=index - 1, bag_time=bag_time
+                )
                 try:
-                    msg = store.deserialize_cdr(raw, conn.msgtype)
                     convert = (
                         image_msg_to_rgb if conn.msgtype == bags.IMAGE else compressed_msg_to_rgb
                     )
