@@ -11,12 +11,17 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .runtime.backend import Backend
 from .runtime.images import list_images, read_rgb
+
+if TYPE_CHECKING:
+    from .everything.base import SegEvery
 
 log = logging.getLogger("segfast")
 
@@ -378,18 +383,25 @@ def cmd_bench_node(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """Replay a bag; exit 0 when complete, 3 on a corrupt input part-way, 130 on Ctrl-C."""
+    """Replay a bag; exit 0 when complete, 3 on a corrupt input part-way, 130 on Ctrl-C.
+
+    Without a model option the shipped demo model runs (as the node's ``model_dir:=demo``),
+    with its SegEvery settings and detector; the summary says so.
+    """
     import json
 
-    from .everything.registry import build_segevery
     from .replay import ReplayOptions, load_prompts, replay
     from .runtime.predictor import Predictor
 
-    kwargs = dict(_strategy_options(args.set))
-    if args.mode == "object_aware":
-        if not args.detector:
-            raise ValueError("--mode object_aware needs --detector DETECTOR.onnx (YOLOv8 layout)")
-        kwargs.setdefault("detector", args.detector)
+    demo = _replay_demo_model(args)
+    detector = args.detector or (demo.detector if demo else None)
+    segevery, settings, source = _build_segevery(
+        args.mode,
+        detector,
+        demo=demo is not None,
+        overrides=_strategy_options(args.set),
+        detector_source="--detector" if args.detector else "the demo model's",
+    )
     options = ReplayOptions(
         topic=args.topic,
         every=args.every,
@@ -405,18 +417,64 @@ def cmd_replay(args: argparse.Namespace) -> int:
         overlay_video=Path(args.overlay_video) if args.overlay_video else None,
         contact_sheet=Path(args.contact_sheet) if args.contact_sheet else None,
         progress=not args.no_progress and sys.stderr.isatty(),
+        segevery_settings=settings,
+        segevery_settings_source=source,
     )
     options.check()
-    segevery = build_segevery(args.mode, **kwargs)
-    predictor = Predictor(make_backend(args, args.precision))
-    summary = replay(args.input, args.output, predictor, segevery, options)
+    if demo is not None:
+        backend = make_backend_from_dir(demo.onnx_dir, args)
+        options.model = f"{_graph_files(backend)}: {demo.label}"
+    else:
+        backend = make_backend(args, args.precision)
+        given = [
+            f"--{k.replace('_', '-')} {v}"
+            for k in ("model", "checkpoint", "onnx_dir")
+            if (v := getattr(args, k))
+        ]
+        options.model = f"{_graph_files(backend)} ({', '.join(given)})"
+    summary = replay(args.input, args.output, Predictor(backend), segevery, options)
     print(summary.format())
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary.to_json(), indent=2))
+    if summary.error:
+        print(f"segfast replay: error: {summary.error}", file=sys.stderr)
     if summary.interrupted:
         return 130
     return 3 if summary.error else 0
+
+
+def _replay_demo_model(args: argparse.Namespace) -> ModelChoice | None:
+    """The shipped demo model when no model option (``--model``, ``--checkpoint``,
+    ``--onnx-dir``) is given, as the node's ``model_dir:=demo``; None otherwise."""
+    if args.model or args.checkpoint or args.onnx_dir:
+        return None
+    from .runtime.paths import DEMO_MODEL, model_candidates
+
+    folder = shipped_demo_dir()
+    if folder is None:
+        searched = ", ".join(str(c) for c in model_candidates(DEMO_MODEL))
+        raise FileNotFoundError(
+            "no --model, --checkpoint or --onnx-dir given, and the shipped demo model is "
+            f"missing (no encoder.fp32.onnx in {searched}); pass --onnx-dir with exported graphs"
+        )
+    detector = folder / "detector.onnx"
+    return ModelChoice(
+        folder,
+        detector if detector.is_file() else None,
+        "no --model, --checkpoint or --onnx-dir given, so the shipped demo model runs (as the "
+        "node's model_dir:=demo; trained on synthetic scenes only)",
+        demo=True,
+    )
+
+
+def _graph_files(backend: Backend) -> str:
+    """``DIR/encoder.X.onnx + decoder.Y.onnx`` of an ONNX Runtime backend (its class else)."""
+    encoder = getattr(backend, "encoder_path", None)
+    decoder = getattr(backend, "decoder_path", None)
+    if encoder is None or decoder is None:
+        return type(backend).__name__
+    return f"{Path(encoder)} + {Path(decoder).name}"
 
 
 def cmd_bench_replay(args: argparse.Namespace) -> int:
@@ -481,16 +539,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"1/3 generated {len(frames)} frames ({args.width}x{args.height}, seed {args.seed}): {bag}"
     )
 
-    model_dir, detector, label = _demo_model(args, frames[0].image, out)
-    print(f"2/3 model: {label}")
-    predictor = Predictor(make_backend_from_dir(model_dir, args))
-    segevery = _demo_segevery(args.mode, detector, demo="demo model" in label)
+    choice = _demo_model(args, frames[0].image, out)
+    print(f"2/3 model: {choice.label}")
+    backend = make_backend_from_dir(choice.onnx_dir, args)
+    segevery, settings, source = _build_segevery(
+        args.mode,
+        choice.detector,
+        demo=choice.demo,
+        detector_source="--detector" if args.detector else "found in models/",
+    )
     options = ReplayOptions(
         overwrite=True,
         coco=out / "coco.json",
         contact_sheet=out / "contact_sheet.png",
         progress=sys.stderr.isatty(),
+        model=f"{_graph_files(backend)}: {choice.label}",
+        segevery_settings=settings,
+        segevery_settings_source=source,
     )
+    predictor = Predictor(backend)
     summary = replay(bag, out / "segmented_bag", predictor, segevery, options)
     print("3/3 replayed:")
     print(summary.format())
@@ -504,38 +571,67 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def make_backend_from_dir(model_dir: Path, args: argparse.Namespace) -> Backend:
-    """ONNX Runtime on ``model_dir`` at ``--precision``, or fp32 when that file is missing."""
+    """ONNX Runtime on ``model_dir`` at ``--precision``; the fp32 graphs when that precision's
+    encoder is missing, said on stderr (the missing file and what runs instead)."""
     from .runtime.onnx_backend import OnnxRuntimeBackend, onnx_file_names
 
     precision = args.precision
-    if not (model_dir / onnx_file_names(precision)[0]).is_file():
-        log.warning("no %s encoder in %s; using fp32", precision, model_dir)
+    wanted = model_dir / onnx_file_names(precision)[0]
+    if precision != "fp32" and not wanted.is_file():
+        fp32 = " + ".join(onnx_file_names("fp32"))
+        print(
+            f"segfast {args.command}: {wanted} not found; running the fp32 graphs ({fp32}) "
+            f"instead of --precision {precision}",
+            file=sys.stderr,
+        )
         precision = "fp32"
     return OnnxRuntimeBackend.from_dir(
         model_dir, precision, providers=args.providers, intra_op_threads=args.threads
     )
 
 
-def _demo_model(
-    args: argparse.Namespace, calib_rgb: np.ndarray, out: Path
-) -> tuple[Path, Path | None, str]:
-    """``(onnx folder, detector or None, description)`` for the demo.
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model a command runs when it picks one itself, and why.
+
+    Attributes:
+        onnx_dir: folder of the exported graphs.
+        detector: object-discovery detector ONNX (YOLOv8 layout) for object_aware, or None.
+        label: what the model is and why it was chosen, for the user.
+        demo: it is the shipped demo model, so its SegEvery settings apply.
+    """
+
+    onnx_dir: Path
+    detector: Path | None
+    label: str
+    demo: bool = False
+
+
+def shipped_demo_dir() -> Path | None:
+    """The first folder of ``models/demo``'s candidates that holds the demo model, or None
+    (not any folder that happens to be called "demo")."""
+    from .runtime.paths import DEMO_MODEL, model_candidates
+
+    return next(
+        (c for c in model_candidates(DEMO_MODEL) if (c / "encoder.fp32.onnx").is_file()), None
+    )
+
+
+def _demo_model(args: argparse.Namespace, calib_rgb: np.ndarray, out: Path) -> ModelChoice:
+    """The model ``segfast demo`` runs.
 
     ``--onnx-dir`` first; else official MobileSAM weights in ``models/`` (exported once to
     ONNX, calibrated on a generated frame); else the project's demo model.
     """
-    from .runtime.paths import DEMO_MODEL, model_candidates, resolve_model_path
+    from .runtime.paths import DEMO_MODEL, resolve_model_path
 
-    # The first folder that holds the demo model, not any folder that happens to be "demo".
-    demo = next(
-        (c for c in model_candidates(DEMO_MODEL) if (c / "encoder.fp32.onnx").is_file()),
-        None,
-    )
+    demo = shipped_demo_dir()
     official_detector = resolve_model_path("object_aware.onnx")
     candidates = [official_detector] + ([demo / "detector.onnx"] if demo else [])
-    detector = args.detector or next((d for d in candidates if d.is_file()), None)
+    found = next((d for d in candidates if d.is_file()), None)
+    detector = Path(args.detector) if args.detector else found
     if args.onnx_dir:
-        return Path(args.onnx_dir), detector, f"{args.onnx_dir} (--onnx-dir)"
+        return ModelChoice(Path(args.onnx_dir), detector, f"{args.onnx_dir} (--onnx-dir)")
     checkpoint = resolve_model_path("mobile_sam.pt")
     if checkpoint.is_file():
         import cv2
@@ -550,29 +646,50 @@ def _demo_model(
             checkpoint=str(checkpoint),
             calibration=[calib],
         )
-        return onnx_dir, detector, f"official MobileSAM ({checkpoint}), exported to {onnx_dir}"
+        label = f"official MobileSAM ({checkpoint}), exported to {onnx_dir}"
+        return ModelChoice(onnx_dir, detector, label)
     if demo is None:
         raise FileNotFoundError(
             f"no model: models/{DEMO_MODEL} (the demo model) is missing and no official "
             "checkpoint is in models/ (see models/README.md); pass --onnx-dir"
         )
-    return demo, detector, f"the demo model in {demo} (trained on synthetic scenes only)"
+    label = f"the demo model in {demo} (trained on synthetic scenes only)"
+    return ModelChoice(demo, detector, label, demo=True)
 
 
-def _demo_segevery(mode: str, detector: Path | None, *, demo: bool):
-    """The strategy: the demo model's settings (see ``DEMO_SEGEVERY_PARAMS``), else defaults."""
+def _build_segevery(
+    mode: str,
+    detector: str | Path | None,
+    *,
+    demo: bool,
+    overrides: Sequence[tuple[str, object]] = (),
+    detector_source: str = "--detector",
+) -> tuple[SegEvery, dict[str, Any], str]:
+    """The SegEvery strategy ``mode``, the settings it was given, and where they come from.
+
+    With ``demo`` (the shipped demo model runs) the demo's settings (``DEMO_SEGEVERY_PARAMS``:
+    its IoU head is not calibrated for SAM's thresholds) replace the strategy's defaults;
+    ``overrides`` (``--set``) win over both. ``detector`` is object_aware's.
+    """
     from .demo.evaluate import DEMO_SEGEVERY_PARAMS
     from .everything.registry import build_segevery
 
-    kwargs = dict(DEMO_SEGEVERY_PARAMS[mode]) if demo else {}
+    kwargs: dict[str, Any] = dict(DEMO_SEGEVERY_PARAMS[mode]) if demo else {}
+    sources = ["DEMO_SEGEVERY_PARAMS, the shipped demo model's settings"] if demo else []
     if mode == "object_aware":
         if detector is None:
-            raise FileNotFoundError(
-                "object_aware needs a detector: models/demo/detector.onnx is missing; pass "
-                "--detector or --mode hierarchical"
+            missing = "; the demo model's detector.onnx is missing" if demo else ""
+            raise ValueError(
+                "--mode object_aware needs a detector: pass --detector DETECTOR.onnx (YOLOv8 "
+                f"output layout) or another --mode{missing}"
             )
         kwargs["detector"] = str(detector)
-    return build_segevery(mode, **kwargs)
+        sources.append(f"detector: {detector_source}")
+    if overrides:
+        kwargs.update(overrides)
+        sources.append("--set " + ", ".join(k for k, _ in overrides))
+    sources.append("the rest: the strategy's defaults")
+    return build_segevery(mode, **kwargs), kwargs, "; ".join(sources)
 
 
 def _demo_recall(coco_path: Path, frames: Sequence) -> tuple[float, int]:
@@ -736,7 +853,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment every selected frame of a rosbag2 (mcap/sqlite3) into an output bag",
         description="Replay a rosbag2 through the encoder and SegEvery, deterministically: "
         "every selected frame is processed, on bag time, and the instance arrays and label "
-        "images are written to OUTPUT with the source frame's header and bag time.",
+        "images are written to OUTPUT with the source frame's header and bag time. Without "
+        "--model, --checkpoint or --onnx-dir the shipped demo model (models/demo) runs, with "
+        "its SegEvery settings and detector.",
     )
     p.add_argument("input", help="input rosbag2 folder (mcap or sqlite3)")
     p.add_argument("output", help="output rosbag2 folder (must not exist, see --overwrite)")
@@ -754,9 +873,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         choices=MODES,
         default="grid",
-        help="SegEvery strategy (object_aware needs --detector)",
+        help="SegEvery strategy (object_aware needs --detector, except with the demo model)",
     )
-    p.add_argument("--detector", help="object-discovery detector ONNX (YOLOv8 output layout)")
+    p.add_argument(
+        "--detector",
+        help="object-discovery detector ONNX (YOLOv8 output layout; default with the demo "
+        "model: its own)",
+    )
     p.add_argument(
         "--segevery-rate",
         type=float,

@@ -135,3 +135,83 @@ def test_export_quant_report_and_bench(
     stages = {(r["precision"], r["stage"]) for r in rows}
     assert ("int8", "encoder") in stages and ("fp32", "point->1 mask") in stages
     assert all(r["median_ms"] > 0 for r in rows)
+
+
+# ------------------------------------------------------- replay and demo pick the demo model
+
+
+def _camera_bag(path: Path, frames: int = 2) -> Path:
+    from segfast_ros.demo.scenes import generate_sequence
+    from segfast_ros.replay.bags import write_image_bag
+
+    write_image_bag(path, (f.image for f in generate_sequence(7, frames, (96, 128))))
+    return path
+
+
+def test_replay_without_a_model_option_runs_the_demo_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from segfast_ros.demo.evaluate import DEMO_SEGEVERY_PARAMS
+
+    bag = _camera_bag(tmp_path / "in")
+    argv = ["replay", str(bag), str(tmp_path / "out"), "--no-progress", "--threads", "1"]
+    summary_json = tmp_path / "grid.json"
+    assert main([*argv, "--set", "points_per_side=4", "--json", str(summary_json)]) == 0
+    out = capsys.readouterr().out
+    assert "no --model, --checkpoint or --onnx-dir given, so the shipped demo model runs" in out
+    doc = json.loads(summary_json.read_text())
+    assert doc["processed"] == 2 and doc["strategy"] == "grid"
+    assert "models/demo/encoder.fp32.onnx" in doc["model"]
+    # The demo's thresholds replace SAM's (which keep almost none of its masks); --set wins.
+    assert doc["segevery_settings"] == {**DEMO_SEGEVERY_PARAMS["grid"], "points_per_side": 4}
+    assert doc["segevery_settings_source"].startswith("DEMO_SEGEVERY_PARAMS")
+    assert "--set points_per_side" in doc["segevery_settings_source"]
+    assert "SegEvery grid settings: pred_iou_thresh=0.7" in out
+
+    aware_json = tmp_path / "aware.json"
+    argv = [*argv, "--overwrite", "--mode", "object_aware", "--json", str(aware_json)]
+    assert main(argv) == 0
+    doc = json.loads(aware_json.read_text())
+    settings = doc["segevery_settings"]
+    assert Path(settings.pop("detector")).parts[-2:] == ("demo", "detector.onnx")
+    assert settings == DEMO_SEGEVERY_PARAMS["object_aware"]
+    assert "detector: the demo model's" in doc["segevery_settings_source"]
+    assert doc["processed"] == 2 and doc["instances"] > 0
+
+
+def test_a_model_option_keeps_the_strategy_defaults(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bag = _camera_bag(tmp_path / "in", frames=1)
+    argv = ["replay", str(bag), str(tmp_path / "out"), "--no-progress", "--threads", "1"]
+    argv += ["--model", "tinyvit_s256", "--checkpoint", str(files["ckpt"])]
+    argv += ["--onnx-dir", str(tmp_path / "onnx"), "--set", "points_per_side=2"]
+    assert main([*argv, "--json", str(tmp_path / "s.json")]) == 0
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert doc["segevery_settings"] == {"points_per_side": 2}
+    assert "DEMO" not in doc["segevery_settings_source"]
+    assert f"--onnx-dir {tmp_path / 'onnx'}" in doc["model"]
+    capsys.readouterr()
+    # No demo model, so object_aware needs its detector named.
+    assert main([*argv, "--overwrite", "--mode", "object_aware"]) == 2
+    assert "--mode object_aware needs a detector: pass --detector" in capsys.readouterr().err
+
+
+def test_the_int8_to_fp32_fallback_says_so_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    demo = Path(__file__).resolve().parents[1] / "models" / "demo"
+    # A copy of the demo model without its int8 encoder.
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("encoder.fp32.onnx", "decoder.fp32.onnx", "detector.onnx"):
+        (model / name).write_bytes((demo / name).read_bytes())
+    argv = ["demo", "--out", str(tmp_path / "demo"), "--frames", "2", "--width", "128"]
+    argv += ["--height", "96", "--onnx-dir", str(model), "--threads", "1"]
+    assert main(argv) == 0  # --precision int8 is the demo's default
+    captured = capsys.readouterr()
+    assert (
+        f"segfast demo: {model / 'encoder.int8.onnx'} not found; running the fp32 graphs "
+        "(encoder.fp32.onnx + decoder.fp32.onnx) instead of --precision int8" in captured.err
+    )
+    assert f"model: {model / 'encoder.fp32.onnx'}" in captured.out
