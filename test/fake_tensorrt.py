@@ -6,15 +6,22 @@ without a GPU. They prove nothing about TensorRT itself: the parser maps ONNX no
 one to one, and an "engine" runs the original ONNX file with ONNX Runtime.
 
 Use :func:`install` (returns the module) with ``monkeypatch``; ``CALLS`` lists
-``(call, args...)`` tuples in order.
+``(call, args...)`` tuples in order. Like TensorRT's, an execution context must not be used by
+two threads at a time: the fake context records every overlapping or interleaved use in
+``MISUSE`` (set ``DWELL`` to stay a while inside each call, so that overlaps show), and the
+fake ``cudart`` records work on a stream from a thread whose current device is another.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import sys
+import threading
+import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +29,10 @@ import numpy as np
 
 CALLS: list[tuple[Any, ...]] = []
 MAGIC = b"FAKEENGINE:"
+#: What a real TensorRT/CUDA would have got wrong silently: one line per misuse.
+MISUSE: list[str] = []
+#: Seconds every execution-context call sleeps inside, to widen the window for overlaps.
+DWELL = 0.0
 
 _LAYER_TYPES = {
     "LayerNormalization": ("NORMALIZATION", None),
@@ -72,7 +83,6 @@ class BuilderFlag(enum.Enum):
     FP16 = 1
     INT8 = 2
     OBEY_PRECISION_CONSTRAINTS = 3
-    STRICT_TYPES = 4
 
 
 class NetworkDefinitionCreationFlag(enum.IntEnum):
@@ -93,6 +103,10 @@ class TensorIOMode(enum.Enum):
 
 
 float32 = DataType.FLOAT
+
+
+class Dims(tuple):
+    """``trt.Dims(list)``: a shape."""
 
 
 def nptype(dtype: DataType) -> type:
@@ -311,52 +325,99 @@ class _Engine:
 
 
 class _Context:
+    """Runs its engine on the bytes at the tensor addresses, with the shapes last set.
+
+    Records in :data:`MISUSE` a call that overlaps another thread's call, and a run or an output
+    shape that uses shapes or results another thread left (what TensorRT would compute
+    silently from the other caller's state).
+    """
+
     def __init__(self, engine: _Engine) -> None:
         self.engine = engine
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.addresses: dict[str, int] = {}
         self.results: dict[str, np.ndarray] = {}
+        self.shape_setter: dict[str, int] = {}  # input name -> thread that set its shape
+        self.results_by = 0  # thread whose run produced self.results
+        self._inside: tuple[int, str] | None = None
+        self._guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def _use(self, call: str) -> Iterator[int]:
+        me = threading.get_ident()
+        with self._guard:
+            if self._inside is not None:
+                other, other_call = self._inside
+                MISUSE.append(f"{call} in thread {me} while thread {other} is in {other_call}")
+            self._inside = (me, call)
+        try:
+            time.sleep(DWELL)
+            yield me
+        finally:
+            with self._guard:
+                if self._inside is not None and self._inside[0] == me:
+                    self._inside = None
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
-        high = self.engine.max_shapes.get(name)
-        if high is not None and any(s > h for s, h in zip(shape, high, strict=True)):
-            return False
-        self.shapes[name] = tuple(shape)
-        self.results = {}
-        return True
+        with self._use("set_input_shape") as me:
+            high = self.engine.max_shapes.get(name)
+            if high is not None and any(s > h for s, h in zip(shape, high, strict=True)):
+                return False
+            self.shapes[name] = tuple(shape)
+            self.shape_setter[name] = me
+            self.results = {}
+            return True
 
     def set_tensor_address(self, name: str, ptr: int) -> None:
-        self.addresses[name] = ptr
+        with self._use("set_tensor_address"):
+            self.addresses[name] = ptr
 
-    def _run(self) -> None:
+    def _run(self, me: int, zeros: bool = False) -> None:
         feeds = {
-            n: np.frombuffer(
+            n: np.zeros(self.shapes[n], np.float32)
+            if zeros
+            else np.frombuffer(
                 bytes(MEMORY[self.addresses[n]][: int(np.prod(self.shapes[n])) * 4]), np.float32
             ).reshape(self.shapes[n])
             for n in self.engine.inputs
         }
         outs = self.engine.session.run(self.engine.outputs, feeds)
         self.results = dict(zip(self.engine.outputs, outs, strict=True))
+        self.results_by = me
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        if name in self.engine.inputs:
-            return self.shapes[name]
-        if not self.results:  # output shapes follow from the input shapes: run on zeros
-            self._run_on_zeros()
-        return tuple(self.results[name].shape)
+        with self._use("get_tensor_shape") as me:
+            if name in self.engine.inputs:
+                return self.shapes[name]
+            if not self.results:  # output shapes follow from the input shapes: run on zeros
+                self._run(me, zeros=True)
+            elif self.results_by != me:
+                MISUSE.append(
+                    f"output shape of {name!r} read in thread {me} after a run of "
+                    f"thread {self.results_by}"
+                )
+            return tuple(self.results[name].shape)
 
-    def _run_on_zeros(self) -> None:
-        feeds = {n: np.zeros(self.shapes[n], np.float32) for n in self.engine.inputs}
-        outs = self.engine.session.run(self.engine.outputs, feeds)
-        self.results = dict(zip(self.engine.outputs, outs, strict=True))
-
-    def execute_async_v3(self, stream: int) -> bool:
-        CALLS.append(("execute_async_v3", {n: self.shapes[n] for n in self.engine.inputs}))
-        self._run()
-        for name, value in self.results.items():
-            data = np.ascontiguousarray(value, np.float32).tobytes()
-            MEMORY[self.addresses[name]][: len(data)] = data
-        return True
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        with self._use("execute_async_v3") as me:
+            CALLS.append(("execute_async_v3", {n: self.shapes[n] for n in self.engine.inputs}))
+            foreign = sorted(n for n in self.engine.inputs if self.shape_setter.get(n) != me)
+            if foreign:
+                MISUSE.append(
+                    f"execute_async_v3 in thread {me} with shapes of {foreign} set "
+                    "by another thread"
+                )
+            device = _CURRENT.device
+            if STREAM_DEVICE.get(stream_handle, device) != device:
+                MISUSE.append(
+                    f"execute_async_v3 on a stream of device "
+                    f"{STREAM_DEVICE[stream_handle]} with device {device} current"
+                )
+            self._run(me)
+            for name, value in self.results.items():
+                data = np.ascontiguousarray(value, np.float32).tobytes()
+                MEMORY[self.addresses[name]][: len(data)] = data
+            return True
 
 
 # ------------------------------------------------------------------ cuda-python
@@ -364,10 +425,13 @@ class _Context:
 
 #: Fake device memory: pointer -> bytes.
 MEMORY: dict[int, bytearray] = {}
+#: Stream handle -> the device that was current when it was created.
+STREAM_DEVICE: dict[int, int] = {}
 
 
 class _CudaError(enum.Enum):
     cudaSuccess = 0
+    cudaErrorInsufficientDriver = 35
     cudaErrorNoDevice = 100
 
 
@@ -381,8 +445,19 @@ class _Props:
     major, minor = 8, 7
 
 
-def make_cudart(devices: int = 1) -> types.SimpleNamespace:
-    """A fake ``cudart`` with ``devices`` Orin GPUs; copies go through :data:`MEMORY`."""
+class _Current(threading.local):
+    device = 0
+
+
+#: The calling thread's current device, as CUDA keeps it (per host thread, 0 until set).
+_CURRENT = _Current()
+
+
+def make_cudart(devices: int = 1, *, driver: bool = True) -> types.SimpleNamespace:
+    """A fake ``cudart`` with ``devices`` Orin GPUs; copies go through :data:`MEMORY`.
+
+    ``driver=False`` answers like cuda-python on a machine without the NVIDIA driver.
+    """
     ok = _CudaError.cudaSuccess
     next_ptr = [0x1000]
 
@@ -396,41 +471,62 @@ def make_cudart(devices: int = 1) -> types.SimpleNamespace:
     def memcpy(dst: int, src: int, nbytes: int, kind: _MemcpyKind, stream: int) -> tuple[Any]:
         import ctypes
 
+        if STREAM_DEVICE[stream] != _CURRENT.device:
+            MISUSE.append(
+                f"cudaMemcpyAsync on a stream of device {STREAM_DEVICE[stream]} "
+                f"with device {_CURRENT.device} current"
+            )
         if kind is _MemcpyKind.cudaMemcpyHostToDevice:
             MEMORY[dst][:nbytes] = ctypes.string_at(src, nbytes)
         else:
             ctypes.memmove(dst, bytes(MEMORY[src][:nbytes]), nbytes)
         return (ok,)
 
-    def device_count() -> tuple[Any, int]:
+    def device_count() -> tuple[Any, int | None]:
+        if not driver:
+            return _CudaError.cudaErrorInsufficientDriver, None
         return (ok, devices) if devices else (_CudaError.cudaErrorNoDevice, 0)
+
+    def set_device(index: int) -> tuple[Any]:
+        _CURRENT.device = index
+        return (ok,)
+
+    def stream_create() -> tuple[Any, int]:
+        handle = 7 + len(STREAM_DEVICE)
+        STREAM_DEVICE[handle] = _CURRENT.device
+        return ok, handle
 
     return types.SimpleNamespace(
         cudaError_t=_CudaError,
         cudaMemcpyKind=_MemcpyKind,
         cudaGetDeviceCount=device_count,
-        cudaSetDevice=lambda i: (ok,),
+        cudaSetDevice=set_device,
         cudaGetDeviceProperties=lambda i: (ok, _Props()),
         cudaMalloc=malloc,
         cudaFree=lambda ptr: (MEMORY.pop(ptr, None), ok)[1:],
-        cudaStreamCreate=lambda: (ok, 7),
+        cudaStreamCreate=stream_create,
         cudaStreamDestroy=lambda s: (ok,),
         cudaStreamSynchronize=lambda s: (ok,),
         cudaMemcpyAsync=memcpy,
     )
 
 
-def install(monkeypatch: Any, version: str = "10.3.0", *, devices: int = 1) -> types.ModuleType:
+def install(
+    monkeypatch: Any, version: str = "10.3.0", *, devices: int = 1, driver: bool = True
+) -> types.ModuleType:
     """Put the fake ``tensorrt`` and ``cuda.bindings.runtime`` into ``sys.modules``."""
     CALLS.clear()
     MEMORY.clear()
+    MISUSE.clear()
+    STREAM_DEVICE.clear()
+    _CURRENT.device = 0
     Builder.fail_build = False
     module = sys.modules[__name__]
     monkeypatch.setattr(module, "__version__", version, raising=False)
     monkeypatch.setitem(sys.modules, "tensorrt", module)
     cuda = types.ModuleType("cuda")
     bindings = types.ModuleType("cuda.bindings")
-    bindings.runtime = make_cudart(devices)  # type: ignore[attr-defined]
+    bindings.runtime = make_cudart(devices, driver=driver)  # type: ignore[attr-defined]
     cuda.bindings = bindings  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "cuda", cuda)
     monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)

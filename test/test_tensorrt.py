@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,9 @@ from segfast_ros.runtime.tensorrt_backend import (  # noqa: E402
     TensorRTBackend,
     TensorRTUnavailableError,
     build_engine,
-    import_tensorrt,
+    check_tensorrt,
+    cuda_device,
+    import_cudart,
     trt_source_files,
 )
 from segfast_ros.runtime.tensorrt_plan import (  # noqa: E402
@@ -248,7 +252,7 @@ def _names(calls: list[tuple]) -> list[str]:
 
 
 def test_fp16_build_calls_in_order(trt, block_onnx: Path) -> None:
-    built = build_engine(trt, block_onnx, "fp16", log=lambda s: None)
+    built = build_engine(block_onnx, "fp16", log=lambda s: None)
     names = _names(fake_tensorrt.CALLS)
     order = ["Builder", "create_network", "OnnxParser", "parse_from_file", "create_builder_config"]
     assert names[: len(order)] == order
@@ -271,14 +275,14 @@ def test_trt86_uses_explicit_batch_and_int8_sets_both_flags(
     monkeypatch: pytest.MonkeyPatch, block_onnx: Path
 ) -> None:
     trt = fake_tensorrt.install(monkeypatch, version="8.6.2")
-    build_engine(trt, block_onnx, "int8", log=lambda s: None)
+    build_engine(block_onnx, "int8", log=lambda s: None)
     assert ("create_network", 1) in fake_tensorrt.CALLS
     flags = [c[1] for c in fake_tensorrt.CALLS if c[0] == "config.set_flag"]
     assert flags[:2] == [trt.BuilderFlag.FP16, trt.BuilderFlag.INT8]
 
 
 def test_fp32_build_pins_nothing(trt, block_onnx: Path) -> None:
-    built = build_engine(trt, block_onnx, "fp32", log=lambda s: None)
+    built = build_engine(block_onnx, "fp32", log=lambda s: None)
     assert built.plan == {}
     assert not [c for c in fake_tensorrt.CALLS if c[0] in ("config.set_flag", "layer.precision")]
 
@@ -286,7 +290,7 @@ def test_fp32_build_pins_nothing(trt, block_onnx: Path) -> None:
 def test_decoder_build_sets_the_profile_for_dynamic_inputs(trt, tmp_path: Path) -> None:
     decoder = make_decoder(tmp_path / "decoder.fp32.onnx")
     shapes = decoder_profile_shapes(INFO, DecoderProfile(1, 16, 320, 8))
-    build_engine(trt, decoder, "fp16", profile_shapes=shapes, log=lambda s: None)
+    build_engine(decoder, "fp16", profile_shapes=shapes, log=lambda s: None)
     set_shapes = {c[1]: c[2:] for c in fake_tensorrt.CALLS if c[0] == "profile.set_shape"}
     # Only the dynamic inputs, with the computed min/opt/max.
     assert set(set_shapes) == {"point_coords", "point_labels", "mask_input"}
@@ -298,30 +302,45 @@ def test_decoder_build_sets_the_profile_for_dynamic_inputs(trt, tmp_path: Path) 
 def test_dynamic_input_without_profile_is_a_clear_error(trt, tmp_path: Path) -> None:
     decoder = make_decoder(tmp_path / "decoder.fp32.onnx")
     with pytest.raises(EngineBuildError, match=r"dynamic inputs \['mask_input', 'point_coords'"):
-        build_engine(trt, decoder, "fp16", log=lambda s: None)
+        build_engine(decoder, "fp16", log=lambda s: None)
 
 
 def test_parse_and_build_failures_are_clear(trt, tmp_path: Path, block_onnx: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(block_onnx.read_bytes())
     with pytest.raises(EngineBuildError, match="could not parse .*bad.onnx: .*INVALID_NODE"):
-        build_engine(trt, bad, "fp16", log=lambda s: None)
+        build_engine(bad, "fp16", log=lambda s: None)
     trt.Builder.fail_build = True
     with pytest.raises(EngineBuildError, match="failed to build a fp16 engine from .*block.onnx"):
-        build_engine(trt, block_onnx, "fp16", log=lambda s: None)
+        build_engine(block_onnx, "fp16", log=lambda s: None)
 
 
 def test_missing_tensorrt_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import raises ImportError
     with pytest.raises(TensorRTUnavailableError, match="needs the `tensorrt` Python package"):
-        import_tensorrt()
+        check_tensorrt()
+
+
+def test_tensorrt_type_stubs_alone_are_not_tensorrt(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """NVIDIA's type stubs (tensorrt-stubs, for the type checker) make `import tensorrt` give an
+    empty namespace package without a version: that is "not installed", not "TensorRT 0"."""
+    (tmp_path / "tensorrt").mkdir()
+    (tmp_path / "tensorrt" / "__init__.pyi").write_text("__version__: str\n")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # so the import below is undone after
+    monkeypatch.delitem(sys.modules, "tensorrt")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TensorRTUnavailableError, match="found a package without a version at"):
+        check_tensorrt()
+    assert sys.modules["tensorrt"].__file__ is None  # the stubs' namespace package
 
 
 @pytest.mark.parametrize("version", ["8.5.3", "11.0.0"])
 def test_unsupported_tensorrt_versions(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
     fake_tensorrt.install(monkeypatch, version=version)
     with pytest.raises(TensorRTUnavailableError, match=f"TensorRT {version} is not supported"):
-        import_tensorrt()
+        check_tensorrt()
 
 
 # ------------------------------------------------------------------ backend with a fake TRT
@@ -342,6 +361,25 @@ def test_no_cuda_device_is_a_clear_error(
     fake_tensorrt.install(monkeypatch, devices=0)
     with pytest.raises(TensorRTUnavailableError, match="no CUDA device"):
         TensorRTBackend(trt_onnx_dir, info=INFO)
+
+
+def test_no_cuda_driver_names_the_cuda_error(
+    monkeypatch: pytest.MonkeyPatch, trt_onnx_dir: Path
+) -> None:
+    fake_tensorrt.install(monkeypatch, driver=False)
+    with pytest.raises(TensorRTUnavailableError, match="cudaErrorInsufficientDriver"):
+        TensorRTBackend(trt_onnx_dir, info=INFO)
+
+
+def test_real_cuda_python_without_a_gpu_names_the_cuda_error() -> None:
+    """cuda-python itself (a dependency of the dev venv's torch) on a machine without a GPU."""
+    pytest.importorskip("cuda.bindings.runtime")
+    cudart = import_cudart()
+    err, count = cudart.cudaGetDeviceCount()
+    if err == cudart.cudaError_t.cudaSuccess and count:
+        pytest.skip(f"this machine has {count} CUDA device(s)")
+    with pytest.raises(TensorRTUnavailableError, match=f"no CUDA device available .*{err.name}"):
+        cuda_device(cudart)
 
 
 def test_missing_cuda_python_is_a_clear_error(
@@ -386,6 +424,65 @@ def test_backend_matches_onnxruntime_and_splits_big_batches(trt, trt_onnx_dir: P
         )
     backend.close()
     assert any("no cached engine" in line for line in lines)
+
+
+def test_backend_is_safe_to_share_between_threads(
+    monkeypatch: pytest.MonkeyPatch, trt_onnx_dir: Path
+) -> None:
+    """The node decodes from its service threads and SegEvery's thread at once, and encodes on
+    a third: each caller gets the result it would get alone, and no execution context is used
+    by two threads at a time or from a thread with another device current."""
+    fake_tensorrt.install(monkeypatch, devices=2)
+    backend = TensorRTBackend(
+        trt_onnx_dir,
+        info=INFO,
+        device_id=1,
+        profile=DecoderProfile(1, 2, 4, max_points=3),
+        log=lambda s: None,
+    )
+    rng = np.random.default_rng(3)
+    images = [rng.standard_normal((1, 3, 64, 64)).astype(np.float32) for _ in range(3)]
+    embeddings = [backend.encode(image) for image in images]
+
+    def decode_job(k: int):
+        sets = 3 + 2 * k  # 3, 5, 7 sets: the last two split into chunks of max_sets=4
+        coords = rng.uniform(0, 64, (sets, 2, 2)).astype(np.float32)
+        labels = np.ones((sets, 2), np.float32)
+        masks = rng.standard_normal((sets, 1, 16, 16)).astype(np.float32)
+        args = (embeddings[k], coords, labels, masks, np.ones(1, np.float32))
+        return lambda: backend.decode(*args)
+
+    jobs = [decode_job(k) for k in range(3)]
+    jobs += [lambda image=image: (backend.encode(image),) for image in images]
+    serial = [job() for job in jobs]
+    assert not fake_tensorrt.MISUSE
+
+    monkeypatch.setattr(fake_tensorrt, "DWELL", 0.001)  # overlapping calls would show
+    start = threading.Barrier(len(jobs))
+
+    def repeat(job):
+        start.wait()
+        try:
+            return [job() for _ in range(3)]
+        except Exception as err:  # a garbled run: report the misuse behind it first
+            return err
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(repeat, jobs))
+    assert fake_tensorrt.MISUSE == []
+    assert not [r for r in results if isinstance(r, Exception)]
+    for alone, together in zip(serial, results, strict=True):
+        for result in together:
+            for want, got in zip(alone, result, strict=True):
+                np.testing.assert_array_equal(got, want)
+
+
+def test_closed_backend_refuses_calls(trt, trt_onnx_dir: Path) -> None:
+    backend = TensorRTBackend(trt_onnx_dir, info=INFO, log=lambda s: None)
+    backend.close()
+    backend.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        backend.encode(np.zeros((1, 3, 64, 64), np.float32))
 
 
 def test_backend_reuses_the_cache_and_rebuilds_corrupt_engines(trt, trt_onnx_dir: Path) -> None:

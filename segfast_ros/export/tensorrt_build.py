@@ -6,7 +6,8 @@ summary: the layers our FP32 plan pinned, by op type, and (when TensorRT's engin
 answers) the precision TensorRT actually chose per layer. The engines land in the same cache
 the node reads, so the node starts in seconds.
 
-Written against the documented TensorRT 8.6 / 10.x Python API; not yet verified on hardware.
+Written against the documented TensorRT 8.6 / 10.x Python API and type-checked against its
+10.x stubs (``make lint``); not yet run on hardware.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segfast_ros.runtime.engine_cache import EngineCache
 from segfast_ros.runtime.tensorrt_backend import (
@@ -24,11 +25,11 @@ from segfast_ros.runtime.tensorrt_backend import (
     TRT_INT8_ENCODER,
     TRT_PRECISIONS,
     BuiltEngine,
+    check_tensorrt,
     cuda_device,
     describe_plan,
     engine_key,
     import_cudart,
-    import_tensorrt,
     load_or_build,
     read_model_info,
     trt_source_files,
@@ -38,6 +39,9 @@ from segfast_ros.runtime.tensorrt_plan import (
     decoder_profile_shapes,
     plan_summary,
 )
+
+if TYPE_CHECKING:  # NVIDIA's stubs, for the type checker; at run time imported where used
+    import tensorrt as trt
 
 
 def format_plan_summary(built: BuiltEngine) -> str:
@@ -75,7 +79,9 @@ def engine_layer_precisions(inspector_json: str) -> Counter[str]:
     return counts
 
 
-def _inspect(trt: Any, engine: Any) -> str:
+def _inspect(engine: trt.ICudaEngine) -> str:
+    import tensorrt as trt
+
     try:
         inspector = engine.create_engine_inspector()
         text = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
@@ -143,9 +149,11 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
             target="tensorrt",
         )
     encoder_onnx, decoder_onnx = trt_source_files(onnx_dir, args.precision)
-    trt = import_tensorrt()
+    version = check_tensorrt()
+    import tensorrt as trt
+
     device = cuda_device(import_cudart(), args.device_id)
-    print(f"TensorRT {trt.__version__} on {device.name} (compute {device.compute_capability})")
+    print(f"TensorRT {version} on {device.name} (compute {device.compute_capability})")
 
     info = read_model_info(decoder_onnx)
     profile = DecoderProfile(
@@ -169,11 +177,10 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     ]
     for role, onnx_path, precision, job_profile, shapes in jobs:
         name = f"{role}.{precision}"
-        key = engine_key(trt, onnx_path, device, precision, job_profile)
+        key = engine_key(onnx_path, device, precision, job_profile)
         if args.force:
             cache.invalidate(name, f"--force: rebuilding {name}")
         engine, built = load_or_build(
-            trt,
             cache,
             name,
             key,
@@ -189,7 +196,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
         print(format_plan_summary(built))
         if args.layers:
             print("\n".join(f"    {line}" for line in describe_plan(built.ops, built.plan)))
-        print(_inspect(trt, engine))
+        print(_inspect(engine))
     return 0
 
 

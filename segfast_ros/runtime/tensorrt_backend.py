@@ -1,14 +1,14 @@
 """Native TensorRT backend: engines built from the project's ONNX exports, cached on disk.
 
 Written against the documented ``tensorrt`` Python API of TensorRT 8.6 (JetPack 6) and 10.x,
-with device buffers from cuda-python (``cuda.bindings.runtime``, or ``cuda.cudart`` in older
-releases). **Not yet verified on hardware here**: the build steps and the cache are tested
-with a fake ``tensorrt`` module; ONNX Runtime's CUDA/TensorRT providers are the path verified
-end to end.
+and type-checked against NVIDIA's 10.x API stubs (``make lint``), with device buffers from
+cuda-python (``cuda.bindings.runtime``, or ``cuda.cudart`` in older releases). **Not yet run
+on hardware**: the build steps, the cache and the buffer plumbing are tested with a fake
+``tensorrt`` module only.
 
 * FP16: built from ``encoder.fp32.onnx`` / ``decoder.fp32.onnx`` with the FP16 flag, LayerNorm,
   Softmax and attention MatMuls constrained to FP32 (:func:`~segfast_ros.runtime.tensorrt_plan.
-  fp32_plan`, obeyed via ``OBEY_PRECISION_CONSTRAINTS``, ``STRICT_TYPES`` before 8.2).
+  fp32_plan`, obeyed via ``OBEY_PRECISION_CONSTRAINTS``).
 * INT8: explicit quantization from the QDQ encoder quantized for TensorRT
   (:data:`TRT_INT8_ENCODER`, ``quantize_encoder(..., target="tensorrt")``): the scales are
   ours and checked on CPU; the decoder stays as for ONNX Runtime (fp32).
@@ -16,23 +16,27 @@ end to end.
   set); a call with more than ``max_sets`` is split into several.
 * Engines are cached by :class:`~segfast_ros.runtime.engine_cache.EngineKey` (ONNX hash,
   TensorRT version, GPU name and compute capability, precision, profile).
+* A backend may be called from several threads at once (the node's service threads, SegEvery
+  and the encoder thread); each engine serves one call at a time.
 
-The version split: TensorRT 10 creates explicit-batch networks with no flag and dropped the
-binding-index API; 8.6 has both the name-based tensor API (``set_input_shape``,
-``set_tensor_address``, ``execute_async_v3``, used when present) and bindings
-(``execute_async_v2``, the fallback). TensorRT 11 removes the FP16/INT8 builder flags (strongly
-typed networks only) and is refused with a message.
+The version split: both 8.6 and 10 have the name-based tensor API (``set_input_shape``,
+``set_tensor_address``, ``execute_async_v3``; 8.5 added it), which is all this backend uses.
+8.6's ONNX parser needs the ``EXPLICIT_BATCH`` network flag; 10 makes every network explicit
+batch and deprecates the flag. TensorRT 11 removes the FP16/INT8 builder flags (strongly typed
+networks only) and is refused with a message.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -53,6 +57,9 @@ from segfast_ros.runtime.tensorrt_plan import (
     fp32_plan,
 )
 
+if TYPE_CHECKING:  # the type checker reads NVIDIA's stubs; at run time each use imports it
+    import tensorrt as trt
+
 #: Engine precisions, and the decoder precision that goes with each (as for ONNX Runtime).
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
 TRT_DECODER_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "fp32"}
@@ -71,51 +78,61 @@ class EngineBuildError(RuntimeError):
     """TensorRT could not parse an ONNX file or build an engine from it."""
 
 
-def import_tensorrt() -> ModuleType:
-    """The ``tensorrt`` module, checked to be 8.6 to 10.x.
+def check_tensorrt() -> str:
+    """Import ``tensorrt`` and return its version, checked to be 8.6 to 10.x.
+
+    Every function here imports ``tensorrt`` where it uses it (so the type checker sees the
+    module); the backend and ``segfast build-engine`` call this first.
 
     Raises:
-        TensorRTUnavailableError: not installed, or an unsupported version.
+        TensorRTUnavailableError: not installed (a package without ``__version__``, such as
+            the type stubs alone, is not TensorRT), or an unsupported version.
     """
+    install = (
+        "the tensorrt backend needs the `tensorrt` Python package, TensorRT's bindings "
+        "(JetPack 6 ships it: `sudo apt install python3-libnvinfer`; x86: `pip install tensorrt`)"
+    )
     try:
         import tensorrt as trt
     except ImportError as err:
         raise TensorRTUnavailableError(
-            "the tensorrt backend needs the `tensorrt` Python package (JetPack 6 ships it: "
-            "`sudo apt install python3-libnvinfer`; x86: `pip install tensorrt`), which is "
-            f"not importable here ({err}); use backend onnxruntime instead"
+            f"{install}, which is not importable here ({err}); use backend onnxruntime instead"
         ) from err
-    version = str(getattr(trt, "__version__", "0"))
-    major_minor = tuple(int(p) for p in [*version.split("."), "0"][:2] if p.isdigit())
-    if len(major_minor) != 2 or major_minor < MIN_TRT or major_minor[0] > MAX_TRT_MAJOR:
+    version = getattr(trt, "__version__", None)
+    if version is None:
+        where = list(getattr(trt, "__path__", [])) or getattr(trt, "__file__", None)
+        raise TensorRTUnavailableError(
+            f"{install}; `import tensorrt` found a package without a version at {where} (type "
+            "stubs such as tensorrt-stubs make one), not TensorRT; use backend onnxruntime "
+            "instead"
+        )
+    match = re.match(r"(\d+)\.(\d+)", str(version))
+    if match is None or not MIN_TRT <= (int(match[1]), int(match[2])) < (MAX_TRT_MAJOR + 1, 0):
         raise TensorRTUnavailableError(
             f"TensorRT {version} is not supported: expected 8.6 to 10.x (TensorRT 11 removed "
             "the FP16/INT8 builder flags this backend uses)"
         )
-    return trt
-
-
-def trt_major(trt: ModuleType) -> int:
-    return int(str(trt.__version__).split(".")[0])
+    return str(version)
 
 
 def import_cudart() -> Any:
     """cuda-python's runtime API module (``cuda.bindings.runtime`` or ``cuda.cudart``).
 
+    cuda-python ships no type stubs (its modules are compiled), so it is ``Any`` here.
+
     Raises:
         TensorRTUnavailableError: cuda-python is not installed.
     """
     try:
-        from cuda.bindings import runtime as cudart
+        return importlib.import_module("cuda.bindings.runtime")
     except ImportError:
         try:
-            from cuda import cudart
+            return importlib.import_module("cuda.cudart")
         except ImportError as err:
             raise TensorRTUnavailableError(
                 "the tensorrt backend needs cuda-python for its GPU buffers "
                 "(`pip install cuda-python` matching the CUDA major version, 12 on JetPack 6)"
             ) from err
-    return cudart
 
 
 def _cuda(cudart: Any, result: Any, what: str) -> Any:
@@ -142,10 +159,12 @@ def cuda_device(cudart: Any, device_id: int = 0) -> CudaDevice:
         TensorRTUnavailableError: no CUDA device (or the driver is not loaded), or
             ``device_id`` out of range.
     """
+    # Without a driver cuda-python answers (cudaErrorInsufficientDriver, None).
     err, count = cudart.cudaGetDeviceCount()
-    if err != cudart.cudaError_t.cudaSuccess or count == 0:
+    failed = err != cudart.cudaError_t.cudaSuccess
+    if failed or not count:
         raise TensorRTUnavailableError(
-            f"no CUDA device available ({err if count else 'none found'}); the tensorrt "
+            f"no CUDA device available ({err if failed else 'none found'}); the tensorrt "
             "backend needs an NVIDIA GPU (check the driver with nvidia-smi or tegrastats)"
         )
     if not 0 <= device_id < count:
@@ -179,19 +198,23 @@ def _enum_name(value: Any) -> str:
     return str(getattr(value, "name", value)).rsplit(".", 1)[-1]
 
 
-def _layer_op_type(trt: ModuleType, layer: Any) -> str:
+def _layer_op_type(layer: trt.ILayer) -> str:
     """The ONNX op type a TensorRT layer plays, for :func:`fp32_plan`."""
+    import tensorrt as trt
+
     kind = _enum_name(layer.type)
     # The Python API returns ILayer; its subclass (and its .op) is reached by re-classing it,
     # the documented way to downcast in the TensorRT Python bindings.
     if kind in ("ELEMENTWISE", "UNARY", "REDUCE"):
-        cls = {
-            "ELEMENTWISE": "IElementWiseLayer",
-            "UNARY": "IUnaryLayer",
-            "REDUCE": "IReduceLayer",
-        }
-        layer.__class__ = getattr(trt, cls[kind])
-        op = _enum_name(layer.op)
+        subclass = {
+            "ELEMENTWISE": trt.IElementWiseLayer,
+            "UNARY": trt.IUnaryLayer,
+            "REDUCE": trt.IReduceLayer,
+        }[kind]
+        layer.__class__ = subclass
+        op = _enum_name(
+            cast("trt.IElementWiseLayer | trt.IUnaryLayer | trt.IReduceLayer", layer).op
+        )
         if kind == "ELEMENTWISE":
             return _ELEMENTWISE_ONNX.get(op, f"ElementWise{op}")
         if kind == "UNARY":
@@ -200,9 +223,10 @@ def _layer_op_type(trt: ModuleType, layer: Any) -> str:
     return _LAYER_ONNX.get(kind, kind)
 
 
-def network_ops(trt: ModuleType, network: Any) -> tuple[list[Op], dict[str, Any]]:
+def network_ops(network: trt.INetworkDefinition) -> tuple[list[Op], dict[str, trt.ILayer]]:
     """A parsed TensorRT network as :class:`Op`\\ s, and each op's layer by name."""
-    ops, layers = [], {}
+    ops: list[Op] = []
+    layers: dict[str, trt.ILayer] = {}
     for i in range(network.num_layers):
         layer = network.get_layer(i)
         name = layer.name if layer.name not in layers else f"{layer.name}#{i}"
@@ -211,7 +235,7 @@ def network_ops(trt: ModuleType, network: Any) -> tuple[list[Op], dict[str, Any]
         ops.append(
             Op(
                 name,
-                _layer_op_type(trt, layer),
+                _layer_op_type(layer),
                 tuple(t.name for t in tensors_in if t is not None),
                 tuple(t.name for t in tensors_out if t is not None),
             )
@@ -232,7 +256,6 @@ class BuiltEngine:
 
 
 def build_engine(
-    trt: ModuleType,
     onnx_path: str | Path,
     precision: str,
     *,
@@ -243,7 +266,6 @@ def build_engine(
     """Parse ``onnx_path`` and build a serialized engine at ``precision``.
 
     Args:
-        trt: the ``tensorrt`` module (:func:`import_tensorrt`).
         onnx_path: an exported ONNX file (fp32, or the TensorRT QDQ encoder for int8).
         precision: ``"fp32"``, ``"fp16"`` (FP16 with the FP32 plan) or ``"int8"`` (QDQ, with
             FP16 and the FP32 plan for the unquantized layers).
@@ -257,15 +279,15 @@ def build_engine(
         EngineBuildError: the ONNX file does not parse, a dynamic input has no profile shape,
             or the build fails (TensorRT's log says why).
     """
+    import tensorrt as trt
+
     if precision not in TRT_PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {TRT_PRECISIONS}")
     onnx_path = Path(onnx_path)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    # TensorRT 10 networks are always explicit-batch (the flag is deprecated there).
-    flags = (
-        0 if trt_major(trt) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    )
+    # 8.6's ONNX parser needs an explicit-batch network; 10's always are (the flag deprecated).
+    flags = 0 if _trt_major() >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -275,7 +297,7 @@ def build_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # per-layer summary
-    ops, layers = network_ops(trt, network)
+    ops, layers = network_ops(network)
     plan: dict[str, str] = {}
     if precision != "fp32":
         config.set_flag(trt.BuilderFlag.FP16)
@@ -283,19 +305,19 @@ def build_engine(
             config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales from QDQ
         plan = fp32_plan(ops)
         if plan:
-            obey = getattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None)
-            config.set_flag(obey if obey is not None else trt.BuilderFlag.STRICT_TYPES)
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
             for name in plan:
                 layer = layers[name]
                 layer.precision = trt.float32
                 for j in range(layer.num_outputs):
                     layer.set_output_type(j, trt.float32)
 
-    dynamic = {}
+    dynamic: dict[str, Shape] = {}
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
-        if any(d < 0 for d in tuple(tensor.shape)):
-            dynamic[tensor.name] = tuple(tensor.shape)
+        shape = _dims(tensor.shape)
+        if any(d < 0 for d in shape):
+            dynamic[tensor.name] = shape
     if dynamic:
         missing = sorted(set(dynamic) - set(profile_shapes or {}))
         if missing:
@@ -305,7 +327,7 @@ def build_engine(
             )
         profile = builder.create_optimization_profile()
         for name in dynamic:
-            low, opt, high = (profile_shapes or {})[name]
+            low, opt, high = (trt.Dims(list(shape)) for shape in (profile_shapes or {})[name])
             profile.set_shape(name, low, opt, high)
         config.add_optimization_profile(profile)
 
@@ -324,14 +346,26 @@ def build_engine(
     return BuiltEngine(bytes(serialized), precision, plan, ops, seconds)
 
 
+def _dims(dims: trt.Dims) -> Shape:
+    # Dims is a sequence by __len__/__getitem__ only, which the type checker does not iterate.
+    return tuple(dims[i] for i in range(len(dims)))
+
+
+def _trt_major() -> int:
+    import tensorrt as trt
+
+    return int(trt.__version__.split(".")[0])
+
+
 def engine_key(
-    trt: ModuleType,
     onnx_path: str | Path,
     device: CudaDevice,
     precision: str,
     profile: DecoderProfile | None = None,
 ) -> EngineKey:
     """The cache key of an engine built from ``onnx_path`` on ``device``."""
+    import tensorrt as trt
+
     return EngineKey(
         onnx_sha256=file_sha256(onnx_path),
         tensorrt_version=str(trt.__version__),
@@ -367,7 +401,6 @@ def trt_source_files(onnx_dir: str | Path, precision: str) -> tuple[Path, Path]:
 
 
 def load_or_build(
-    trt: ModuleType,
     cache: EngineCache,
     name: str,
     key: EngineKey,
@@ -375,8 +408,8 @@ def load_or_build(
     *,
     profile_shapes: Mapping[str, tuple[Shape, Shape, Shape]] | None = None,
     workspace_mb: int = DEFAULT_WORKSPACE_MB,
-    deserialize: Callable[[bytes], Any],
-) -> tuple[Any, BuiltEngine | None]:
+    deserialize: Callable[[bytes], trt.ICudaEngine | None],
+) -> tuple[trt.ICudaEngine, BuiltEngine | None]:
     """A deserialized engine from the cache, or built, cached and deserialized.
 
     A cached file that fails to deserialize (truncated, corrupt) is dropped with a log line
@@ -392,7 +425,6 @@ def load_or_build(
             return engine, None
         cache.invalidate(name, f"cached engine for {name} could not be deserialized; rebuilding")
     built = build_engine(
-        trt,
         onnx_path,
         key.precision,
         profile_shapes=profile_shapes,
@@ -409,7 +441,9 @@ def load_or_build(
     return engine, built
 
 
-def _try_deserialize(deserialize: Callable[[bytes], Any], data: bytes) -> Any:
+def _try_deserialize(
+    deserialize: Callable[[bytes], trt.ICudaEngine | None], data: bytes
+) -> trt.ICudaEngine | None:
     try:
         return deserialize(data)
     except Exception:  # TensorRT raises or returns None on a corrupt plan, by version
@@ -423,109 +457,104 @@ class _EngineRunner:
     """One engine with its execution context, stream and device buffers.
 
     Device buffers are sized once for the largest shapes the engine accepts (its profile's
-    max), so a call allocates only its host outputs.
+    max), so a call allocates only its host outputs. They, the context (which holds the input
+    shapes of the call in progress) and the stream are one per engine, so :meth:`run` holds a
+    lock from setting the shapes to synchronising the stream: the node calls from its service
+    threads, SegEvery's thread and the encoder's thread at once.
     """
 
     def __init__(
         self,
-        trt: ModuleType,
         cudart: Any,
-        engine: Any,
+        device_id: int,
+        engine: trt.ICudaEngine,
         max_input_shapes: Mapping[str, Shape],
     ) -> None:
-        self.trt, self.cudart, self.engine = trt, cudart, engine
+        import tensorrt as trt
+
+        self.cudart, self.device_id, self.engine = cudart, device_id, engine
+        self._lock = threading.Lock()
+        self.buffers: dict[str, int] = {}
         self.context = engine.create_execution_context()
-        # Name-based tensor API: TensorRT >= 8.5 (8.6 and 10 both); bindings otherwise.
-        self.v3 = hasattr(self.context, "execute_async_v3")
-        if self.v3:
-            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-            is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
-            dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
-        else:
-            names = [engine.get_binding_name(i) for i in range(engine.num_bindings)]
-            is_input = {n: engine.binding_is_input(i) for i, n in enumerate(names)}
-            dtypes = {
-                n: np.dtype(trt.nptype(engine.get_binding_dtype(i))) for i, n in enumerate(names)
-            }
-        self.names, self.dtypes = names, dtypes
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         self.inputs = [n for n in names if is_input[n]]
         self.outputs = [n for n in names if not is_input[n]]
         self.stream = _cuda(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self.buffers: dict[str, int] = {}
         self.capacity: dict[str, int] = {}
         for name, shape in max_input_shapes.items():
             self._set_shape(name, shape)
         for name in names:
             shape = max_input_shapes.get(name) or self._shape(name)
-            nbytes = max(int(np.prod(shape)), 1) * dtypes[name].itemsize
+            nbytes = max(int(np.prod(shape)), 1) * self.dtypes[name].itemsize
             self.buffers[name] = _cuda(cudart, cudart.cudaMalloc(nbytes), "cudaMalloc")
             self.capacity[name] = nbytes
-            if self.v3:
-                self.context.set_tensor_address(name, self.buffers[name])
+            if self.context.set_tensor_address(name, self.buffers[name]) is False:
+                raise RuntimeError(f"TensorRT refused the device buffer of tensor {name!r}")
 
     def _set_shape(self, name: str, shape: Shape) -> None:
-        if self.v3:
-            ok = self.context.set_input_shape(name, tuple(shape))
-        else:
-            ok = self.context.set_binding_shape(self.names.index(name), tuple(shape))
-        if ok is False:
+        if self.context.set_input_shape(name, tuple(shape)) is False:
             raise ValueError(f"TensorRT refused shape {tuple(shape)} for input {name!r}")
 
     def _shape(self, name: str) -> Shape:
-        if self.v3:
-            return tuple(self.context.get_tensor_shape(name))
-        return tuple(self.context.get_binding_shape(self.names.index(name)))
+        return _dims(self.context.get_tensor_shape(name))
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Copy ``feeds`` in, run, copy every output back (float32)."""
+        """Copy ``feeds`` in, run, copy every output back (float32). Thread-safe.
+
+        Raises:
+            RuntimeError: after :meth:`close`, or a CUDA or TensorRT call failed.
+        """
         cudart, h2d = self.cudart, self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        hosts = []  # keep the host arrays alive until the stream is synchronised
-        for name in self.inputs:
-            arr = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
-            if arr.nbytes > self.capacity[name]:
-                raise ValueError(
-                    f"input {name!r} of shape {arr.shape} is larger than the engine's "
-                    f"optimization profile allows"
+        with self._lock:
+            if not self.buffers:
+                raise RuntimeError("the TensorRT backend is closed (its buffers are freed)")
+            # CUDA's current device is per host thread; the caller's may be another GPU.
+            _cuda(cudart, cudart.cudaSetDevice(self.device_id), "cudaSetDevice")
+            hosts = []  # keep the host arrays alive until the stream is synchronised
+            for name in self.inputs:
+                arr = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
+                if arr.nbytes > self.capacity[name]:
+                    raise ValueError(
+                        f"input {name!r} of shape {arr.shape} is larger than the engine's "
+                        f"optimization profile allows"
+                    )
+                self._set_shape(name, arr.shape)
+                hosts.append(arr)
+                _cuda(
+                    cudart,
+                    cudart.cudaMemcpyAsync(
+                        self.buffers[name], arr.ctypes.data, arr.nbytes, h2d, self.stream
+                    ),
+                    "cudaMemcpyAsync (host to device)",
                 )
-            self._set_shape(name, arr.shape)
-            hosts.append(arr)
-            _cuda(
-                cudart,
-                cudart.cudaMemcpyAsync(
-                    self.buffers[name], arr.ctypes.data, arr.nbytes, h2d, self.stream
-                ),
-                "cudaMemcpyAsync (host to device)",
-            )
-        if self.v3:
-            ok = self.context.execute_async_v3(int(self.stream))
-        else:
-            bindings = [self.buffers[n] for n in self.names]
-            ok = self.context.execute_async_v2(bindings, int(self.stream))
-        if not ok:
-            raise RuntimeError("TensorRT execution failed (see the TensorRT log)")
-        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        results = {}
-        for name in self.outputs:
-            out = np.empty(self._shape(name), dtype=self.dtypes[name])
-            _cuda(
-                cudart,
-                cudart.cudaMemcpyAsync(
-                    out.ctypes.data, self.buffers[name], out.nbytes, d2h, self.stream
-                ),
-                "cudaMemcpyAsync (device to host)",
-            )
-            results[name] = out
-        _cuda(cudart, cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+            if not self.context.execute_async_v3(int(self.stream)):
+                raise RuntimeError("TensorRT execution failed (see the TensorRT log)")
+            d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+            results = {}
+            for name in self.outputs:
+                out = np.empty(self._shape(name), dtype=self.dtypes[name])
+                _cuda(
+                    cudart,
+                    cudart.cudaMemcpyAsync(
+                        out.ctypes.data, self.buffers[name], out.nbytes, d2h, self.stream
+                    ),
+                    "cudaMemcpyAsync (device to host)",
+                )
+                results[name] = out
+            _cuda(cudart, cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return {k: v.astype(np.float32, copy=False) for k, v in results.items()}
 
     def close(self) -> None:
-        """Free the device buffers and the stream (idempotent)."""
-        if not self.buffers:
-            return
-        for ptr in self.buffers.values():
-            self.cudart.cudaFree(ptr)
-        self.buffers.clear()
-        self.cudart.cudaStreamDestroy(self.stream)
+        """Free the device buffers and the stream (idempotent; waits for a call in progress)."""
+        with self._lock:
+            if not self.buffers:
+                return
+            for ptr in self.buffers.values():
+                self.cudart.cudaFree(ptr)
+            self.buffers.clear()
+            self.cudart.cudaStreamDestroy(self.stream)
 
     def __del__(self) -> None:
         # The node drops its backend on cleanup while a service call may still hold it; the
@@ -583,7 +612,9 @@ class TensorRTBackend:
         info: ModelInfo | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
-        trt = import_tensorrt()
+        check_tensorrt()
+        import tensorrt as trt
+
         cudart = import_cudart()
         self.device = cuda_device(cudart, device_id)
         encoder_onnx, decoder_onnx = trt_source_files(onnx_dir, precision)
@@ -593,26 +624,27 @@ class TensorRTBackend:
         cache = EngineCache(engine_cache_dir or Path(onnx_dir) / "engines", log)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
 
-        def deserialize(data: bytes) -> Any:
+        def deserialize(data: bytes) -> trt.ICudaEngine | None:
             return runtime.deserialize_cuda_engine(data)
 
         dec_precision = TRT_DECODER_PRECISION[precision]
-        enc_key = engine_key(trt, encoder_onnx, self.device, precision)
-        dec_key = engine_key(trt, decoder_onnx, self.device, dec_precision, self.profile)
+        enc_key = engine_key(encoder_onnx, self.device, precision)
+        dec_key = engine_key(decoder_onnx, self.device, dec_precision, self.profile)
         shapes = decoder_profile_shapes(self.info, self.profile)
         enc_engine, _ = load_or_build(
-            trt, cache, f"encoder.{precision}", enc_key, encoder_onnx,
+            cache, f"encoder.{precision}", enc_key, encoder_onnx,
             workspace_mb=workspace_mb, deserialize=deserialize,
         )  # fmt: skip
         dec_engine, _ = load_or_build(
-            trt, cache, f"decoder.{dec_precision}", dec_key, decoder_onnx,
+            cache, f"decoder.{dec_precision}", dec_key, decoder_onnx,
             profile_shapes=shapes, workspace_mb=workspace_mb, deserialize=deserialize,
         )  # fmt: skip
         s = self.info.image_size
-        self._encoder = _EngineRunner(trt, cudart, enc_engine, {ENCODER_INPUTS[0]: (1, 3, s, s)})
-        self._decoder = _EngineRunner(
-            trt, cudart, dec_engine, {name: high for name, (_, _, high) in shapes.items()}
+        max_shapes = {name: high for name, (_, _, high) in shapes.items()}
+        self._encoder = _EngineRunner(
+            cudart, device_id, enc_engine, {ENCODER_INPUTS[0]: (1, 3, s, s)}
         )
+        self._decoder = _EngineRunner(cudart, device_id, dec_engine, max_shapes)
         self._runtime = runtime  # engines must not outlive their runtime
 
     def encode(self, image: np.ndarray) -> np.ndarray:
@@ -629,7 +661,9 @@ class TensorRTBackend:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``B`` prompt sets to ``(B, M, L, L)`` logits and ``(B, M)`` IoUs (see Backend).
 
-        More than the profile's ``max_sets`` sets run as several engine calls.
+        More than the profile's ``max_sets`` sets run as several engine calls. Each is a
+        whole run under the decoder's lock, so another thread's call may run between them: a
+        ``~/segment`` call waits for one chunk of a long SegEvery batch, not for all of it.
 
         Raises:
             ValueError: more points per set than the profile's ``max_points``.
