@@ -49,9 +49,20 @@ $(ROS_STAMP): $(STAMP) $(ROS_SOURCES) | build-tools
 		print(sysconfig.get_path("purelib"))')/segfast_ros_interfaces.pth"
 	touch $(ROS_STAMP)
 
-lint: setup
+# NVIDIA's TensorRT API stubs, for the type checker only (basedpyright, set up in pyproject.toml:
+# it checks the TensorRT modules against them). Kept out of the venv, where they would make
+# `import tensorrt` succeed as an empty package; --no-deps because they require the TensorRT
+# wheels, which download from NVIDIA's own index and do not install from PyPI.
+TRT_STUBS := build/typing
+$(TRT_STUBS)/.installed: requirements-typing.txt | $(STAMP)
+	rm -rf $(TRT_STUBS)
+	$(PY) -m pip install --quiet --no-deps --target $(TRT_STUBS) -r requirements-typing.txt
+	touch $@
+
+lint: setup $(TRT_STUBS)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/basedpyright --pythonpath $(PY)
 
 format: setup
 	$(PY) -m ruff format .
