@@ -27,7 +27,6 @@ from segfast_ros.everything.grid import (
     generate_crop_boxes,
 )
 from segfast_ros.everything.masks import (
-    UPSCALE_GROUP,
     StageTimer,
     box_iou,
     masks_to_boxes,
@@ -320,9 +319,12 @@ def test_segment_prompts_bounds_the_upscale(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(predictor, "upscale", spy)
     points = np.tile([[10.0, 10.0]], (40, 1))
-    segment_prompts(predictor, points=points, batch_size=40, pred_iou_thresh=0.0)
+    budget = 16 * H * W  # pixels: 16 masks of this frame
+    segment_prompts(
+        predictor, points=points, batch_size=40, pred_iou_thresh=0.0, upscale_budget=budget
+    )
     # 120 masks survive the (disabled) IoU filter; they are upscaled a few at a time.
-    assert sum(sizes) == 120 and max(sizes) == UPSCALE_GROUP
+    assert sum(sizes) == 120 and max(sizes) == 16
     sizes.clear()
     segment_prompts(predictor, points=points, batch_size=40)
     assert sum(sizes) == 40  # only token 1 passes the IoU filter: nothing else is upscaled

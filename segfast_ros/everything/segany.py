@@ -18,7 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..runtime.predictor import Predictor
-from .masks import stability_score
+from ..runtime.transforms import upscale_group_size
+from .masks import threshold_logits
 
 
 @dataclass(frozen=True)
@@ -148,30 +149,50 @@ def decode_prompt_sets(
     *,
     mask_threshold: float = 0.0,
     stability_offset: float = 1.0,
+    upscale_budget: int | None = None,
 ) -> Iterator[PromptSetMasks]:
     """Decode all prompt sets in one decoder batch, then yield each set's masks best first.
 
-    Masks are upscaled one set at a time, so a call with many boxes on a large frame never
-    holds all full-size logits at once.
+    Masks are upscaled one set at a time and, within a set, in groups of at most
+    ``upscale_budget`` pixels of float32 logits (at least one mask); each group is reduced to
+    boolean masks and stability scores before the next. So a call with many sets on a large
+    frame holds the low-res logits, one group of full-size logits and one set's boolean masks
+    (``K x H x W`` bytes), never all of them: a consumer that drops each answer before asking
+    for the next stays bounded.
 
     Args:
         predictor: with the frame's image or embedding set.
         kwargs: from :func:`prompt_kwargs`.
         mask_threshold: logit above which a pixel is in the mask.
         stability_offset: logit offset of the stability score.
+        upscale_budget: pixels of full-size logits upscaled at once; None:
+            :data:`~segfast_ros.runtime.transforms.UPSCALE_BUDGET_PIXELS`.
 
     Raises:
-        ValueError: an out-of-image or malformed prompt (raised before anything is yielded).
+        ValueError: an out-of-image or malformed prompt, or a budget below 1 (raised before
+            anything is yielded).
     """
     low_res, scores = predictor.predict_low_res(**kwargs)
+    hw = predictor.original_size
+    assert hw is not None  # predict_low_res raised otherwise
+    group = upscale_group_size(hw, upscale_budget)
     boxes = kwargs.get("box")
     for i in range(low_res.shape[0]):
         order = np.argsort(-scores[i], kind="stable")
-        logits = predictor.upscale(low_res[i][order])
+        masks = np.empty((len(order), *hw), dtype=bool)
+        stability = np.empty(len(order), dtype=np.float32)
+        for start in range(0, len(order), group):
+            chunk = slice(start, start + group)
+            logits = predictor.upscale(low_res[i][order[chunk]])
+            _, stability[chunk], _ = threshold_logits(
+                logits, mask_threshold, stability_offset, out=masks[chunk]
+            )
+            del logits  # before the next group is upscaled
         yield PromptSetMasks(
-            masks=logits > mask_threshold,
+            masks=masks,
             scores=np.asarray(scores[i][order], dtype=np.float32),
-            stability=stability_score(logits, mask_threshold, stability_offset),
+            stability=stability,
             prompt=None if boxes is None else boxes[i],
             low_res=np.ascontiguousarray(low_res[i, order[0]], dtype=np.float32),
         )
+        del masks  # the consumer holds the answer; the next set's masks replace it

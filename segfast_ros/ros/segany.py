@@ -85,4 +85,7 @@ def segment(
             result.low_res_logits = array("f", answer.low_res.tobytes())
             result.low_res_size = lr
         results.append(result)
+        # Release this set's masks (K x H x W bool) before the next set's are made: only the
+        # messages (RLE, and mono8 images if asked for) accumulate.
+        del answer
     return results

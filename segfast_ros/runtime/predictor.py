@@ -19,6 +19,7 @@ from segfast_ros.runtime.transforms import (
     postprocess_masks,
     prepare_image,
     preprocess_shape,
+    upscale_group_size,
 )
 from segfast_ros.spec import LABEL_BG, LABEL_BOX_BR, LABEL_BOX_TL, LABEL_FG, LABEL_PAD
 
@@ -166,6 +167,7 @@ class Predictor:
         return_logits: bool = False,
         *,
         mask_threshold: float = 0.0,
+        upscale_budget: int | None = None,
     ) -> Prediction:
         """Predict masks for point and/or box prompts on the current image.
 
@@ -185,6 +187,11 @@ class Predictor:
                 instead of 1 (token 0). Three is better for a single ambiguous point.
             return_logits: return float32 logits instead of boolean masks.
             mask_threshold: logit above which a pixel belongs to the mask.
+            upscale_budget: boolean masks are upscaled and thresholded
+                ``upscale_group_size((H, W), upscale_budget)`` at a time (None:
+                :data:`~segfast_ros.runtime.transforms.UPSCALE_BUDGET_PIXELS`), so that only
+                the bool output is full-size (float32 logits are 4x larger); ignored with
+                ``return_logits``.
 
         Returns:
             A :class:`Prediction`; its arrays have the leading ``B`` axis only for a batched
@@ -197,11 +204,18 @@ class Predictor:
             point_coords, point_labels, box, mask_input, multimask_output
         )
         assert self._input_size is not None and self._original_size is not None
-        masks = postprocess_masks(
-            low_res, self._input_size, self._original_size, self.info.image_size
-        )
-        if not return_logits:
-            masks = masks > mask_threshold
+        if return_logits:
+            masks = postprocess_masks(
+                low_res, self._input_size, self._original_size, self.info.image_size
+            )
+        else:
+            masks = np.empty((*low_res.shape[:2], *self._original_size), dtype=bool)
+            flat_in = low_res.reshape(-1, *low_res.shape[2:])
+            flat_out = masks.reshape(-1, *self._original_size)
+            group = upscale_group_size(self._original_size, upscale_budget)
+            for start in range(0, len(flat_in), group):
+                chunk = slice(start, start + group)
+                np.greater(self.upscale(flat_in[chunk]), mask_threshold, out=flat_out[chunk])
         if not batched:
             return Prediction(masks[0], iou[0], low_res[0])
         return Prediction(masks, iou, low_res)

@@ -23,6 +23,14 @@ from segfast_ros.runtime.backend import ModelInfo
 #: almost certainly a mistake (a wrong reshape, a mosaic), and would cost seconds to resize.
 MAX_IMAGE_PIXELS: int = 64 * 1024 * 1024
 
+#: Full-resolution mask logits upscaled at once, in pixels (masks x H x W). Those float32 maps
+#: are the post-processing's largest arrays (133 MB for one 8K mask), so callers upscale
+#: ``upscale_group_size(hw)`` masks at a time and reduce each group (threshold, RLE) before the
+#: next: 8 Mi pixels = 32 MiB of logits, 4 masks of 1080p, 128 of 256 x 256, and one (never
+#: fewer) of a frame above 8 Mi pixels. A budget in pixels, not masks, bounds the memory
+#: whatever the frame size; a larger one saves nothing, as the work is per pixel.
+UPSCALE_BUDGET_PIXELS: int = 8 * 1024 * 1024
+
 
 def preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
     """Size ``(new_h, new_w)`` of an ``h x w`` image resized so its longest side is ``long_side``.
@@ -165,6 +173,25 @@ def apply_boxes(boxes: np.ndarray, original_hw: tuple[int, int], image_size: int
     boxes = np.asarray(boxes)
     corners = apply_coords(boxes.reshape(*boxes.shape[:-1], 2, 2), original_hw, image_size)
     return corners.reshape(boxes.shape)
+
+
+def upscale_group_size(hw: tuple[int, int], budget_pixels: int | None = None) -> int:
+    """Masks of ``hw = (H, W)`` pixels to upscale at once: ``max(1, budget_pixels // (H * W))``.
+
+    ``budget_pixels`` None is :data:`UPSCALE_BUDGET_PIXELS`, read at each call (so that one
+    assignment changes it for every caller, e.g. a benchmark emulating another budget).
+
+    Raises:
+        ValueError: ``budget_pixels`` below 1, or a size that is not positive.
+    """
+    if budget_pixels is None:
+        budget_pixels = UPSCALE_BUDGET_PIXELS
+    if budget_pixels < 1:
+        raise ValueError(f"upscale budget must be >= 1 pixel, got {budget_pixels}")
+    h, w = int(hw[0]), int(hw[1])
+    if h <= 0 or w <= 0:
+        raise ValueError(f"expected a mask size (H, W) > 0, got {tuple(hw)}")
+    return max(1, int(budget_pixels) // (h * w))
 
 
 def _upscale_crop(mask: np.ndarray, factor: int, input_hw: tuple[int, int]) -> np.ndarray:
