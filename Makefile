@@ -14,10 +14,17 @@ ROS_BUILD := build/ros
 ROS_PYDIR := lib/segfast_ros_interfaces
 ROS_STAMP := $(VENV)/.ros-interfaces
 ROS_SOURCES := CMakeLists.txt package.xml $(wildcard msg/*.msg srv/*.srv cmake/*.cmake)
+# cmake also installs launch/, config/, scripts/ and models/ (CMakeLists.txt's install rules:
+# share/segfast_ros/, lib/segfast_ros/), where the node's package lookups find them before the
+# source tree. Their files and folders are the prerequisites of a re-install: a folder's time
+# changes when a file in it is added, removed or renamed.
+INSTALLED_SOURCES := $(shell find launch config scripts models -name __pycache__ -prune \
+	-o -print 2>/dev/null)
+INSTALL_STAMP := $(VENV)/.ros-installed-files
 
 .PHONY: setup build-tools test lint format bench demo clean
 
-setup: $(STAMP) $(ROS_STAMP)
+setup: $(STAMP) $(ROS_STAMP) $(INSTALL_STAMP)
 
 # Checked before the long pip install, so a missing tool fails in seconds.
 build-tools:
@@ -48,6 +55,15 @@ $(ROS_STAMP): $(STAMP) $(ROS_SOURCES) | build-tools
 	echo $(VENV_ABS)/$(ROS_PYDIR) > "$$($(PY) -c 'import sysconfig; \
 		print(sysconfig.get_path("purelib"))')/segfast_ros_interfaces.pth"
 	touch $(ROS_STAMP)
+
+# Re-installs launch/, config/, scripts/ and models/ into the venv. The copies the previous
+# install made there (cmake's install manifest lists them) are deleted first, so a file removed
+# from the source tree leaves no stale copy behind.
+$(INSTALL_STAMP): $(ROS_STAMP) $(INSTALLED_SOURCES)
+	grep -E '/(share/segfast_ros/(launch|config|models)|lib/segfast_ros)/' \
+		$(ROS_BUILD)/install_manifest.txt | while IFS= read -r f; do rm -f "$$f"; done
+	cmake --install $(ROS_BUILD)
+	touch $(INSTALL_STAMP)
 
 # NVIDIA's TensorRT API stubs, for the type checker only (basedpyright, set up in pyproject.toml:
 # it checks the TensorRT modules against them). Kept out of the venv, where they would make
