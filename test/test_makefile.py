@@ -38,7 +38,10 @@ def _dry_run(venv: Path, *changed: str) -> str:
     argv = ["make", "-n", "-C", str(REPO), f"VENV={venv}", "setup"]
     for path in changed:
         argv += ["-W", path]
-    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout
+    # Not the flags of a `make test` that runs this suite (jobserver, -n, -W of its own).
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    run = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60, env=env)
+    return run.stdout
 
 
 def test_setup_does_nothing_when_nothing_changed(venv: Path) -> None:
