@@ -25,7 +25,7 @@ import pytest
 # a missing segfast_ros.msg fails here instead of skipping.
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed: run `make setup`")
 
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Point
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
@@ -38,6 +38,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from segfast_ros.everything.masks import rle_to_mask
 from segfast_ros.msg import InstanceArray
 from segfast_ros.ros.harness import Client, NodeProcess, free_domain_id, image_msg, ros_env
+from segfast_ros.ros.node import SERVICE_QOS
 from segfast_ros.runtime import Predictor
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
 from segfast_ros.srv import Segment
@@ -233,6 +234,40 @@ def test_segment_matches_the_predictor(client: Client, reference: Predictor) -> 
     np.testing.assert_array_equal(_masks(resp2.results[0])[0], ref2.masks)
 
 
+def _call_all(client: Client, segment: Any, requests: list[Any], timeout: float) -> list[Any]:
+    """Send every request at once, then spin until each has its response (or time out)."""
+    futures = [segment.call_async(req) for req in requests]
+    client.spin_until(
+        lambda: all(f.done() for f in futures),
+        timeout,
+        f"all {len(futures)} responses ({sum(f.done() for f in futures)} came)",
+    )
+    return [f.result() for f in futures]
+
+
+def _deep_client(client: Client, service: str) -> Any:
+    """A ~/segment client that keeps every response, as a caller with many calls in flight
+    must: rclpy's default client keeps the last 10, and a burst of answers overflows it."""
+    return client.node.create_client(Segment, service, qos_profile=SERVICE_QOS)
+
+
+def test_200_concurrent_calls_are_all_answered(client: Client) -> None:
+    """rclpy's default service queue (10) dropped most of 200 concurrent calls silently."""
+    stamp = 2_000_000_500
+    _publish_and_wait(client, synthetic_scene(seed=2), stamp)
+    segment = _deep_client(client, f"{NODE}/segment")
+    client.spin_until(segment.service_is_ready, 10, "~/segment")
+    req = _request(stamp, points=[(30.0, 25.0)], labels=[1], multimask=True)
+    responses = _call_all(client, segment, [req] * 200, timeout=120)
+    for resp in responses:
+        if resp.success:
+            assert len(resp.results) == 1 and len(resp.results[0].masks) == 3
+        else:
+            assert resp.message.startswith("busy:") and "segment.queue_depth=32" in resp.message
+    assert any(r.success for r in responses)
+    client.node.destroy_client(segment)
+
+
 def test_instances_and_label_carry_the_source_header(client: Client) -> None:
     rgb = synthetic_scene(seed=2)
     stamp = 2_000_000_456
@@ -320,6 +355,8 @@ def test_parameters_change_at_runtime_and_ranges_are_enforced(client: Client) ->
         ("segevery.grid.pred_iou_thresh", 1.5, "pred_iou_thresh"),
         ("segevery.strategy", "everything", "segevery.strategy"),
         ("model_dir", "/tmp", "read-only"),
+        ("segment.queue_depth", 64, "read-only"),
+        ("segment.workers", 4, "read-only"),
     ]:
         result = _set_param(client, name, value)
         assert not result.successful, name
@@ -440,6 +477,70 @@ def test_object_aware_without_a_detector_falls_back_to_grid(
         assert got[0].strategy == "grid" and got[0].decoder_prompts == 4
         assert "object_aware SegEvery unavailable" in proc.log()
         assert "segevery.object_aware.detector is empty" in proc.log()
+
+        # /diagnostics says WARN with the reason for as long as the fallback lasts, not only
+        # in the start-up log.
+        def fallback_statuses() -> list[Any]:
+            return [
+                s
+                for msg in client.diagnostics
+                for s in msg.status
+                if s.name.startswith(f"{ns}/segfast:")
+            ]
+
+        client.diagnostics.clear()
+        client.spin_until(lambda: len(fallback_statuses()) >= 2, 10, "the node's diagnostics")
+        for status in fallback_statuses():
+            assert status.level == DiagnosticStatus.WARN, status
+            assert "object_aware unavailable, using grid" in status.message, status.message
+            assert "detector is empty" in status.message, status.message
+            values = {kv.key: kv.value for kv in status.values}
+            assert values["segevery_strategy"] == "grid"
+            assert "detector is empty" in values["segevery_fallback"]
+    finally:
+        assert proc.stop() == 0
+
+
+def test_calls_past_the_queue_depth_are_refused_as_busy(
+    client: Client, model_dir: Path, domain_id: int, tmp_path: Path
+) -> None:
+    """One worker, room for one call: of a burst of slow calls, the node answers every one,
+    with masks or with a busy refusal that names the limit."""
+    ns = "/segfast_busy"
+    args = [
+        "-r", f"__ns:={ns}",
+        "-p", f"model_dir:={model_dir}",
+        "-p", "precision:=fp32",
+        "-p", "segevery.rate:=0.0",
+        "-p", "segment.queue_depth:=1",
+        "-p", "segment.workers:=1",
+    ]  # fmt: skip
+    proc = NodeProcess(args, domain_id, tmp_path / "busy.log")
+    try:
+        pub = client.node.create_publisher(Image, f"{ns}/image", 2)
+        segment = _deep_client(client, f"{ns}/segfast/segment")
+        client.spin_until(segment.service_is_ready, 60, f"the busy node; log:\n{proc.log()}")
+        client.spin_until(lambda: pub.get_subscription_count() > 0, 30, "its image subscriber")
+        rgb, stamp = synthetic_scene(seed=9), 9_000_000_000
+        probe = _request(stamp, points=[(1, 1)], labels=[1])
+        deadline = time.monotonic() + 30
+        while not client.call(segment, probe).success:
+            assert time.monotonic() < deadline, proc.log()
+            pub.publish(image_msg(rgb, stamp))
+        # 64 boxes, 3 masks each, as images: each call takes a while, so calls pile up.
+        boxes = [float(v) for i in range(64) for v in (i % 8 * 8, i // 8 * 8, 60.0, 60.0)]
+        heavy = _request(stamp, boxes=boxes, multimask=True, return_images=True)
+        responses = _call_all(client, segment, [heavy] * 40, timeout=120)
+        done = [r for r in responses if r.success]
+        busy = [r for r in responses if not r.success]
+        assert done and busy, [r.message for r in responses]
+        assert all(len(r.results) == 64 and len(r.results[0].images) == 3 for r in done)
+        for r in busy:
+            assert r.message == (
+                "busy: 1 ~/segment calls are running or waiting, the most this node holds "
+                "(segment.queue_depth=1); call again later"
+            )
+        client.node.destroy_client(segment)
     finally:
         assert proc.stop() == 0
 

@@ -6,6 +6,8 @@ Topics and services (relative names, remappable; ``~`` is the node's namespace):
   ``<image>/compressed`` (follows the remapped image topic, as image_transport does): the
   camera. The encoder runs on a thread of its own, latest frame wins.
 * ``~/segment`` (``segfast_ros/srv/Segment``): SegAny from the cached embedding of a frame.
+  Calls run on ``segment.workers`` threads of their own; at most ``segment.queue_depth`` are
+  held at once (running or waiting), and one more is answered at once with a "busy" refusal.
 * ``~/instances`` (``segfast_ros/msg/InstanceArray``), ``~/instances/label`` (``mono16``) and
   ``~/overlay`` (``rgb8``, only while subscribed): SegEvery at ``segevery.rate``.
 * ``/diagnostics``: input rate, encoder latency, drops, cache, backend.
@@ -17,10 +19,13 @@ unless the ``autostart`` parameter is false.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import rclpy
@@ -35,6 +40,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage, Image
 
 from segfast_ros.everything.base import SegEvery
@@ -88,6 +94,18 @@ WARN_THROTTLE_S = 5.0
 STALE_INPUT_S = 3.0
 #: How long ~/segment waits for a requested frame that is still being encoded.
 SEGMENT_WAIT_S = 2.0
+#: How long deactivate waits for admitted ~/segment calls to be answered before it removes the
+#: service (a response sent on a destroyed service would be lost, and rclpy raises on it).
+SEGMENT_DRAIN_S = 10.0
+
+
+#: ``~/segment``'s DDS request queue: reliable, and every request is kept until the node takes
+#: it. rclpy's default keeps the last 10 and DDS drops older requests silently when a burst
+#: outgrows that before the executor takes them, so those callers never got an answer. The
+#: node bounds what it holds itself (``segment.queue_depth``) and refuses the rest as busy.
+SERVICE_QOS = QoSProfile(
+    depth=1, history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE
+)
 
 
 class SegfastNode(LifecycleNode):
@@ -124,6 +142,9 @@ class SegfastNode(LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._subs: list[Any] = []
         self._service: Any = None
+        self._segment_pool: ThreadPoolExecutor | None = None
+        self._segment_held = 0  # ~/segment calls admitted and not yet answered
+        self._segevery_fallback = ""  # why object_aware was replaced by grid, while it is
         self._segevery_timer: Any = None
 
         self._input_group = MutuallyExclusiveCallbackGroup()
@@ -141,6 +162,7 @@ class SegfastNode(LifecycleNode):
             "encoder_errors": 0,
             "segment_calls": 0,
             "segment_errors": 0,
+            "segment_busy": 0,
             "segevery_skipped": 0,
             "segevery_errors": 0,
         }
@@ -278,8 +300,15 @@ class SegfastNode(LifecycleNode):
                     callback_group=self._input_group,
                 )
             )
+        self._segment_pool = ThreadPoolExecutor(
+            self._config.segment_workers, thread_name_prefix="segfast-segment"
+        )
         self._service = self.create_service(
-            Segment, "~/segment", self._on_segment, callback_group=self._service_group
+            Segment,
+            "~/segment",
+            self._on_segment,
+            qos_profile=SERVICE_QOS,
+            callback_group=self._service_group,
         )
         self._active = True
         self._start_segevery_timer()
@@ -291,7 +320,7 @@ class SegfastNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_io()
+        self._stop_io(drain=True)
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -299,16 +328,36 @@ class SegfastNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_io()
+        # No executor spins any more when main() gets here, so admitted calls cannot be
+        # answered: they are dropped with the service rather than waited for.
+        self._stop_io(drain=False)
         self._release_model()
         return TransitionCallbackReturn.SUCCESS
 
-    def _stop_io(self) -> None:
-        """Undo activate: no more input, service or timers; running work finishes first."""
+    def _stop_io(self, *, drain: bool) -> None:
+        """Undo activate: no more input, service or timers; running work finishes first.
+
+        Args:
+            drain: answer the ~/segment calls already admitted before the service goes (calls
+                still waiting for a worker get a refusal); needs the executor to keep
+                spinning, as it does during a lifecycle transition.
+        """
         self._active = False
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
+        pool, self._segment_pool = self._segment_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if drain:
+            deadline = time.monotonic() + SEGMENT_DRAIN_S
+            while self._segment_held > 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if self._segment_held > 0:
+                self.get_logger().warning(
+                    f"deactivating with {self._segment_held} ~/segment calls unanswered after "
+                    f"{SEGMENT_DRAIN_S:g} s"
+                )
         if self._service is not None:
             self.destroy_service(self._service)
             self._service = None
@@ -334,6 +383,7 @@ class SegfastNode(LifecycleNode):
         self._backend = None
         self._encode_predictor = None
         self._strategy = None
+        self._segevery_fallback = ""
         self._last_segevery = None
 
     # ------------------------------------------------------------------ input
@@ -413,9 +463,51 @@ class SegfastNode(LifecycleNode):
 
     # ------------------------------------------------------------------ SegAny
 
-    def _on_segment(self, req: Segment.Request, resp: Segment.Response) -> Segment.Response:
+    async def _on_segment(self, req: Segment.Request, resp: Segment.Response) -> Segment.Response:
+        """``~/segment``: admit the call and await its answer from a segment worker.
+
+        A coroutine, so the executor thread is free while the call waits or runs, and goes on
+        taking requests off the DDS queue: each one is either admitted or refused as busy at
+        once, never left to overflow that queue.
+        """
         start = time.perf_counter()
         self._counts["segment_calls"] += 1
+        depth = self._config.segment_queue_depth
+        with self._lock:
+            pool, held = self._segment_pool, self._segment_held
+            admitted = pool is not None and held < depth
+            if admitted:
+                self._segment_held += 1
+        if not admitted or pool is None:
+            self._counts["segment_busy"] += 1
+            resp.success = False
+            resp.message = (
+                f"busy: {held} ~/segment calls are running or waiting, the most this node holds "
+                f"(segment.queue_depth={depth}); call again later"
+                if pool is not None
+                else "not active: ~/segment is being deactivated; call again once it is active"
+            )
+            self._warn(f"~/segment refused: {resp.message}")
+            return resp
+        try:
+            answered: Future = Future()
+            executor = self.executor
+            work = pool.submit(self._answer_segment, req, resp, start)
+            work.add_done_callback(lambda _: _resolve(answered, executor))
+            await answered
+            if work.cancelled():
+                resp.success = False
+                resp.message = "not active: the node was deactivated before this call ran"
+                return resp
+            return work.result()
+        finally:
+            with self._lock:
+                self._segment_held -= 1
+
+    def _answer_segment(
+        self, req: Segment.Request, resp: Segment.Response, start: float
+    ) -> Segment.Response:
+        """The work of one ``~/segment`` call, on a segment worker thread."""
         try:
             encoded = self._frame_for(stamp_to_ns(req.stamp))
             resp.header = encoded.frame.header
@@ -482,12 +574,15 @@ class SegfastNode(LifecycleNode):
         """The configured SegEvery strategy.
 
         With ``fallback``, an object-aware strategy whose detector is unset or does not load
-        becomes the grid strategy, with a warning; without, that is a ValueError.
+        becomes the grid strategy, with a warning that ``/diagnostics`` repeats (WARN) until a
+        strategy is built without falling back; without, that is a ValueError.
         """
         name = values[f"{SEGEVERY}.strategy"]
         kwargs = strategy_kwargs(values, name)
         if name != "object_aware":
-            return build_segevery(name, **kwargs)
+            strategy = build_segevery(name, **kwargs)
+            self._segevery_fallback = ""
+            return strategy
         problem = ""
         if not kwargs["detector"]:
             problem = (
@@ -497,14 +592,18 @@ class SegfastNode(LifecycleNode):
         else:
             kwargs["detector"] = str(resolve_model_path(kwargs["detector"]))
             try:
-                return build_segevery(name, **kwargs)
+                strategy = build_segevery(name, **kwargs)
+                self._segevery_fallback = ""
+                return strategy
             except (FileNotFoundError, ValueError) as err:
                 problem = str(err)
         if not fallback:
             raise ValueError(f"object_aware SegEvery cannot start: {problem}")
-        self._last_error = f"object_aware unavailable, using grid: {problem}"
+        strategy = build_segevery("grid", **strategy_kwargs(values, "grid"))
+        self._segevery_fallback = f"object_aware unavailable, using grid: {problem}"
+        self._last_error = self._segevery_fallback
         self.get_logger().warning(f"object_aware SegEvery unavailable: {problem}; using grid")
-        return build_segevery("grid", **strategy_kwargs(values, "grid"))
+        return strategy
 
     def _start_segevery_timer(self) -> None:
         if self._segevery_timer is not None:
@@ -578,6 +677,12 @@ class SegfastNode(LifecycleNode):
             level, message = DiagnosticStatus.WARN, "no input images"
         elif self._encodes.last_time() is None or now - self._encodes.last_time() > STALE_INPUT_S:
             level, message = DiagnosticStatus.WARN, "images arrive but none is encoded"
+        if self._segevery_fallback and level != DiagnosticStatus.ERROR:
+            # A fallback is not an outage, but the user asked for another strategy: WARN while
+            # it lasts, so a robot's monitor sees it and not only the start-up log.
+            level = DiagnosticStatus.WARN
+            fallback = f"SegEvery {self._segevery_fallback}"
+            message = fallback if message == "ok" else f"{message}; {fallback}"
         info = self._backend.info if self._backend is not None else None
         values = {
             "backend": cfg.backend,
@@ -597,6 +702,7 @@ class SegfastNode(LifecycleNode):
             "segment_ms_p50": f"{self._segany.percentile(50):.2f}",
             "segment_ms_p95": f"{self._segany.percentile(95):.2f}",
             "segevery_strategy": getattr(self._strategy, "name", ""),
+            "segevery_fallback": self._segevery_fallback,
             "segevery_ms_p50": f"{self._segevery_runs.percentile(50):.1f}",
             **{k: str(v) for k, v in self._counts.items()},
             "last_error": self._last_error,
@@ -615,8 +721,59 @@ def _fmt_stamp(key: int) -> str:
     return f"{key // 1_000_000_000}.{key % 1_000_000_000:09d}"
 
 
+def _resolve(future: Future, executor: Any) -> None:
+    """Complete ``future`` from a worker thread and wake ``executor`` to resume its awaiter.
+
+    rclpy's executor resumes a waiting coroutine only when it wakes up; without the wake-up the
+    answer would wait for the next unrelated event (a timer, a frame).
+    """
+    future.set_result(None)
+    if executor is not None:
+        with contextlib.suppress(Exception):  # the executor is gone (shutdown): nothing to wake
+            executor.wake()
+
+
+class ShutdownSignals:
+    """SIGINT and SIGTERM end the node once, quietly, however many arrive and whenever.
+
+    A terminal's Ctrl-C under ``ros2 launch`` reaches the node twice (from the process group
+    and from launch), the second often while the node is cleaning up. Python's default SIGINT
+    handler raises ``KeyboardInterrupt`` wherever the main thread is, which tore the clean-up
+    apart (a traceback, exit code -2, threads left running). Installed before ``rclpy.init``,
+    this handler is the one rclpy's own signal handler chains to: rclpy still shuts the
+    context down and wakes the executor, and here a signal is only recorded, never raised.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._record)
+
+    def _record(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if not self.received:  # the first one says why the node goes; repeats say nothing
+            print(f"segfast: {name} received, shutting down", file=sys.stderr)
+        self.received.append(name)
+
+    def ignore_from_now(self) -> None:
+        """Ignore both signals for the rest of the process's life.
+
+        For after the clean-up: Python resets the handlers it installed to the default while
+        the interpreter finalizes (DDS teardown included), and a late second Ctrl-C would then
+        kill the process with -2 instead of letting it exit 0.
+        """
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def main(args: list[str] | None = None) -> int:
-    """Run the node: ``segfast_node --ros-args -p model_dir:=... -r image:=/camera/image``."""
+    """Run the node: ``segfast_node --ros-args -p model_dir:=... -r image:=/camera/image``.
+
+    Returns 0 after a SIGINT or SIGTERM (any number of them), 2 when a parameter is refused.
+    """
+    signals = ShutdownSignals()
     rclpy.init(args=args)
     try:
         node = SegfastNode()
@@ -626,17 +783,24 @@ def main(args: list[str] | None = None) -> int:
         return 2
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
-    if node.autostart and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-        node.trigger_activate()
     try:
+        if node.autostart and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            node.trigger_activate()
         executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:
         pass
+    except Exception:
+        # A signal shuts the context down from another thread, and rclpy's executor can meet
+        # it half-way through a wait (RCLError "context is not valid"): that is the shutdown
+        # that was asked for, not a failure.
+        if rclpy.ok():
+            raise
     finally:
         node.on_shutdown(None)  # type: ignore[arg-type]
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+        signals.ignore_from_now()
     return 0
 
 

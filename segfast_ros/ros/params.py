@@ -132,6 +132,24 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         range=_num(64, 1, 4096),
     ),
     ParamSpec(
+        "segment.queue_depth",
+        32,
+        "Most ~/segment calls the node holds at once, running or waiting for a worker. A call "
+        "past it is answered at once with success=false and a message saying the node is "
+        "busy. Also the depth of the service's DDS request queue (see the README for what "
+        "happens when a burst overflows that before the node takes the requests).",
+        range=_num(32, 1, 4096),
+        read_only=True,
+    ),
+    ParamSpec(
+        "segment.workers",
+        2,
+        "Threads that decode ~/segment calls concurrently (each call uses the decoder's own "
+        "intra-op threads too). More than the cores the decoder can use only adds waiting.",
+        range=_num(2, 1, 64),
+        read_only=True,
+    ),
+    ParamSpec(
         "resize_interpolation",
         "linear",
         "Image resize to the encoder input: linear (the reference, cheapest) or area "
@@ -266,6 +284,8 @@ class NodeConfig:
     decoder_opt_sets: int
     decoder_max_sets: int
     max_prompt_sets: int
+    segment_queue_depth: int
+    segment_workers: int
     resize_interpolation: str
     intra_op_threads: int
     use_compressed: bool
@@ -286,6 +306,8 @@ class NodeConfig:
             decoder_opt_sets=int(values["tensorrt.decoder_opt_sets"]),
             decoder_max_sets=int(values["tensorrt.decoder_max_sets"]),
             max_prompt_sets=int(values["max_prompt_sets"]),
+            segment_queue_depth=int(values["segment.queue_depth"]),
+            segment_workers=int(values["segment.workers"]),
             resize_interpolation=str(values["resize_interpolation"]),
             intra_op_threads=int(values["intra_op_threads"]),
             use_compressed=bool(values["use_compressed"]),
