@@ -651,6 +651,10 @@ class SegfastNode(LifecycleNode):
         self._segevery_runs.add(elapsed)
 
     def _on_segevery_error(self, encoded: EncodedFrame, err: BaseException) -> None:
+        if not self.context.ok():
+            # A signal shut the context down while this pass ran, so its publish failed: that
+            # is the shutdown under way, not an error to report.
+            return
         self._counts["segevery_errors"] += 1
         self._last_error = f"SegEvery failed (stamp {_fmt_stamp(encoded.key)}): {err}"
         self._warn(self._last_error, "".join(traceback.format_exception(err)), error=True)
