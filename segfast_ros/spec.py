@@ -18,6 +18,9 @@ SAM_PIXEL_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
 #: Key under which exported ONNX files carry :class:`ModelInfo` (``metadata_props``).
 METADATA_KEY = "segfast"
+#: Key of an int8 file's quantization settings (JSON: target, types, reduce_range, the CPU it
+#: was built and checked on); the runtime reads it to warn about a file made for another CPU.
+QUANTIZATION_KEY = f"{METADATA_KEY}.quantization"
 
 ENCODER_INPUTS = ("image",)
 ENCODER_OUTPUTS = ("image_embeddings",)
