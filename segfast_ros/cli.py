@@ -26,6 +26,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("segfast")
 
 PRECISIONS = ("fp32", "fp16", "int8")
+#: INT8 targets of `encoder.int8.onnx` (TensorRT's file comes from `segfast build-engine`).
+INT8_CPU_TARGETS = ("cpu", "cpu-vnni", "cpu-avx2", "arm", "auto")
+QUANT_TARGET_HELP = (
+    "int8 types for the CPU that will run encoder.int8.onnx (ONNX Runtime): cpu = right on "
+    "every CPU (7-bit weights; the default: build on a workstation, run on a robot or "
+    "server); cpu-vnni = x86 with AVX-512 VNNI/AVX-VNNI or ARM, 8-bit weights, wrong on x86 "
+    "without VNNI; cpu-avx2 = x86 without VNNI, uint8 weights, slower; arm = ARM64 (Jetson "
+    "CPU); auto = this machine's kind. TensorRT: segfast build-engine --precision int8"
+)
 #: SegEvery strategies the replay commands take (`--mode`).
 MODES = ("grid", "hierarchical", "object_aware")
 # The registry itself needs torch; an unknown name gets the full list from build_sam.
@@ -211,10 +220,32 @@ def cmd_export(args: argparse.Namespace) -> int:
         precisions=tuple(args.precision),
         calibration_images=_images(args.calib) if args.calib else None,
         opset=args.opset,
+        int8_options={"target": args.quant_target},
     )
     for name, path in paths.items():
         print(f"{name}: {path}")
+    if "encoder.int8" in paths:
+        _print_int8_check(paths["encoder.int8"])
     return 0
+
+
+def _print_int8_check(path: Path) -> None:
+    """The int8 file's target and the accuracy gate's result with the CPU it ran on."""
+    from .export.quantize import quantization_settings
+
+    settings = quantization_settings(path) or {}
+    check = settings.get("validation")
+    print(
+        f"int8 target {settings.get('target')}: {settings.get('activation_type')} activations x "
+        f"{settings.get('weight_type')} weights"
+        + (", 7-bit" if settings.get("reduce_range") else "")
+        + (
+            f"; embedding cosine vs fp32 {check['mean_cosine']:.4f} (mean of {check['images']}) "
+            f"on {check['cpu']}"
+            if check
+            else ""
+        )
+    )
 
 
 def _images(items: Sequence[str]) -> list[Path]:
@@ -229,7 +260,7 @@ def cmd_quant_report(args: argparse.Namespace) -> int:
 
     images = _images(args.images)
     onnx_dir = Path(args.onnx_dir or default_onnx_dir(args.model, args.checkpoint))
-    for precision in ("fp32", "int8"):
+    for precision in ("fp32",) if args.quant_targets else ("fp32", "int8"):
         ensure_onnx(
             onnx_dir,
             precision,
@@ -237,7 +268,26 @@ def cmd_quant_report(args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint,
             calibration=_images(args.calib) if args.calib else images,
         )
-    report = int8_report_from_dir(onnx_dir, images, threads=args.threads, json_path=args.json)
+    names: list[str] = []
+    if args.quant_targets:
+        from .export.quantize import quantization_settings, quantize_encoder, resolve_target
+
+        for target in dict.fromkeys(resolve_target(t) for t in args.quant_targets):
+            path = onnx_dir / f"encoder.int8.{target}.onnx"
+            built = quantization_settings(path) if path.is_file() else None
+            if (built or {}).get("target") != target:
+                # No accuracy gate here: the report is where a saturating target shows.
+                quantize_encoder(
+                    onnx_dir / "encoder.fp32.onnx",
+                    path,
+                    _images(args.calib) if args.calib else images,
+                    target=target,  # type: ignore[arg-type]
+                    validate=False,
+                )
+            names.append(path.name)
+    report = int8_report_from_dir(
+        onnx_dir, images, names, threads=args.threads, json_path=args.json
+    )
     print(format_int8_report(report))
     return 0
 
@@ -779,6 +829,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"])
     p.add_argument("--calib", nargs="+", help="calibration images or folders (int8)")
+    p.add_argument(
+        "--quant-target", choices=INT8_CPU_TARGETS, default="cpu", help=QUANT_TARGET_HELP
+    )
     p.add_argument("--opset", type=int, default=17)
     p.set_defaults(func=cmd_export)
 
@@ -786,6 +839,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_args(p, backend=False)
     p.add_argument("--images", nargs="+", required=True, help="images or folders to evaluate")
     p.add_argument("--calib", nargs="+", help="calibration images (default: --images)")
+    p.add_argument(
+        "--quant-targets",
+        nargs="+",
+        choices=(*INT8_CPU_TARGETS, "tensorrt"),
+        help="compare these int8 targets side by side (quantized to "
+        "<onnx-dir>/encoder.int8.<target>.onnx if not there) instead of encoder.int8.onnx",
+    )
     p.add_argument("--json", help="write the report as JSON")
     p.set_defaults(func=cmd_quant_report)
 

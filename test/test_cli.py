@@ -13,6 +13,7 @@ import torch
 from segfast_ros.cli import main
 from segfast_ros.modeling import build_sam
 from segfast_ros.runtime import Predictor
+from segfast_ros.runtime.cpu_features import detect_cpu_features
 from segfast_ros.runtime.torch_backend import TorchBackend
 
 
@@ -119,11 +120,26 @@ def test_export_quant_report_and_bench(
         "encoder.fp32.onnx",
         "encoder.int8.onnx",
     ]
+    cpu = detect_cpu_features().describe()  # int8 kernels differ per CPU: the gate names it
+    out = capsys.readouterr().out
+    assert "int8 target cpu: uint8 activations x int8 weights, 7-bit" in out
+    assert "embedding cosine vs fp32" in out and f"on {cpu}" in out
     report_json = tmp_path / "q.json"
     argv = ["quant-report", "--onnx-dir", str(onnx_dir), "--images", str(files["images"])]
     assert main([*argv, "--json", str(report_json)]) == 0
-    assert "emb cos" in capsys.readouterr().out
-    assert report_json.is_file()
+    out = capsys.readouterr().out
+    assert "emb cos" in out and f"CPU: {cpu}" in out
+    assert json.loads(report_json.read_text())["cpu"]["describe"] == cpu
+
+    # Several targets side by side, each quantized into its own file.
+    argv += ["--quant-targets", "cpu", "cpu-avx2", "--json", str(report_json)]
+    assert main(argv) == 0
+    assert "cpu-avx2" in capsys.readouterr().out
+    report = json.loads(report_json.read_text())
+    assert [e["target"] for e in report["int8"]] == ["cpu", "cpu-avx2"]
+    assert (onnx_dir / "encoder.int8.cpu-avx2.onnx").is_file()
+    for entry in report["int8"]:
+        assert entry["mean"]["embedding_cosine"] > 0.95, (entry["mean"], cpu)
 
     bench_json = tmp_path / "bench.json"
     argv = ["bench", "--onnx-dir", str(onnx_dir), "--backends", "onnxruntime"]

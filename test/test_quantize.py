@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import cv2
@@ -30,15 +31,30 @@ from segfast_ros.export import (
     write_report_json,
 )
 from segfast_ros.export.quantize import (
+    QUANT_TARGETS,
     QUANTIZATION_KEY,
     ImageFolderReader,
     attention_matmuls,
     embedding_cosines,
     ort_kernel_summary,
     qdq_summary,
+    quantization_settings,
+    resolve_target,
 )
 from segfast_ros.modeling import build_sam
+from segfast_ros.runtime import onnx_backend
+from segfast_ros.runtime.cpu_features import (
+    Int8SaturationWarning,
+    detect_cpu_features,
+    parse_cpuinfo,
+)
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
+
+#: What the int8 files are checked on: printed with every accuracy gate, since ORT's int8
+#: kernels differ per CPU.
+CPU = detect_cpu_features().describe()
+AVX2_ONLY = parse_cpuinfo("model name: AMD EPYC 7R32\nflags: fpu sse avx avx2\n", "x86_64")
+WITH_VNNI = parse_cpuinfo("flags: fpu avx2 avx512f avx512bw avx512_vnni\n", "x86_64")
 
 #: Float ops that must never be handed to an int8 kernel.
 FLOAT_OPS = ("LayerNormalization", "Softmax", "Gelu")
@@ -138,7 +154,7 @@ def test_int8_embedding_stays_close_to_fp32(exported: Path, int8_cpu: Path) -> N
         exported / "encoder.fp32.onnx", int8_cpu, [d["image"] for d in reader]
     )
     assert len(cosines) == 3
-    assert min(cosines) > 0.98, cosines
+    assert min(cosines) > 0.98, (cosines, CPU)
 
 
 def test_int8_metadata(exported: Path, int8_cpu: Path) -> None:
@@ -149,7 +165,125 @@ def test_int8_metadata(exported: Path, int8_cpu: Path) -> None:
     settings = json.loads(props[QUANTIZATION_KEY])
     assert settings["target"] == "cpu" and settings["calibration_images"] == 8
     assert settings["quantize_attention_matmuls"] is False and settings["gelu_fused"] > 0
+    assert (settings["activation_type"], settings["weight_type"]) == ("uint8", "int8")
+    assert settings["reduce_range"] is True and settings["activation_symmetric"] is False
+    assert settings["built_on"] == detect_cpu_features().to_dict()
+    check = settings["validation"]  # the accuracy gate's result and where it ran
+    assert check["images"] == 4 and check["cpu"] == CPU
+    assert 0.95 <= check["mean_cosine"] <= 1.0 + 1e-6
+    assert quantization_settings(int8_cpu) == settings
+    assert quantization_settings(exported / "encoder.fp32.onnx") is None
     onnx.checker.check_model(onnx.load(str(int8_cpu)), full_check=True)
+
+
+def _weights_of(model: onnx.ModelProto, op_types: tuple[str, ...]) -> list[np.ndarray]:
+    """The quantized weight tensors read by ``op_types`` (through their DequantizeLinear)."""
+    producers = _producers(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        if node.op_type in op_types:
+            dq = producers.get(node.input[1])
+            if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+                found.append(onnx.numpy_helper.to_array(inits[dq.input[0]]))
+    return found
+
+
+def test_default_target_cannot_saturate_x86_without_vnni(int8_cpu: Path) -> None:
+    """The default file is right on every CPU: 7-bit weights keep every pair of u8 x s8
+    products within int16 (255 * 64 * 2 = 32640 <= 32767), where VPMADDUBSW saturates."""
+    weights = _weights_of(onnx.load(str(int8_cpu)), ("Conv", "Gemm", "MatMul"))
+    assert weights and all(w.dtype == np.int8 for w in weights)
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
+
+
+@pytest.mark.parametrize("target", ["cpu-vnni", "cpu-avx2", "arm"])
+def test_targets_write_their_types(exported: Path, tmp_path: Path, target: str) -> None:
+    path = quantize_encoder(
+        exported / "encoder.fp32.onnx",
+        tmp_path / f"encoder.int8.{target}.onnx",
+        exported / "calib",
+        target=target,  # type: ignore[arg-type]
+        max_images=4,
+    )
+    recipe = QUANT_TARGETS[target]
+    settings = quantization_settings(path)
+    assert settings is not None and settings["target"] == target
+    assert settings["activation_type"] == recipe.activation_type
+    assert settings["weight_type"] == recipe.weight_type
+    assert settings["reduce_range"] is False
+    model = onnx.load(str(path))
+    weights = _weights_of(model, ("Conv", "Gemm"))
+    assert {w.dtype for w in weights} == {np.dtype(recipe.weight_type)}
+    if recipe.weight_type == "int8":  # full 8 bits, symmetric
+        assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == 127
+    # Activations are quantized at run time (QuantizeLinear); weights are stored quantized.
+    inits = {t.name: t for t in model.graph.initializer}
+    activation_types = {
+        inits[n.input[2]].data_type for n in model.graph.node if n.op_type == "QuantizeLinear"
+    }
+    assert activation_types == {
+        onnx.helper.np_dtype_to_tensor_dtype(np.dtype(recipe.activation_type))
+    }
+    assert settings["validation"]["mean_cosine"] >= 0.95, (settings["validation"], CPU)
+
+
+def test_auto_target_follows_the_cpu() -> None:
+    orin = parse_cpuinfo("Features: fp asimd asimddp\n", "aarch64")
+    assert resolve_target("auto", WITH_VNNI) == "cpu-vnni"
+    assert resolve_target("auto", AVX2_ONLY) == "cpu"  # the fast unsaturated kernels
+    assert resolve_target("auto", orin) == "arm"
+    assert resolve_target("auto", parse_cpuinfo("", "riscv64")) == "cpu"
+    assert resolve_target("cpu-avx2") == "cpu-avx2"
+    with pytest.raises(ValueError, match=r"unknown target 'avx2'.*'cpu-avx2'"):
+        resolve_target("avx2")
+
+
+def _with_settings(src: Path, dst: Path, settings: dict | None) -> Path:
+    """A copy of an int8 file with other quantization metadata (or none)."""
+    model = onnx.load(str(src))
+    kept = [p for p in model.metadata_props if p.key != QUANTIZATION_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    if settings is not None:
+        model.metadata_props.add(key=QUANTIZATION_KEY, value=json.dumps(settings))
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _load_warnings(path: Path, decoder: Path) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        OnnxRuntimeBackend(path, decoder)
+    return [str(w.message) for w in caught if issubclass(w.category, Int8SaturationWarning)]
+
+
+def test_loading_warns_when_the_file_saturates_on_this_cpu(
+    exported: Path, int8_cpu: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoder = exported / "decoder.fp32.onnx"
+    vnni_file = _with_settings(
+        int8_cpu,
+        tmp_path / "encoder.int8.onnx",
+        {"target": "cpu-vnni", "activation_type": "uint8", "weight_type": "int8"},
+    )
+    legacy = _with_settings(  # as written before targets existed (models/demo's file)
+        int8_cpu, tmp_path / "legacy.onnx", {"target": "cpu", "calibration_images": 32}
+    )
+    foreign = _with_settings(int8_cpu, tmp_path / "foreign.onnx", None)
+
+    monkeypatch.setattr(onnx_backend, "detect_cpu_features", lambda: AVX2_ONLY)
+    (message,) = _load_warnings(vnni_file, decoder)
+    assert str(vnni_file) in message and "'cpu-vnni'" in message
+    assert "AMD EPYC 7R32" in message and "--quant-target cpu" in message
+    assert len(_load_warnings(legacy, decoder)) == 1
+    assert _load_warnings(int8_cpu, decoder) == []  # 7-bit weights: right here
+    assert _load_warnings(foreign, decoder) == []  # no segfast settings: nothing to say
+    assert OnnxRuntimeBackend(foreign, decoder).quantization is None
+
+    monkeypatch.setattr(onnx_backend, "detect_cpu_features", lambda: WITH_VNNI)
+    assert _load_warnings(vnni_file, decoder) == []
+    assert OnnxRuntimeBackend(vnni_file, decoder).quantization["target"] == "cpu-vnni"
 
 
 def test_attention_matmuls_are_an_option(exported: Path, int8_cpu: Path, tmp_path: Path) -> None:
@@ -286,17 +420,21 @@ def test_runtime_loads_int8_and_report(exported: Path, int8_cpu: Path, tmp_path:
     json_path = tmp_path / "reports" / "int8.json"
     report = int8_report_from_dir(exported, exported / "held_out", repeats=1, json_path=json_path)
     assert json.loads(json_path.read_text()) == json.loads(json.dumps(report))
-    assert report["files"]["int8_encoder"] == str(int8_cpu)
-    assert [r["image"] for r in report["images"]] == sorted(
+    assert report["cpu"]["describe"] == CPU and report["cpu"]["kind"] in CPU
+    (entry,) = report["int8"]
+    assert entry["file"] == str(int8_cpu) and entry["target"] == "cpu"
+    assert entry["quantization"]["reduce_range"] is True and entry["saturates_here"] is False
+    assert [r["image"] for r in entry["images"]] == sorted(
         p.name for p in (exported / "held_out").iterdir()
     )
-    for row in (*report["images"], report["mean"]):
-        assert 0.98 < row["embedding_cosine"] <= 1.0 + 1e-6
+    for row in (*entry["images"], entry["mean"]):
+        assert 0.98 < row["embedding_cosine"] <= 1.0 + 1e-6, (row, CPU)
         assert 0.0 <= row["point_iou"] <= 1.0 and 0.0 <= row["box_iou"] <= 1.0
         assert row["fp32_ms"] > 0 and row["int8_ms"] > 0
-    assert report["speedup"] > 0
+    assert entry["speedup"] > 0
     table = format_int8_report(report)
-    assert "mean" in table and "emb cos" in table and report["images"][0]["image"] in table
+    assert "mean" in table and "emb cos" in table and entry["images"][0]["image"] in table
+    assert f"CPU: {CPU}" in table and "(target cpu)" in table
     path = write_report_json(report, tmp_path / "again.json")
     assert json.loads(path.read_text())["model"] == "tinyvit_s256"
     with pytest.raises(FileNotFoundError, match="encoder.int8.onnx"):

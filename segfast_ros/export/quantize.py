@@ -6,25 +6,51 @@ GELU keep running in float: their inputs are dequantized first. Calibration runs
 encoder in ONNX Runtime on a folder of images preprocessed exactly as at inference
 (:func:`segfast_ros.runtime.transforms.prepare_image`).
 
-Two targets, because ONNX Runtime's x86 kernels and TensorRT want different files:
+Targets, because ONNX Runtime's CPU kernels and TensorRT want different files
+(:data:`QUANT_TARGETS`; ``segfast export --quant-target``):
 
-``"cpu"`` (default; what ``encoder.int8.onnx`` is for, ONNX Runtime's CPU EP)
-    uint8 asymmetric activations, int8 symmetric per-channel weights. ``Gemm``/``MatMul``
-    outputs stay float (ORT runs them as ``QGemm`` / ``MatMulIntegerToFloat`` with a float
-    output), ``Conv`` outputs are quantized (``QLinearConv`` needs it). The erf-GELU chain is
-    rewritten as one ``Gelu`` node (opset 20): ORT gives every consumer of a
-    ``DequantizeLinear`` its own copy, which splits the ``Div``/``Mul`` pair that its GELU
-    fusion needs, and the unfused chain on the 256x256 MBConv maps costs ~100 ms.
+``"cpu"`` (default; what ``encoder.int8.onnx`` is for, ONNX Runtime's CPU EP on any CPU)
+    uint8 asymmetric activations, int8 symmetric per-channel weights in 7 bits
+    (``reduce_range``). ``Gemm``/``MatMul`` outputs stay float (ORT runs them as ``QGemm`` /
+    ``MatMulIntegerToFloat`` with a float output), ``Conv`` outputs are quantized
+    (``QLinearConv`` needs it). The erf-GELU chain is rewritten as one ``Gelu`` node (opset
+    20): ORT gives every consumer of a ``DequantizeLinear`` its own copy, which splits the
+    ``Div``/``Mul`` pair that its GELU fusion needs, and the unfused chain on the 256x256
+    MBConv maps costs ~100 ms.
+    Why 7 bits: on x86 without VNNI (AVX2, or AVX-512 without VNNI: many AMD EPYC and older
+    Xeons) ORT's uint8 x int8 kernels add two products in a saturating int16
+    (``VPMADDUBSW``); full-range weights overflow it (see
+    :mod:`segfast_ros.runtime.cpu_features`). 7-bit weights cannot, and run the same kernels,
+    so the file keeps its speed on every CPU and stays right when it is built on a VNNI
+    workstation and copied to an AVX2 server or a Jetson.
     Measured on the full MobileSAM encoder (2 threads, AVX512-VNNI, medians of interleaved
     runs): int8 310-410 ms vs fp32 ORT 420-500 ms and fp32 PyTorch 1150-1800 ms (quiet to
     busy machine); embedding cosine vs fp32 0.993. int8 symmetric activations run slower on
     ORT x86 (~400 vs ~315 ms in one run): it has no int8 x int8 depthwise ``QLinearConv`` and
     runs those convs in float.
+``"cpu-vnni"``
+    As ``"cpu"`` with full 8-bit weights: a little closer to fp32, for x86 with AVX-512 VNNI
+    or AVX-VNNI (and ARM). It saturates on x86 without VNNI; the runtime warns if loaded there.
+``"cpu-avx2"``
+    For x86 without VNNI: uint8 activations x uint8 asymmetric per-channel weights (U8U8,
+    ORT's other documented remedy; its kernels widen to int16 before multiplying).
+``"arm"``
+    ARM64 (Jetson's Cortex-A78AE): int8 activations x int8 weights (S8S8), ONNX Runtime's
+    recommended QDQ default; ARM's kernels accumulate in int32. On x86 ORT converts the int8
+    activations to uint8, so this file saturates on x86 without VNNI as ``"cpu-vnni"`` does.
 ``"tensorrt"``
     int8 symmetric activations and weights (zero point 0, the only kind TensorRT accepts),
     QDQ only on the inputs of weighted ops (NVIDIA's placement advice), float biases (TensorRT's
     ``DequantizeLinear`` reads int8 only), opset 17 and plain ONNX ops; TensorRT fuses the Q/DQ
-    into its int8 kernels. Not verified on hardware here.
+    into its int8 kernels. Written as ``encoder.int8.tensorrt.onnx`` by ``segfast
+    build-engine``. Not verified on hardware here.
+``"auto"``
+    The target of the building machine's CPU kind (``cpu-vnni``, ``cpu-avx2``, ``arm``, else
+    ``cpu``): for quantizing on the robot itself.
+
+The quantization metadata records the target, the types, ``reduce_range``, the building
+machine's CPU features and the validation cosine; :class:`~segfast_ros.runtime.onnx_backend.
+OnnxRuntimeBackend` warns when it loads a file that saturates on its CPU.
 
 ORT's quantization pre-processing (symbolic shape inference plus its basic graph
 optimizations, which fuse ``MatMul`` + ``Add`` into ``Gemm``) runs first: without it the same
@@ -35,11 +61,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,30 +74,96 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper, version_converter
 
+from ..runtime.cpu_features import CpuFeatures, detect_cpu_features, saturates_on
 from ..runtime.images import CalibrationError, list_images, read_rgb
 from ..runtime.transforms import prepare_image
-from ..spec import ENCODER_INPUTS, ENCODER_OUTPUTS, METADATA_KEY, ModelInfo
+from ..spec import ENCODER_INPUTS, ENCODER_OUTPUTS, QUANTIZATION_KEY, ModelInfo
 from .fp16 import drop_unused_initializers
 from .metadata import read_metadata, save_model, set_metadata
 
 __all__ = [
+    "AUTO_TARGETS",
     "QUANTIZATION_KEY",
+    "QUANT_TARGETS",
     "CalibrationError",
     "ImageFolderReader",
+    "QuantRecipe",
     "QuantizationError",
     "attention_matmuls",
     "embedding_cosines",
     "fuse_erf_gelu",
     "ort_kernel_summary",
     "qdq_summary",
+    "quantization_settings",
     "quantize_encoder",
+    "resolve_target",
 ]
 
-QuantTarget = Literal["cpu", "tensorrt"]
+QuantTarget = Literal["cpu", "cpu-vnni", "cpu-avx2", "arm", "tensorrt", "auto"]
 CalibrationMethodName = Literal["minmax", "percentile", "entropy"]
+QuantTypeName = Literal["uint8", "int8"]
 
-#: ``metadata_props`` key holding the quantization settings (JSON).
-QUANTIZATION_KEY = f"{METADATA_KEY}.quantization"
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """The quantization types of one target (see the module docstring for why).
+
+    Attributes:
+        activation_type: ``"uint8"`` or ``"int8"``.
+        weight_type: ``"int8"`` (symmetric) or ``"uint8"`` (asymmetric), per output channel.
+        activation_symmetric: zero point 0 for activations (TensorRT's requirement).
+        reduce_range: 7-bit weights, so ORT's x86 U8S8 kernels cannot saturate.
+        for_onnxruntime: ORT's layout (GELU fused at opset 20, ``Conv`` outputs and biases
+            quantized); False: TensorRT's (opset 17, QDQ on weighted ops' inputs only).
+        use: where the file is meant to run (help texts, reports).
+    """
+
+    activation_type: QuantTypeName
+    weight_type: QuantTypeName
+    activation_symmetric: bool
+    reduce_range: bool
+    for_onnxruntime: bool
+    use: str
+
+    def describe(self) -> str:
+        """e.g. ``uint8 x int8 (7-bit)``."""
+        bits = ", 7-bit" if self.reduce_range else ""
+        sym = " symmetric" if self.activation_symmetric else ""
+        return f"{self.activation_type}{sym} activations x {self.weight_type} weights{bits}"
+
+
+#: The quantization targets (``"auto"`` resolves to one of them, :func:`resolve_target`).
+QUANT_TARGETS: dict[str, QuantRecipe] = {
+    "cpu": QuantRecipe(
+        "uint8", "int8", False, True, True, "any CPU (x86 with or without VNNI, ARM)"
+    ),
+    "cpu-vnni": QuantRecipe(
+        "uint8", "int8", False, False, True, "x86 with AVX-512 VNNI or AVX-VNNI, and ARM"
+    ),
+    "cpu-avx2": QuantRecipe("uint8", "uint8", False, False, True, "x86 without VNNI"),
+    "arm": QuantRecipe("int8", "int8", False, False, True, "ARM64 CPUs (Jetson)"),
+    "tensorrt": QuantRecipe("int8", "int8", True, False, False, "TensorRT (Jetson GPU)"),
+}
+
+#: ``"auto"``: the target for the building machine's CPU kind; any other kind (x86 without
+#: VNNI included) gets ``"cpu"``, whose 7-bit weights run ORT's fast U8S8 kernels unsaturated.
+AUTO_TARGETS: dict[str, str] = {"x86-vnni": "cpu-vnni", "arm64": "arm"}
+
+
+def resolve_target(target: str, cpu: CpuFeatures | None = None) -> str:
+    """The concrete target name: ``target`` itself, or for ``"auto"`` the one for ``cpu``
+    (default: this machine's CPU; ``"cpu"`` where its kind is unknown).
+
+    Raises:
+        ValueError: unknown target.
+    """
+    if target == "auto":
+        cpu = cpu or detect_cpu_features()
+        return AUTO_TARGETS.get(cpu.kind, "cpu")
+    if target not in QUANT_TARGETS:
+        raise ValueError(f"unknown target {target!r}; expected one of {[*QUANT_TARGETS, 'auto']}")
+    return target
+
 
 #: Op types whose weight inputs are quantized.
 QUANTIZED_OP_TYPES: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
@@ -231,6 +323,12 @@ def attention_matmuls(model: onnx.ModelProto) -> list[str]:
 # ----------------------------------------------------------------------------- quantization
 
 
+def _quant_type(name: QuantTypeName) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    return {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[name]
+
+
 def _calibration_method(name: CalibrationMethodName) -> Any:
     from onnxruntime.quantization import CalibrationMethod
 
@@ -303,7 +401,8 @@ def quantize_encoder(
         out_path: output file, conventionally ``encoder.int8.onnx``.
         calibration_images: a folder of jpg/png frames, or a list of image files. Use frames
             like those the robot will see; a few dozen are enough for MinMax.
-        target: ``"cpu"`` (ONNX Runtime) or ``"tensorrt"`` (see the module docstring).
+        target: one of :data:`QUANT_TARGETS` or ``"auto"`` (see the module docstring):
+            ``"cpu"`` is right on every CPU, ``"tensorrt"`` is for TensorRT.
         quantize_attention_matmuls: also quantize q @ k^T and attn @ v. Off by default: on
             MobileSAM with the fixture's random weights it saved ~5% (~20 ms) and moved the
             embedding cosine by < 0.001, but random weights make near-uniform attention maps;
@@ -320,20 +419,23 @@ def quantize_encoder(
         validation_images: images used by ``validate``.
 
     Returns:
-        ``out_path`` as a :class:`Path`. The ``"cpu"`` file uses opset 20 (``Gelu``): ONNX
-        Runtime >= 1.17.
+        ``out_path`` as a :class:`Path`. ONNX Runtime targets use opset 20 (``Gelu``): ONNX
+        Runtime >= 1.17. Its :data:`QUANTIZATION_KEY` metadata records the target, the types,
+        ``reduce_range``, this machine's CPU features (``built_on``) and, with ``validate``,
+        the cosines measured here (``validation``).
 
     Raises:
         CalibrationError: missing/empty folder or unreadable image (checked before the
             minutes-long calibration starts).
         QuantizationError: the mean embedding cosine is below ``min_cosine`` (no file is
-            written).
+            written); the message names this machine's CPU features.
         ValueError: unknown target or calibration method.
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
+    from onnxruntime.quantization import QuantFormat, quant_pre_process, quantize_static
 
-    if target not in ("cpu", "tensorrt"):
-        raise ValueError(f"unknown target {target!r}; expected 'cpu' or 'tensorrt'")
+    cpu = detect_cpu_features()
+    target_name = resolve_target(target, cpu)
+    recipe = QUANT_TARGETS[target_name]
     method = _calibration_method(calibration_method)
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     meta = read_metadata(fp32_path)
@@ -355,7 +457,7 @@ def quantize_encoder(
             quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=False)
         model = onnx.load(str(source))
         gelus = 0
-        if target == "cpu":
+        if recipe.for_onnxruntime:
             model, gelus = fuse_erf_gelu(model)
             if gelus == 0 and any(n.op_type == "Erf" for n in model.graph.node):
                 warnings.warn(
@@ -368,15 +470,17 @@ def quantize_encoder(
         onnx.save(model, str(ready))
 
         excluded = [] if quantize_attention_matmuls else attention_matmuls(model)
-        # Which op outputs get a Q/DQ pair: see the module docstring for both targets.
-        no_output_q = ["Gemm", "MatMul"] + (["Conv"] if target == "tensorrt" else [])
+        # Which op outputs get a Q/DQ pair: see the module docstring for the targets.
+        no_output_q = ["Gemm", "MatMul"] + ([] if recipe.for_onnxruntime else ["Conv"])
         extra: dict[str, Any] = {
-            "ActivationSymmetric": target == "tensorrt",
-            "WeightSymmetric": True,
+            "ActivationSymmetric": recipe.activation_symmetric,
+            # int8 weights symmetric (zero point 0, what the fast kernels and TensorRT want);
+            # uint8 weights asymmetric, using all 256 levels.
+            "WeightSymmetric": recipe.weight_type == "int8",
             "OpTypesToExcludeOutputQuantization": no_output_q,
             # TensorRT's DequantizeLinear takes int8 only: biases stay float for it (it folds
             # them itself); ORT's int8 kernels want the int32 bias.
-            "QuantizeBias": target == "cpu",
+            "QuantizeBias": recipe.for_onnxruntime,
         }
         if calibration_method != "minmax":
             # Histogram calibrators keep every activation of every image until the reader is
@@ -394,8 +498,9 @@ def quantize_encoder(
                 reader,  # type: ignore[arg-type]
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
-                activation_type=QuantType.QUInt8 if target == "cpu" else QuantType.QInt8,
-                weight_type=QuantType.QInt8,
+                activation_type=_quant_type(recipe.activation_type),
+                weight_type=_quant_type(recipe.weight_type),
+                reduce_range=recipe.reduce_range,
                 op_types_to_quantize=list(QUANTIZED_OP_TYPES),
                 nodes_to_exclude=excluded,
                 calibrate_method=method,
@@ -406,34 +511,59 @@ def quantize_encoder(
         model = onnx.load(str(quantized))
         _drop_unused_opsets(model)
         set_metadata(model, meta.info, "encoder", "int8")
-        settings = {
-            "target": target,
+        settings: dict[str, Any] = {
+            "target": target_name,
+            "activation_type": recipe.activation_type,
+            "weight_type": recipe.weight_type,
+            "activation_symmetric": recipe.activation_symmetric,
+            "reduce_range": recipe.reduce_range,
+            "built_on": cpu.to_dict(),
             "calibration_method": calibration_method,
             "calibration_images": len(paths),
             "quantize_attention_matmuls": quantize_attention_matmuls,
             "gelu_fused": gelus,
             "preprocess": preprocess,
         }
-        model.metadata_props.add(key=QUANTIZATION_KEY, value=json.dumps(settings, sort_keys=True))
-        model.graph.doc_string = f"segfast {meta.info.name} encoder (int8, {target})"
-        candidate = save_model(model, tmp / "candidate.onnx")
+        model.graph.doc_string = f"segfast {meta.info.name} encoder (int8, {target_name})"
 
         if validate:  # before the file takes its final name, so a bad one never lands there
+            candidate = save_model(model, tmp / "candidate.onnx")
             inputs = [
                 item[reader.input_name]
                 for item, _ in zip(reader, range(validation_images), strict=False)
             ]
             cosines = embedding_cosines(fp32_path, candidate, inputs)
             if float(np.mean(cosines)) < min_cosine:
-                raise QuantizationError(
-                    f"int8 encoder for {out_path} drifts from fp32: embedding cosine "
-                    f"{[round(c, 4) for c in cosines]} (mean {np.mean(cosines):.4f}) < "
-                    f"min_cosine {min_cosine}; try more or more representative calibration "
-                    "images, or calibration_method='percentile'"
+                hint = (
+                    f"this CPU saturates {target_name!r} files: use target 'cpu' or 'cpu-avx2'"
+                    if saturates_on(settings, cpu)
+                    else "try more or more representative calibration images, or "
+                    "calibration_method='percentile'"
                 )
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(candidate), str(out_path))
+                raise QuantizationError(
+                    f"int8 encoder for {out_path} (target {target_name}: {recipe.describe()}) "
+                    f"drifts from fp32 on {cpu.describe()}: embedding cosine "
+                    f"{[round(c, 4) for c in cosines]} (mean {np.mean(cosines):.4f}) < "
+                    f"min_cosine {min_cosine}; {hint}"
+                )
+            settings["validation"] = {
+                "mean_cosine": round(float(np.mean(cosines)), 5),
+                "min_cosine": round(float(np.min(cosines)), 5),
+                "images": len(cosines),
+                "cpu": cpu.describe(),
+            }
+        model.metadata_props.add(key=QUANTIZATION_KEY, value=json.dumps(settings, sort_keys=True))
+        # int8 weights are a quarter of fp32's: even SAM ViT-H's stay inline (< 2 GiB), so
+        # saving again after the check is cheap and never splits off a data file.
+        save_model(model, out_path)
     return out_path
+
+
+def quantization_settings(path: str | Path) -> dict[str, Any] | None:
+    """The :data:`QUANTIZATION_KEY` settings of an int8 file (None when it has none)."""
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    text = props.get(QUANTIZATION_KEY)
+    return json.loads(text) if text else None
 
 
 # ----------------------------------------------------------------------------- inspection
