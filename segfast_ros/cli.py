@@ -397,6 +397,8 @@ def cmd_bench_node(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="segfast_bench_node_") as tmp:
         image = bench_image(args, tmp)
         onnx_dir = onnx_dir_for(args, args.precision, allow_random=True)
+    if args.concurrent:
+        return _bench_node_concurrent(args, onnx_dir, image)
     result = bench_node(
         onnx_dir,
         args.precision,
@@ -427,6 +429,44 @@ def cmd_bench_node(args: argparse.Namespace) -> int:
             service_overhead_ms=result.service_overhead_ms,
             node_overhead_pct=result.node_overhead_pct,
             notes=notes,
+        )
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _bench_node_concurrent(args: argparse.Namespace, onnx_dir: Path, image: np.ndarray) -> int:
+    """``segfast bench-node --concurrent N ...``: the service under N calls at once."""
+    from .bench import write_json
+    from .ros.bench import bench_concurrent, format_concurrency
+
+    rows = bench_concurrent(
+        onnx_dir,
+        args.precision,
+        image,
+        in_flight=tuple(args.concurrent),
+        queue_depth=args.queue_depth,
+        workers=args.workers,
+        providers=tuple(args.providers or ("cpu",)),
+        threads=args.threads,
+    )
+    h, w = image.shape[:2]
+    print(
+        f"{onnx_dir} {args.precision}, image {w}x{h} (WxH), threads {args.threads or 'all'}, "
+        f"segment.queue_depth {args.queue_depth}, segment.workers {args.workers}; one point, "
+        "3 masks per call; latency from sending the calls to each answer"
+    )
+    print(format_concurrency(rows))
+    if args.json:
+        write_json(
+            rows,
+            args.json,
+            onnx_dir=str(onnx_dir),
+            precision=args.precision,
+            image_hw=[h, w],
+            threads=args.threads,
+            queue_depth=args.queue_depth,
+            workers=args.workers,
+            cpu_count=os.cpu_count(),
         )
         print(f"wrote {args.json}")
     return 0
@@ -905,6 +945,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", nargs="+", help="int8 calibration images (default: the image)")
     p.add_argument("--calls", type=int, default=100, help="timed service calls")
     p.add_argument("--frames", type=int, default=20, help="timed frames")
+    p.add_argument(
+        "--concurrent",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="instead: N ~/segment calls at once, per N: answered, busy, lost, p50/p95",
+    )
+    p.add_argument("--queue-depth", type=int, default=32, help="the node's segment.queue_depth")
+    p.add_argument("--workers", type=int, default=2, help="the node's segment.workers")
     p.add_argument("--json", help="write the table as JSON")
     p.set_defaults(func=cmd_bench_node)
 

@@ -558,3 +558,24 @@ def test_the_planner_example_gets_masks_over_dds(client: Client, domain_id: int)
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.count("box prompt -> mask of") == 2
     assert "SegEvery messages on /segfast_test/segfast/instances" in run.stdout
+
+
+def test_bench_node_concurrent_mode_counts_every_answer(model_dir: Path, tmp_path: Path) -> None:
+    """``segfast bench-node --concurrent``: its own node, calls at once, every one counted."""
+    from segfast_ros.ros.bench import bench_concurrent, format_concurrency
+
+    rows = bench_concurrent(
+        model_dir,
+        "fp32",
+        synthetic_scene(seed=3),
+        in_flight=(1, 12),
+        queue_depth=4,
+        workers=1,
+        log_path=tmp_path / "bench.log",
+    )
+    assert [r.in_flight for r in rows] == [1, 12]
+    for r in rows:
+        assert r.answered == r.in_flight and r.unanswered == 0
+        assert r.with_masks + r.busy == r.answered
+        assert 0 < r.p50_ms <= r.p95_ms <= r.max_ms
+    assert "in flight" in format_concurrency(rows).splitlines()[0]

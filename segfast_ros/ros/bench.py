@@ -13,12 +13,18 @@ process is its client and, in between, runs the same work directly on the same O
   ``/diagnostics``, against ``Predictor.set_image`` on the same image here, run while the node
   is idle. Overhead = (node median - direct median) / direct median (target < 5 %). DDS
   transport of the frame is not included (it depends on the transport, not on the node).
+
+``--concurrent N ...`` measures the service under load instead (:func:`bench_concurrent`):
+N calls sent at once, then how many were answered with masks, refused as busy or never
+answered, and the p50/p95 time from sending to the answer.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,7 @@ from sensor_msgs.msg import Image
 
 from segfast_ros.bench import BenchRow
 from segfast_ros.ros.harness import Client, NodeProcess, free_domain_id, image_msg
+from segfast_ros.ros.node import SERVICE_QOS
 from segfast_ros.runtime import Predictor
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
 from segfast_ros.srv import Segment
@@ -98,37 +105,20 @@ def bench_node(
         threads: intra-op threads for both sides (0: ONNX Runtime's choice).
         log_path: where the node's log goes.
     """
-    domain = free_domain_id()
-    log_path = Path(log_path)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    args = [
-        "-r", f"__ns:={NS}",
-        "-p", f"model_dir:={Path(model_dir).resolve()}",
-        "-p", f"precision:={precision}",
-        "-p", f"providers:={list(providers)}",
-        "-p", f"intra_op_threads:={threads}",
-        "-p", "segevery.rate:=0.0",
-        "-p", f"cache_size:={max(4, frames + 1)}",
-        "-p", "diagnostics_period:=0.1",
-    ]  # fmt: skip
     direct = Predictor(
         OnnxRuntimeBackend.from_dir(
             model_dir, precision, providers=list(providers), intra_op_threads=threads
         )
     )
-    node = NodeProcess(args, domain, log_path)
-    client = Client(domain, "segfast_bench_client")
-    try:
-        pub = client.node.create_publisher(Image, f"{NS}/image", 2)
-        segment = client.node.create_client(Segment, f"{NS}/segfast/segment")
+    node_args = [
+        "-p", f"precision:={precision}",
+        "-p", f"providers:={list(providers)}",
+        "-p", f"intra_op_threads:={threads}",
+        "-p", f"cache_size:={max(4, frames + 1)}",
+    ]  # fmt: skip
+    with _running_node(model_dir, node_args, log_path) as (node, client, pub, segment):
         diagnostics: list[Any] = []
         client.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
-        client.spin_until(
-            lambda: segment.service_is_ready() or not node.alive(), 120, "the node to start"
-        )
-        if not node.alive():
-            raise RuntimeError(f"the node exited:\n{node.log()}")
-        client.spin_until(lambda: pub.get_subscription_count() > 0, 30, "the image subscriber")
 
         # Frames: one at a time; the direct encoder runs while the node is idle.
         direct_encode: list[float] = []
@@ -179,9 +169,6 @@ def bench_node(
         diagnostics.clear()
         client.spin_until(lambda: _encoded(diagnostics) > 0, 5, "diagnostics")
         handler = _values(diagnostics[-1]) or {}
-    finally:
-        client.close()
-        node.stop()
 
     def node_row(stage: str, values: dict[str, str], key: str, runs: int) -> BenchRow:
         """A row from the node's own p50/p95 of ``key`` in its diagnostics."""
@@ -205,6 +192,162 @@ def bench_node(
         * 100.0,
         frames_resent=resent,
     )
+
+
+@contextmanager
+def _running_node(
+    model_dir: str | Path, args: list[str], log_path: str | Path, segment_qos: Any = None
+) -> Iterator[tuple[NodeProcess, Client, Any, Any]]:
+    """The node process on a fresh domain (SegEvery off), and a client with an image
+    publisher and a ``~/segment`` client, once the node's service and subscriber are up."""
+    domain = free_domain_id()
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    args = [
+        "-r", f"__ns:={NS}",
+        "-p", f"model_dir:={Path(model_dir).resolve()}",
+        "-p", "segevery.rate:=0.0",
+        "-p", "diagnostics_period:=0.1",
+        *args,
+    ]  # fmt: skip
+    node = NodeProcess(args, domain, log_path)
+    client = Client(domain, "segfast_bench_client")
+    try:
+        pub = client.node.create_publisher(Image, f"{NS}/image", 2)
+        qos = {} if segment_qos is None else {"qos_profile": segment_qos}
+        segment = client.node.create_client(Segment, f"{NS}/segfast/segment", **qos)
+        client.spin_until(
+            lambda: segment.service_is_ready() or not node.alive(), 120, "the node to start"
+        )
+        if not node.alive():
+            raise RuntimeError(f"the node exited:\n{node.log()}")
+        client.spin_until(lambda: pub.get_subscription_count() > 0, 30, "the image subscriber")
+        yield node, client, pub, segment
+    finally:
+        client.close()
+        node.stop()
+
+
+@dataclass(frozen=True)
+class ConcurrencyRow:
+    """``in_flight`` calls sent at once: what came back, and how long it took.
+
+    Latencies run from sending all calls to each answer (masks and busy refusals alike).
+    """
+
+    in_flight: int
+    answered: int
+    with_masks: int
+    busy: int
+    unanswered: int
+    p50_ms: float
+    p95_ms: float
+    max_ms: float
+    wall_s: float
+
+
+def format_concurrency(rows: list[ConcurrencyRow]) -> str:
+    """A fixed-width table of :func:`bench_concurrent`'s rows."""
+    header = (
+        f"{'in flight':>9} {'answered':>8} {'masks':>6} {'busy':>5} {'lost':>5} "
+        f"{'p50 ms':>9} {'p95 ms':>9} {'max ms':>9} {'wall s':>7}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r.in_flight:>9} {r.answered:>8} {r.with_masks:>6} {r.busy:>5} "
+            f"{r.unanswered:>5} {r.p50_ms:>9.1f} {r.p95_ms:>9.1f} {r.max_ms:>9.1f} "
+            f"{r.wall_s:>7.2f}"
+        )
+    return "\n".join(lines)
+
+
+def bench_concurrent(
+    model_dir: str | Path,
+    precision: str,
+    image: np.ndarray,
+    *,
+    in_flight: tuple[int, ...] = (1, 8, 32, 200),
+    queue_depth: int = 32,
+    workers: int = 2,
+    multimask: bool = True,
+    providers: tuple[str, ...] = ("cpu",),
+    threads: int = 0,
+    timeout_s: float = 120.0,
+    log_path: str | Path = "out/bench_node.log",
+) -> list[ConcurrencyRow]:
+    """``~/segment`` under load: for each count, that many calls at once on one cached frame.
+
+    The client keeps every response (KEEP_ALL, as the node's own request queue): rclpy's
+    default client keeps only the last 10, and a burst of busy refusals would overflow it on
+    the caller's side. A call still unanswered after ``timeout_s`` counts as lost.
+
+    Args:
+        model_dir: exported ONNX folder.
+        precision: encoder precision to load.
+        image: ``(H, W, 3)`` uint8 RGB frame, sent once as ``rgb8``.
+        in_flight: call counts, one round each.
+        queue_depth: the node's ``segment.queue_depth``.
+        workers: the node's ``segment.workers``.
+        multimask: one point prompt with 3 masks (else 1).
+        providers: ONNX Runtime providers of the node.
+        threads: the node's intra-op threads (0: ONNX Runtime's choice).
+        timeout_s: how long a round waits for its last answer.
+        log_path: where the node's log goes.
+    """
+    args = [
+        "-p", f"precision:={precision}",
+        "-p", f"providers:={list(providers)}",
+        "-p", f"intra_op_threads:={threads}",
+        "-p", f"segment.queue_depth:={queue_depth}",
+        "-p", f"segment.workers:={workers}",
+    ]  # fmt: skip
+    rows = []
+    with _running_node(model_dir, args, log_path, SERVICE_QOS) as (node, client, pub, segment):
+        h, w = image.shape[:2]
+        req = Segment.Request(
+            points=[Point(x=0.45 * w, y=0.5 * h)], labels=[1], multimask=multimask
+        )
+        req.stamp.sec = 1
+        msg = image_msg(image, 1_000_000_000, encoding="rgb8")
+        deadline = time.monotonic() + 60
+        while not client.call(segment, req).success:  # until the frame is encoded
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the frame was never encoded; node log:\n{node.log()}")
+            pub.publish(msg)  # best effort: a large frame can be lost, so send it again
+            pause = time.monotonic() + 0.5
+            while time.monotonic() < pause:
+                client.executor.spin_once(timeout_sec=0.05)
+        for count in in_flight:
+            start = time.perf_counter()
+            futures = [segment.call_async(req) for _ in range(count)]
+            answered_at: dict[int, float] = {}
+            end = time.monotonic() + timeout_s
+            while len(answered_at) < count and time.monotonic() < end:
+                client.executor.spin_once(timeout_sec=0.01)
+                now = time.perf_counter()
+                for i, f in enumerate(futures):
+                    if i not in answered_at and f.done():
+                        answered_at[i] = now
+            responses = [futures[i].result() for i in answered_at]
+            latencies = [(t - start) * 1e3 for t in answered_at.values()] or [float("nan")]
+            rows.append(
+                ConcurrencyRow(
+                    in_flight=count,
+                    answered=len(responses),
+                    with_masks=sum(r.success for r in responses),
+                    busy=sum(not r.success and r.message.startswith("busy:") for r in responses),
+                    unanswered=count - len(responses),
+                    p50_ms=_p(latencies, 50),
+                    p95_ms=_p(latencies, 95),
+                    max_ms=max(latencies),
+                    wall_s=(max(answered_at.values(), default=start) - start),
+                )
+            )
+            for f in futures:  # a lost call must not be answered into the next round
+                if not f.done():
+                    segment.remove_pending_request(f)
+    return rows
 
 
 def _values(msg: Any) -> dict[str, str] | None:
