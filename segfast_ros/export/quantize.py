@@ -23,17 +23,20 @@ Targets, because ONNX Runtime's CPU kernels and TensorRT want different files
     :mod:`segfast_ros.runtime.cpu_features`). 7-bit weights cannot, and run the same kernels,
     so the file keeps its speed on every CPU and stays right when it is built on a VNNI
     workstation and copied to an AVX2 server or a Jetson.
-    Measured on the full MobileSAM encoder (2 threads, AVX512-VNNI, medians of interleaved
-    runs): int8 310-410 ms vs fp32 ORT 420-500 ms and fp32 PyTorch 1150-1800 ms (quiet to
-    busy machine); embedding cosine vs fp32 0.993. int8 symmetric activations run slower on
-    ORT x86 (~400 vs ~315 ms in one run): it has no int8 x int8 depthwise ``QLinearConv`` and
-    runs those convs in float.
+    Measured on the full MobileSAM encoder with 8-bit weights (2 threads, AVX512-VNNI,
+    medians of interleaved runs): int8 310-410 ms vs fp32 ORT 420-500 ms and fp32 PyTorch
+    1150-1800 ms (quiet to busy machine). One ``segfast quant-report --quant-targets`` run
+    (random weights, loaded machine): 7-bit 1.46x over fp32 ORT vs 8-bit 1.48x, embedding
+    cosine 0.9939 vs 0.9956. int8 activations run slower on ORT x86 (``arm``: 0.97x): it has
+    no int8 x int8 depthwise ``QLinearConv`` and runs those convs in float.
 ``"cpu-vnni"``
     As ``"cpu"`` with full 8-bit weights: a little closer to fp32, for x86 with AVX-512 VNNI
     or AVX-VNNI (and ARM). It saturates on x86 without VNNI; the runtime warns if loaded there.
 ``"cpu-avx2"``
-    For x86 without VNNI: uint8 activations x uint8 asymmetric per-channel weights (U8U8,
-    ORT's other documented remedy; its kernels widen to int16 before multiplying).
+    For x86 without VNNI when 7 bits cost too much: uint8 activations x uint8 asymmetric
+    per-channel weights (U8U8, ORT's other documented remedy; its kernels widen to int16
+    before multiplying). 8-bit accuracy, but slower: 1.00x over fp32 on the VNNI machine
+    above (unmeasured on AVX2 hardware).
 ``"arm"``
     ARM64 (Jetson's Cortex-A78AE): int8 activations x int8 weights (S8S8), ONNX Runtime's
     recommended QDQ default; ARM's kernels accumulate in int32. On x86 ORT converts the int8
@@ -45,8 +48,8 @@ Targets, because ONNX Runtime's CPU kernels and TensorRT want different files
     into its int8 kernels. Written as ``encoder.int8.tensorrt.onnx`` by ``segfast
     build-engine``. Not verified on hardware here.
 ``"auto"``
-    The target of the building machine's CPU kind (``cpu-vnni``, ``cpu-avx2``, ``arm``, else
-    ``cpu``): for quantizing on the robot itself.
+    The target of the building machine's CPU kind (``cpu-vnni`` with VNNI, ``arm`` on ARM64,
+    else ``cpu``): for quantizing on the robot itself.
 
 The quantization metadata records the target, the types, ``reduce_range``, the building
 machine's CPU features and the validation cosine; :class:`~segfast_ros.runtime.onnx_backend.

@@ -189,7 +189,7 @@ def check_int8_cpu(
         f"{path} was quantized with target {target!r} (int8 weights in 8 bits, built on a "
         f"{built} CPU), whose ONNX Runtime kernels saturate on this CPU, "
         f"{cpu.describe()}: x86 without VNNI adds u8 x s8 products in int16, and the embedding "
-        "drifts (cosine 0.92-0.93 instead of 0.999 measured on a small encoder). Re-export "
+        "drifts (the test encoder: mean cosine 0.93 instead of 0.999). Re-export "
         "it with `segfast export ... --precision int8 --quant-target cpu` (7-bit weights, "
         "right on every CPU) or `--quant-target cpu-avx2`."
     )
