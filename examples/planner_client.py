@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 
 import numpy as np
 import rclpy
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -52,6 +54,23 @@ def main(argv: list[str] | None = None) -> int:
     node.create_subscription(
         InstanceArray, f"{args.node}/instances", lambda m: instances.append(len(m.instances)), 10
     )
+    # The node spins on a thread of its own, and each call waits for its own answer: this stays
+    # as fast call after call (rclpy.spin_until_future_complete per call slows down in a loop).
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+
+    def call(request: Segment.Request) -> Segment.Response | None:
+        """One ~/segment call, or None when no answer came within --timeout."""
+        answered = threading.Event()
+        future = segment.call_async(request)
+        future.add_done_callback(lambda _: answered.set())
+        if not answered.wait(args.timeout):
+            segment.remove_pending_request(future)
+            return None
+        return future.result()
+
     try:
         if not segment.wait_for_service(timeout_sec=args.timeout):
             print(f"no service {args.node}/segment: is segfast_node running?", file=sys.stderr)
@@ -68,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             # and says so when the frame has not arrived yet: then publish and ask again.
             deadline = time.monotonic() + args.timeout
             while True:
-                future = segment.call_async(request)
-                rclpy.spin_until_future_complete(node, future, timeout_sec=args.timeout)
-                response = future.result()
+                response = call(request)
                 if response is not None and response.success:
                     break
                 if time.monotonic() > deadline:
@@ -89,16 +106,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"frame {i}: object {target} ({scene.kinds[target]}), box prompt -> mask of "
                 f"{best.area} px, predicted IoU {best.score:.2f}, IoU with ground truth {iou:.2f}"
             )
-            rclpy.spin_once(node, timeout_sec=0.1)
-        end = time.monotonic() + 2.0
-        while time.monotonic() < end:  # collect SegEvery publications for a moment
-            rclpy.spin_once(node, timeout_sec=0.1)
+        time.sleep(2.0)  # the executor thread collects SegEvery publications meanwhile
         print(
             f"mean IoU {np.mean(ious):.2f} over {len(ious)} frames; {len(instances)} SegEvery "
             f"messages on {args.node}/instances ({sum(instances)} instances)"
         )
         return 0
     finally:
+        executor.shutdown()  # ends spin(); join before the context goes, or rclpy aborts
+        spinner.join(5.0)
         node.destroy_node()
         rclpy.shutdown()
 
