@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -145,6 +146,7 @@ class SegfastNode(LifecycleNode):
         self._segment_pool: ThreadPoolExecutor | None = None
         self._segment_held = 0  # ~/segment calls admitted and not yet answered
         self._segevery_fallback = ""  # why object_aware was replaced by grid, while it is
+        self._model_warnings: list[str] = []  # what loading the model warned about
         self._segevery_timer: Any = None
 
         self._input_group = MutuallyExclusiveCallbackGroup()
@@ -248,9 +250,17 @@ class SegfastNode(LifecycleNode):
             options = backend_options(cfg, model_dir)
             if cfg.backend == "tensorrt":
                 options["log"] = self.get_logger().info  # cache hits, rebuilds and why
-            self._backend = load_backend(cfg.backend, model_dir, **options)
+            # A model that loads but is wrong for this machine (an int8 file whose kernels
+            # saturate on this CPU) warns; on a robot that must reach the ROS log and
+            # /diagnostics, not only a terminal nobody reads.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self._backend = load_backend(cfg.backend, model_dir, **options)
         except Exception as err:  # any load failure is reported; the node stays up
             return self._configure_failed(f"cannot load the model from {model_dir}: {err}")
+        self._model_warnings = [str(w.message) for w in caught]
+        for text in self._model_warnings:
+            self.get_logger().warning(text)
         try:
             self._strategy = self._build_strategy(self._values, fallback=True)
         except ValueError as err:  # e.g. hierarchical with fewer than 4 points per side
@@ -384,6 +394,7 @@ class SegfastNode(LifecycleNode):
         self._encode_predictor = None
         self._strategy = None
         self._segevery_fallback = ""
+        self._model_warnings = []
         self._last_segevery = None
 
     # ------------------------------------------------------------------ input
@@ -681,12 +692,14 @@ class SegfastNode(LifecycleNode):
             level, message = DiagnosticStatus.WARN, "no input images"
         elif self._encodes.last_time() is None or now - self._encodes.last_time() > STALE_INPUT_S:
             level, message = DiagnosticStatus.WARN, "images arrive but none is encoded"
-        if self._segevery_fallback and level != DiagnosticStatus.ERROR:
-            # A fallback is not an outage, but the user asked for another strategy: WARN while
-            # it lasts, so a robot's monitor sees it and not only the start-up log.
+        standing = [f"SegEvery {self._segevery_fallback}"] if self._segevery_fallback else []
+        standing += [f"model: {text}" for text in self._model_warnings]
+        if standing and level != DiagnosticStatus.ERROR:
+            # Neither is an outage, but the node runs other than the user asked (another
+            # strategy, a model that drifts on this CPU): WARN while it lasts, so a robot's
+            # monitor sees it and not only the start-up log.
             level = DiagnosticStatus.WARN
-            fallback = f"SegEvery {self._segevery_fallback}"
-            message = fallback if message == "ok" else f"{message}; {fallback}"
+            message = "; ".join(standing if message == "ok" else [message, *standing])
         info = self._backend.info if self._backend is not None else None
         values = {
             "backend": cfg.backend,
@@ -707,6 +720,7 @@ class SegfastNode(LifecycleNode):
             "segment_ms_p95": f"{self._segany.percentile(95):.2f}",
             "segevery_strategy": getattr(self._strategy, "name", ""),
             "segevery_fallback": self._segevery_fallback,
+            "model_warnings": " | ".join(self._model_warnings),
             "segevery_ms_p50": f"{self._segevery_runs.percentile(50):.1f}",
             **{k: str(v) for k, v in self._counts.items()},
             "last_error": self._last_error,
