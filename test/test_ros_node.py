@@ -410,10 +410,22 @@ def test_deactivate_releases_the_service_and_activate_restores_it(client: Client
         req = ChangeState.Request(transition=Transition(id=tid))
         assert client.call(change, req).success
 
+    # Calls in flight when the node deactivates: the admitted ones are answered (masks, or
+    # "not active" if no worker had started them) before the service goes, and nothing crashes.
+    segment = _deep_client(client, f"{NODE}/segment")
+    client.spin_until(segment.service_is_ready, 10, "~/segment")
+    boxes = [float(v) for i in range(32) for v in (i % 8 * 8, i // 8 * 8, 60.0, 60.0)]
+    heavy = _request(0, boxes=boxes, multimask=True, return_images=True)
+    in_flight = [segment.call_async(heavy) for _ in range(20)]
     transition(Transition.TRANSITION_DEACTIVATE)
     client.spin_until(
         lambda: client.node.count_subscribers(f"{NS}/camera/image") == 0, 10, "unsubscribe"
     )
+    answered = [f.result() for f in in_flight if f.done()]
+    assert answered, "deactivation answered none of the admitted calls"
+    for resp in answered:
+        assert resp.success or resp.message.startswith(("not active:", "busy:")), resp.message
+    client.node.destroy_client(segment)
     assert client.call(client.get_state, GetState.Request()).current_state.label == "inactive"
     transition(Transition.TRANSITION_ACTIVATE)
     client.spin_until(lambda: client.image_pub.get_subscription_count() > 0, 10, "resubscribe")

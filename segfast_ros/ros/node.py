@@ -98,6 +98,8 @@ SEGMENT_WAIT_S = 2.0
 #: How long deactivate waits for admitted ~/segment calls to be answered before it removes the
 #: service (a response sent on a destroyed service would be lost, and rclpy raises on it).
 SEGMENT_DRAIN_S = 10.0
+#: The answer to a call that the node took while its service was being deactivated.
+NOT_ACTIVE = "not active: ~/segment is being deactivated; call again once the node is active"
 
 
 #: ``~/segment``'s DDS request queue: reliable, and every request is kept until the node takes
@@ -489,28 +491,27 @@ class SegfastNode(LifecycleNode):
             admitted = pool is not None and held < depth
             if admitted:
                 self._segment_held += 1
-        if not admitted or pool is None:
+        if pool is None:
+            return _refused(resp, NOT_ACTIVE)
+        if not admitted:
             self._counts["segment_busy"] += 1
-            resp.success = False
-            resp.message = (
+            self._warn(f"~/segment refused: busy (segment.queue_depth={depth})")
+            return _refused(
+                resp,
                 f"busy: {held} ~/segment calls are running or waiting, the most this node holds "
-                f"(segment.queue_depth={depth}); call again later"
-                if pool is not None
-                else "not active: ~/segment is being deactivated; call again once it is active"
+                f"(segment.queue_depth={depth}); call again later",
             )
-            self._warn(f"~/segment refused: {resp.message}")
-            return resp
         try:
             answered: Future = Future()
             executor = self.executor
-            work = pool.submit(self._answer_segment, req, resp, start)
+            try:
+                work = pool.submit(self._answer_segment, req, resp, start)
+            except RuntimeError:  # the pool shut down since this call was admitted
+                return _refused(resp, NOT_ACTIVE)
             work.add_done_callback(lambda _: _resolve(answered, executor))
             await answered
-            if work.cancelled():
-                resp.success = False
-                resp.message = "not active: the node was deactivated before this call ran"
-                return resp
-            return work.result()
+            # Cancelled: deactivation came before a worker took this call.
+            return _refused(resp, NOT_ACTIVE) if work.cancelled() else work.result()
         finally:
             with self._lock:
                 self._segment_held -= 1
@@ -737,6 +738,12 @@ class SegfastNode(LifecycleNode):
 def _fmt_stamp(key: int) -> str:
     """A stamp key in nanoseconds as ``sec.nanosec``."""
     return f"{key // 1_000_000_000}.{key % 1_000_000_000:09d}"
+
+
+def _refused(resp: Segment.Response, message: str) -> Segment.Response:
+    """``resp`` as a refusal that says why."""
+    resp.success, resp.message = False, message
+    return resp
 
 
 def _resolve(future: Future, executor: Any) -> None:
