@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -115,6 +116,22 @@ def format_table(rows: Sequence[BenchRow]) -> str:
         lines.append(
             f"{r.backend:<12} {r.precision:<9} {r.stage:<16} {r.median_ms:>10.2f} {r.p95_ms:>9.2f}"
         )
+    return "\n".join(lines)
+
+
+def format_columns(rows: Sequence[Any], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A fixed-width table of dataclass rows, one column per ``(title, attribute, spec)``.
+
+    ``spec`` is a format spec for the value (``">9.1f"``); the title gets the same alignment
+    and width.
+    """
+    specs = [
+        (title, attr, spec, spec.rstrip("dfs%").split(".")[0]) for title, attr, spec in columns
+    ]
+    header = " ".join(f"{title:{width}}" for title, _, _, width in specs)
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(" ".join(f"{getattr(r, attr):{spec}}" for _, attr, spec, _ in specs))
     return "\n".join(lines)
 
 

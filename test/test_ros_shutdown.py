@@ -4,14 +4,13 @@ A terminal's Ctrl-C under ``ros2 launch`` reaches the node twice: from the proce
 from launch, the second often while the node is cleaning up. Each case here starts the real
 node process (the demo model, SegEvery running on frames), signals it as launch and a terminal
 do, and requires exit code 0 and no traceback. The release of everything the node started is
-checked in-process, where the node's entities and threads can be seen.
+checked in-process, where the node's entities and threads can be seen (test_ros_node_local).
 """
 
 # ruff: noqa: E402 (imports after the skip when ROS 2 is absent)
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -19,13 +18,10 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed: run `make setup`")
 
-from rclpy.context import Context
-from rclpy.parameter import Parameter
 from ros_scenes import synthetic_scene
 from sensor_msgs.msg import Image
 
 from segfast_ros.ros.harness import Client, NodeProcess, free_domain_id, image_msg
-from segfast_ros.ros.node import SegfastNode
 
 NS = "/segfast_signals"
 #: Delays between the two SIGINTs, spread over the 0-200 ms that launch and a terminal produce.
@@ -112,41 +108,3 @@ def test_sigterm_exits_zero_without_a_traceback(
     _feed_until_busy(node, client, client.pub)
     node.proc.send_signal(signal.SIGTERM)
     _assert_clean(*_finish(node), "SIGTERM")
-
-
-def test_shutdown_releases_every_entity_and_thread() -> None:
-    """What activate created (subscriptions, ~/segment, the SegEvery timer, the encoder,
-    SegEvery and segment worker threads) is gone after on_shutdown, in-process."""
-    context = Context()
-    rclpy.init(context=context, domain_id=free_domain_id())
-    node = SegfastNode(
-        context=context,
-        parameter_overrides=[
-            Parameter("model_dir", value="demo"),
-            Parameter("segevery.rate", value=5.0),
-        ],
-    )
-    try:
-        node.trigger_configure()
-        node.trigger_activate()
-        names = {s.srv_name for s in node.services}
-        assert any(n.endswith("/segment") for n in names), names
-        assert list(node.subscriptions)
-        timers = len(list(node.timers))  # diagnostics + SegEvery
-        assert timers == 2
-        ours = {t.name for t in threading.enumerate() if t.name.startswith("segfast-")}
-        assert {"segfast-encoder", "segfast-segevery"} <= ours, ours
-        # A segment worker thread exists once a call ran; make one run.
-        node._segment_pool.submit(lambda: None).result()
-        assert any(t.name.startswith("segfast-segment") for t in threading.enumerate())
-
-        node.on_shutdown(None)  # what main() does when a signal ends the spin
-
-        assert not any(s.srv_name.endswith("/segment") for s in node.services)
-        assert not list(node.subscriptions)
-        assert len(list(node.timers)) == 1  # diagnostics only, until destroy_node
-        left = [t.name for t in threading.enumerate() if t.name.startswith("segfast-")]
-        assert not left, f"threads still running after shutdown: {left}"
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)

@@ -34,7 +34,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point
 from sensor_msgs.msg import Image
 
-from segfast_ros.bench import BenchRow
+from segfast_ros.bench import BenchRow, format_columns
 from segfast_ros.ros.harness import Client, NodeProcess, free_domain_id, image_msg
 from segfast_ros.ros.node import SERVICE_QOS
 from segfast_ros.runtime import Predictor
@@ -248,18 +248,20 @@ class ConcurrencyRow:
 
 def format_concurrency(rows: list[ConcurrencyRow]) -> str:
     """A fixed-width table of :func:`bench_concurrent`'s rows."""
-    header = (
-        f"{'in flight':>9} {'answered':>8} {'masks':>6} {'busy':>5} {'lost':>5} "
-        f"{'p50 ms':>9} {'p95 ms':>9} {'max ms':>9} {'wall s':>7}"
+    return format_columns(
+        rows,
+        [
+            ("in flight", "in_flight", ">9d"),
+            ("answered", "answered", ">8d"),
+            ("masks", "with_masks", ">6d"),
+            ("busy", "busy", ">5d"),
+            ("lost", "unanswered", ">5d"),
+            ("p50 ms", "p50_ms", ">9.1f"),
+            ("p95 ms", "p95_ms", ">9.1f"),
+            ("max ms", "max_ms", ">9.1f"),
+            ("wall s", "wall_s", ">7.2f"),
+        ],
     )
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(
-            f"{r.in_flight:>9} {r.answered:>8} {r.with_masks:>6} {r.busy:>5} "
-            f"{r.unanswered:>5} {r.p50_ms:>9.1f} {r.p95_ms:>9.1f} {r.max_ms:>9.1f} "
-            f"{r.wall_s:>7.2f}"
-        )
-    return "\n".join(lines)
 
 
 def bench_concurrent(
