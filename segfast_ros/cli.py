@@ -957,6 +957,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the table as JSON")
     p.set_defaults(func=cmd_bench_node)
 
+    from .ros import bench_memory  # no ROS import until a case runs
+
+    p = sub.add_parser(
+        "bench-memory",
+        help="peak RSS and time of the node on one large frame: SegEvery and ~/segment",
+    )
+    bench_memory.add_arguments(p)
+    p.set_defaults(func=bench_memory.run_cli)
+
     p = sub.add_parser(
         "replay",
         help="segment every selected frame of a rosbag2 (mcap/sqlite3) into an output bag",

@@ -313,3 +313,49 @@ def test_overlay_peak_memory_is_the_output_and_a_band(big_scene_predictor) -> No
     # The (H, W, 3) output plus one band's colours, blend and edges; blending the whole frame
     # at once took 8 bytes a pixel besides the output.
     assert peak() < 3 * px + 0.5 * px, peak() / px
+
+
+# ------------------------------------------------------------------------- the hard limit
+
+
+def test_a_frame_above_the_limit_is_refused_naming_both_exactly() -> None:
+    from segfast_ros.runtime.transforms import MAX_IMAGE_PIXELS, validate_rgb_image
+
+    h = MAX_IMAGE_PIXELS // 8192 + 1  # 8193 rows: 8192 pixels too many, 0.01 % over
+    frame = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (h, 8192, 3))  # no memory used
+    with pytest.raises(ValueError) as err:
+        validate_rgb_image(frame)
+    assert f"image of 8192x{h} (W x H) = {8192 * h:,} pixels" in str(err.value)
+    assert f"exceeds MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS:,} pixels" in str(err.value)
+
+
+# ---------------------------------------------------------------------- the benchmark
+
+
+def test_bench_memory_runs_the_node_and_reports_every_stage(tmp_path: Path) -> None:
+    """``segfast bench-memory`` on a small frame: the real node in its own process; every stage
+    is recorded and the results are JSON. (Its figures are for the table, not asserted.)"""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "segfast_ros.ros.bench_memory", "--sizes", "320x240",
+         "--strategies", "object_aware", "--no-overlay", "--no-over-limit", "--threads", "1",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "process peak RSS (VmHWM)" in proc.stdout and "in-process" in proc.stdout
+    (case,) = json.loads(out.read_text())["cases"]
+    assert case["error"] == "" and case["hw"] == [240, 320]
+    assert [s["name"] for s in case["stages"]] == [
+        "take (CDR -> Image)",
+        "frame->embedding",
+        "SegEvery object_aware + publish",
+        "~/segment multimask + images",
+        "serialize response",
+    ]
+    assert case["instances"] > 0 and case["segment_masks"] == 3
+    assert case["peak_rss_mb"] >= max(s["peak_mb"] for s in case["stages"]) > 0

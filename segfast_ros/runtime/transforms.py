@@ -89,9 +89,11 @@ def validate_rgb_image(image: np.ndarray) -> np.ndarray:
     if h == 0 or w == 0:
         raise ValueError(f"expected a non-empty RGB image HxWx3 uint8, got shape {image.shape}")
     if h * w > MAX_IMAGE_PIXELS:
+        # Exact counts: just above the limit, rounded megapixels would read as equal.
         raise ValueError(
-            f"image of {w}x{h} (W x H) = {h * w / 1e6:.1f} megapixels exceeds MAX_IMAGE_PIXELS "
-            f"({MAX_IMAGE_PIXELS / 1e6:.1f} megapixels); downscale it first"
+            f"image of {w}x{h} (W x H) = {h * w:,} pixels exceeds MAX_IMAGE_PIXELS = "
+            f"{MAX_IMAGE_PIXELS:,} pixels ({MAX_IMAGE_PIXELS / 1e6:.1f} megapixels); downscale "
+            "it first"
         )
     return np.ascontiguousarray(image)
 
