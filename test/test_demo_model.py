@@ -14,6 +14,7 @@ measured values), so a change that makes it worse fails now.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,9 @@ from segfast_ros.demo.evaluate import (
     tune_segevery,
 )
 from segfast_ros.everything.detector import ObjectDetector
+from segfast_ros.runtime import onnx_backend
+from segfast_ros.runtime.cpu_features import Int8SaturationWarning, parse_cpuinfo
+from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
 
 MODEL_DIR = Path(DEFAULT_MODEL_DIR)
 FILES = ("encoder.fp32.onnx", "encoder.int8.onnx", "decoder.fp32.onnx", "detector.onnx")
@@ -86,6 +90,27 @@ def test_segevery_recall_floor(report, strategy):
 def test_int8_encoder_keeps_the_masks(report):
     assert report["int8"]["point_drop"] <= FLOORS["int8_drop"]
     assert report["int8"]["box_drop"] <= FLOORS["int8_drop"]
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, arch",
+    [
+        ("model name: AMD EPYC 7R32\nflags: fpu sse avx avx2\n", "x86_64"),  # no VNNI
+        ("flags: fpu avx2 avx512f avx512bw avx512_vnni\n", "x86_64"),
+        ("Features: fp asimd asimddp\n", "aarch64"),  # Jetson Orin
+    ],
+)
+def test_int8_encoder_is_right_on_every_cpu_kind(monkeypatch, cpuinfo, arch):
+    # The shipped file must be the portable `cpu` target (7-bit weights): a file with 8-bit
+    # weights saturates ONNX Runtime's kernels on x86 without VNNI and warns when loaded there.
+    cpu = parse_cpuinfo(cpuinfo, arch)
+    monkeypatch.setattr(onnx_backend, "detect_cpu_features", lambda: cpu)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Int8SaturationWarning)
+        backend = OnnxRuntimeBackend.from_dir(MODEL_DIR, "int8")
+    assert backend.quantization is not None
+    assert backend.quantization["target"] == "cpu"
+    assert backend.quantization.get("reduce_range") is True
 
 
 def test_hierarchical_decodes_half_the_prompts_at_equal_recall(report):

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
 torch = pytest.importorskip("torch")
 
+from segfast_ros.demo.evaluate import DEFAULT_MODEL_DIR  # noqa: E402
 from segfast_ros.demo.scenes import generate_scene  # noqa: E402
 from segfast_ros.demo.train import (  # noqa: E402
     DEMO_MODEL,
@@ -16,11 +22,15 @@ from segfast_ros.demo.train import (  # noqa: E402
     DemoDetector,
     TrainConfig,
     detector_loss,
+    main,
     make_batch,
     segmenter_loss,
     train,
 )
+from segfast_ros.export.quantize import quantization_settings  # noqa: E402
 from segfast_ros.modeling import build_sam  # noqa: E402
+
+SHIPPED = Path(DEFAULT_MODEL_DIR)
 
 
 def test_training_steps_lower_both_losses():
@@ -77,3 +87,38 @@ def test_training_is_reproducible_from_its_seed():
             assert torch.equal(pa, pb), name
     other = train(replace(cfg, seed=1), log=lambda line: None)
     assert other[2]["history"][-1]["loss"] != rec_a["history"][-1]["loss"]
+
+
+def _initializers(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+@pytest.mark.skipif(
+    not (SHIPPED / "encoder.int8.onnx").is_file(), reason=f"no demo model in {SHIPPED}"
+)
+def test_requantize_rebuilds_the_shipped_int8_encoder(tmp_path: Path, capsys) -> None:
+    with pytest.raises(FileNotFoundError, match=r"training.json not found"):
+        main(["--out", str(tmp_path), "--requantize"])
+    for name in ("encoder.fp32.onnx", "training.json"):
+        shutil.copy(SHIPPED / name, tmp_path / name)
+    main(["--out", str(tmp_path), "--requantize"])
+    assert "target cpu, reduce_range True" in capsys.readouterr().out
+    path = tmp_path / "encoder.int8.onnx"
+    settings = quantization_settings(path)
+    assert settings is not None
+    assert (settings["target"], settings["reduce_range"]) == ("cpu", True)
+    record = json.loads((tmp_path / "training.json").read_text())
+    assert record["files"]["encoder.int8"]["bytes"] == path.stat().st_size
+    assert record["int8"]["target"] == "cpu"
+    assert record["history"] == json.loads((SHIPPED / "training.json").read_text())["history"]
+    # Same calibration scenes and types as the shipped file. Activation ranges come from fp32
+    # ORT runs, whose last bits differ per CPU: scales and int32 biases are compared loosely.
+    got, want = _initializers(path), _initializers(SHIPPED / "encoder.int8.onnx")
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        assert got[name].dtype == value.dtype and got[name].shape == value.shape, name
+        if value.dtype == np.int8:  # weights: from the fp32 weights alone
+            assert np.array_equal(got[name], value), name
+        else:
+            atol = 1 if np.issubdtype(value.dtype, np.integer) else 0
+            np.testing.assert_allclose(got[name], value, rtol=1e-3, atol=atol, err_msg=name)

@@ -26,8 +26,12 @@ box's centre must score 1 (focal loss), every other cell 0; the box is regressed
 that cell and its neighbours inside the box.
 
 Exports (``out``): ``encoder.fp32.onnx``, ``encoder.int8.onnx`` (the project's QDQ
-quantization, calibrated on generated scenes), ``decoder.fp32.onnx``, ``detector.onnx`` and
-``training.json`` (seed, steps, wall time, loss curve).
+quantization, default target, calibrated on generated scenes), ``decoder.fp32.onnx``,
+``detector.onnx`` and ``training.json`` (seed, steps, wall time, loss curve, int8 settings).
+``--requantize`` rebuilds only ``encoder.int8.onnx`` from the fp32 encoder already in ``out``
+(after a change of the quantizer's default target; no training)::
+
+    python -m segfast_ros.demo.train --out models/demo --requantize
 """
 
 from __future__ import annotations
@@ -48,8 +52,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..everything.detector import boxes_to_letterbox, letterbox_geometry, letterbox_image
+from ..export.quantize import quantization_settings, quantize_encoder
 from ..modeling.registry import build_sam
 from ..modeling.sam import Sam
+from ..runtime.onnx_backend import onnx_file_names
 from ..runtime.transforms import prepare_image
 from ..spec import LABEL_BG, LABEL_BOX_BR, LABEL_BOX_TL, LABEL_FG, LABEL_PAD, ModelInfo
 from .scenes import Scene, generate_scene
@@ -579,15 +585,57 @@ def write_calibration_images(folder: Path, seed: int, count: int = 32) -> Path:
     return folder
 
 
+def quantize_demo_encoder(out: Path, seed: int) -> Path:
+    """Write ``out/encoder.int8.onnx`` from ``out/encoder.fp32.onnx``: the default (``cpu``)
+    target, calibrated on the 32 scenes of :func:`write_calibration_images` for ``seed``.
+
+    Works on the ONNX file alone, so the training export and ``--requantize`` share it.
+    """
+    encoder, int8 = onnx_file_names("fp32")[0], onnx_file_names("int8")[0]
+    with tempfile.TemporaryDirectory(prefix="segfast_demo_calib_") as tmp:
+        calib = write_calibration_images(Path(tmp), seed)
+        return quantize_encoder(out / encoder, out / int8, calib)
+
+
 def export_all(sam: Sam, detector: DemoDetector, out: Path, seed: int) -> dict[str, Path]:
     """Export the segmenter (fp32 + int8 encoder, fp32 decoder) and the detector into ``out``."""
     from ..export.onnx_export import export_model
 
-    with tempfile.TemporaryDirectory(prefix="segfast_demo_calib_") as tmp:
-        calib = write_calibration_images(Path(tmp), seed)
-        written = export_model(sam, out, ("fp32", "int8"), calibration_images=calib)
+    written = export_model(sam, out, ("fp32",))
+    written["encoder.int8"] = quantize_demo_encoder(out, seed)
     written["detector"] = export_detector(detector, out / "detector.onnx")
     return written
+
+
+def _file_record(path: Path) -> dict[str, object]:
+    return {"name": path.name, "bytes": path.stat().st_size}
+
+
+def requantize(out: Path) -> Path:
+    """Rebuild only ``out/encoder.int8.onnx`` from the fp32 encoder there, without training.
+
+    The calibration seed is the training seed in ``out/training.json``; that record's int8 file
+    size and ``int8`` entry (the file's quantization settings) are updated.
+
+    Raises:
+        FileNotFoundError: ``out`` has no ``training.json``.
+    """
+    record_path = out / "training.json"
+    if not record_path.is_file():
+        raise FileNotFoundError(
+            f"{record_path} not found: --requantize needs a folder written by this module "
+            "(its training.json gives the calibration seed)"
+        )
+    record = json.loads(record_path.read_text())
+    start = time.perf_counter()
+    path = quantize_demo_encoder(out, int(record["config"]["seed"]))
+    record["files"]["encoder.int8"] = _file_record(path)
+    record["int8"] = {
+        **(quantization_settings(path) or {}),
+        "requantized_minutes": (time.perf_counter() - start) / 60,
+    }
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -601,7 +649,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--threads", type=int, default=2, help="torch CPU threads (the result may depend on it)"
     )
     parser.add_argument("--checkpoint", action="store_true", help="also save the torch weights")
+    parser.add_argument(
+        "--requantize",
+        action="store_true",
+        help="no training: rebuild --out's encoder.int8.onnx from its encoder.fp32.onnx "
+        "(current default int8 target, the training seed's calibration scenes)",
+    )
     args = parser.parse_args(argv)
+    if args.requantize:
+        path = requantize(args.out)
+        settings = quantization_settings(path) or {}
+        print(
+            f"wrote {path} (target {settings.get('target')}, reduce_range "
+            f"{settings.get('reduce_range')}, {path.stat().st_size} bytes) and updated "
+            f"{args.out / 'training.json'}"
+        )
+        return
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size)
     sam, detector, record = train(
@@ -616,7 +679,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
     written = export_all(sam, detector, args.out, args.seed)
     record["export_minutes"] = (time.perf_counter() - start) / 60
-    record["files"] = {k: {"name": p.name, "bytes": p.stat().st_size} for k, p in written.items()}
+    record["files"] = {k: _file_record(p) for k, p in written.items()}
+    record["int8"] = quantization_settings(written["encoder.int8"])
     (args.out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {', '.join(p.name for p in written.values())} and training.json to {args.out}")
 
