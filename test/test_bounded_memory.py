@@ -354,7 +354,7 @@ def test_bench_memory_runs_the_node_and_reports_every_stage(tmp_path: Path) -> N
         "take (CDR -> Image)",
         "frame->embedding",
         "SegEvery object_aware + publish",
-        "~/segment multimask + images",
+        "~/segment 1 set, multimask + images",
         "serialize response",
     ]
     assert case["instances"] > 0 and case["segment_masks"] == 3

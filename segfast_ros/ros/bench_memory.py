@@ -13,8 +13,8 @@ rclpy, real ONNX Runtime), configures and activates it, and then:
 3. **SegEvery**: one pass of the configured strategy on the node's SegEvery thread (the timer
    is switched on for one frame), with its publications: ``~/instances``, the ``mono16``
    label image and, while a subscriber in the driver process listens, the ``rgb8`` overlay.
-4. **~/segment**: one multimask point request with ``return_images`` and ``return_low_res``,
-   through the service's own callback.
+4. **~/segment**: one multimask point request (``--segment-sets`` sets) with
+   ``return_images`` and ``return_low_res``, through the service's own callback.
 5. **serialize response**: the response to CDR bytes with rclpy, as the service's reply does.
 
 Recorded per stage: wall time, VmRSS before and after, and the stage's own peak (VmHWM, reset
@@ -367,11 +367,13 @@ def run_case(case: dict[str, Any]) -> CaseResult:
         result.instances = published[0] if published else -1
 
         x, y = case["point"]
+        sets, images = int(case.get("segment_sets", 1)), bool(case.get("segment_images", True))
         request = Segment.Request(
-            points=[Point(x=float(x), y=float(y))],
-            labels=[1],
+            points=[Point(x=float(x), y=float(y))] * sets,  # the same point, `sets` sets
+            labels=[1] * sets,
+            points_per_set=1,
             multimask=True,
-            return_images=True,
+            return_images=images,
             return_low_res=True,
         )
 
@@ -382,7 +384,8 @@ def run_case(case: dict[str, Any]) -> CaseResult:
             _wait("the ~/segment answer", task.done, node)
             return task.result()
 
-        held["response"] = response = recorder.run("~/segment multimask + images", segment)
+        stage = f"~/segment {sets} set{'s' * (sets > 1)}, multimask{' + images' * images}"
+        held["response"] = response = recorder.run(stage, segment)
         if not response.success:
             raise RuntimeError(f"~/segment failed: {response.message}")
         result.segment_masks = sum(len(r.masks) for r in response.results)
@@ -418,6 +421,8 @@ def bench_memory(
     detector: str = "",
     overlay_subscriber: bool = True,
     seed: int = 0,
+    segment_sets: int = 1,
+    segment_images: bool = True,
     over_limit: bool = True,
     log_dir: Path | None = None,
 ) -> list[CaseResult]:
@@ -433,6 +438,8 @@ def bench_memory(
         overlay_subscriber: subscribe to ``~/overlay`` from this process, so the node renders
             and publishes it as it does for rviz.
         seed: scene seed.
+        segment_sets: prompt sets in the ~/segment request (3 masks each).
+        segment_images: the request asks for mono8 images of the masks.
         over_limit: also hand the node one frame just above ``MAX_IMAGE_PIXELS`` and record
             its rejection message.
         log_dir: where each case's stderr goes (default: a temporary folder).
@@ -449,6 +456,8 @@ def bench_memory(
         "threads": threads,
         "detector": detector,
         "overlay_subscriber": overlay_subscriber,
+        "segment_sets": segment_sets,
+        "segment_images": segment_images,
     }
     with tempfile.TemporaryDirectory(prefix="segfast_bench_memory_") as tmp:
         logs = Path(log_dir) if log_dir else Path(tmp)
@@ -619,6 +628,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="scene seed")
     parser.add_argument(
+        "--segment-sets", type=int, default=1, help="prompt sets in the ~/segment request"
+    )
+    parser.add_argument(
+        "--no-segment-images", action="store_true", help="~/segment without mono8 images"
+    )
+    parser.add_argument(
         "--no-over-limit",
         action="store_true",
         help="skip the frame just above MAX_IMAGE_PIXELS (its rejection message)",
@@ -637,6 +652,8 @@ def run_cli(args: argparse.Namespace) -> int:
         detector=args.detector,
         overlay_subscriber=not args.no_overlay,
         seed=args.seed,
+        segment_sets=args.segment_sets,
+        segment_images=not args.no_segment_images,
         over_limit=not args.no_over_limit,
     )
     print(f"model_dir {args.model_dir} ({args.precision}), {os.cpu_count()} CPUs")
