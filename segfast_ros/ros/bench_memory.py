@@ -202,7 +202,12 @@ def write_frame_cdr(image: np.ndarray, path: Path) -> None:
 
 
 def _node_params(
-    model_dir: str, strategy: str, precision: str, threads: int, detector: str
+    model_dir: str,
+    strategy: str,
+    precision: str,
+    threads: int,
+    detector: str,
+    extra: dict[str, Any] | None = None,
 ) -> list[Any]:
     from rclpy.parameter import Parameter
 
@@ -228,6 +233,7 @@ def _node_params(
             for key, value in kwargs.items():
                 if f"segevery.{name}.{key}" in names:
                     values[f"segevery.{name}.{key}"] = value
+    values.update(extra or {})
     return [Parameter(k, value=v) for k, v in values.items()]
 
 
@@ -282,6 +288,7 @@ def run_case(case: dict[str, Any]) -> CaseResult:
             case["precision"],
             int(case["threads"]),
             case["detector"],
+            case.get("params"),
         ),
     )
     listener = Node("segfast_bench_memory_listener", context=context)
@@ -424,6 +431,7 @@ def bench_memory(
     segment_sets: int = 1,
     segment_images: bool = True,
     over_limit: bool = True,
+    params: dict[str, Any] | None = None,
     log_dir: Path | None = None,
 ) -> list[CaseResult]:
     """Run every (size, strategy) case in its own process; see the module docstring.
@@ -442,6 +450,8 @@ def bench_memory(
         segment_images: the request asks for mono8 images of the masks.
         over_limit: also hand the node one frame just above ``MAX_IMAGE_PIXELS`` and record
             its rejection message.
+        params: more node parameters, ``{name: value}`` (e.g. the decoder batch,
+            ``segevery.object_aware.prompts_per_batch``).
         log_dir: where each case's stderr goes (default: a temporary folder).
     """
     from segfast_ros.runtime.paths import resolve_model_path
@@ -458,6 +468,7 @@ def bench_memory(
         "overlay_subscriber": overlay_subscriber,
         "segment_sets": segment_sets,
         "segment_images": segment_images,
+        "params": dict(params or {}),
     }
     with tempfile.TemporaryDirectory(prefix="segfast_bench_memory_") as tmp:
         logs = Path(log_dir) if log_dir else Path(tmp)
@@ -598,6 +609,20 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _param(text: str) -> tuple[str, Any]:
+    """``NAME:=VALUE`` as ROS's ``-p`` takes it; VALUE is read as JSON, else a string."""
+    name, sep, value = text.partition(":=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(
+            f"expected a node parameter NAME:=VALUE (e.g. segevery.object_aware.conf:=0.1), "
+            f"got {text!r}"
+        )
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``segfast bench-memory`` options (no ROS import: the cases import rclpy)."""
     parser.add_argument(
@@ -634,6 +659,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-segment-images", action="store_true", help="~/segment without mono8 images"
     )
     parser.add_argument(
+        "-p",
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="NAME:=VALUE",
+        help="another node parameter, e.g. -p segevery.object_aware.prompts_per_batch:=32",
+    )
+    parser.add_argument(
         "--no-over-limit",
         action="store_true",
         help="skip the frame just above MAX_IMAGE_PIXELS (its rejection message)",
@@ -655,8 +689,10 @@ def run_cli(args: argparse.Namespace) -> int:
         segment_sets=args.segment_sets,
         segment_images=not args.no_segment_images,
         over_limit=not args.no_over_limit,
+        params=dict(args.param),
     )
-    print(f"model_dir {args.model_dir} ({args.precision}), {os.cpu_count()} CPUs")
+    extra = "".join(f", {k}:={v}" for k, v in args.param)
+    print(f"model_dir {args.model_dir} ({args.precision}){extra}, {os.cpu_count()} CPUs")
     print(format_table(results))
     for note in NOTES:
         print(f"note: {note}")
@@ -665,6 +701,7 @@ def run_cli(args: argparse.Namespace) -> int:
         doc = {
             "model_dir": args.model_dir,
             "precision": args.precision,
+            "params": dict(args.param),
             "peak_rss_target_mb": PEAK_RSS_TARGET_MB,
             "cpu_count": os.cpu_count(),
             "notes": list(NOTES),
