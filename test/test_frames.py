@@ -42,6 +42,23 @@ def _encoded(key: int) -> EncodedFrame:
     return EncodedFrame(frame, np.zeros((1, 8, 4, 4), np.float32), 1.0, time.monotonic())
 
 
+def test_only_the_latest_cached_frame_keeps_its_pixels() -> None:
+    """Older frames keep embedding, size and header (all a prompt needs), not the image."""
+    cache = EmbeddingCache(4)
+    first, second = _encoded(1), _encoded(2)
+    cache.put(first)
+    assert cache.get(1) is first and cache.get(1).frame.image is not None
+    cache.put(second)
+    older = cache.get(1)
+    assert older.frame.image is None and older.hw == (4, 6) == first.hw
+    assert older.embedding is first.embedding  # shared, not copied
+    assert first.frame.image is not None  # a holder of the original (SegEvery) keeps it
+    assert cache.latest() is second and second.frame.image is not None
+    assert cache.list_keys() == [1, 2]
+    with pytest.raises(ValueError, match="no pixels left"):
+        encode_frame(Predictor(CountingBackend()), older.frame)
+
+
 def test_cache_evicts_oldest_and_keeps_latest() -> None:
     cache = EmbeddingCache(2)
     for key in (1, 2, 3):

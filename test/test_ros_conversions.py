@@ -443,3 +443,17 @@ def test_conversions_import_without_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_image_msg_over_the_pixel_limit_is_refused_before_any_copy() -> None:
+    """The size is checked on the header alone: no conversion copy of a too-large frame."""
+    from segfast_ros.runtime.transforms import MAX_IMAGE_PIXELS
+
+    h, w = MAX_IMAGE_PIXELS // 8192 + 1, 8192
+    msg = SimpleNamespace(encoding="bgr8", height=h, width=w, step=3 * w, data=b"")
+    with pytest.raises(ImageError) as err:
+        image_msg_to_rgb(msg)
+    assert str(err.value).startswith(
+        f"bgr8 image of {w}x{h} (W x H) = {h * w:,} pixels exceeds MAX_IMAGE_PIXELS = "
+        f"{MAX_IMAGE_PIXELS:,} pixels"
+    )

@@ -323,6 +323,25 @@ def test_bad_prompts_get_clear_errors_and_the_node_keeps_answering(client: Clien
         assert again.success, again.message
 
 
+def test_images_over_the_byte_cap_are_refused_before_decoding(client: Client) -> None:
+    """At 8K a mono8 mask is 33 MB; a request for many as images is refused with its size."""
+    assert _set_param(client, "segment.max_image_bytes", 2**20).successful
+    try:
+        boxes = [float(v) for i in range(64) for v in (i % 8 * 8, i // 8 * 8, 60.0, 60.0)]
+        req = _request(0, boxes=boxes, multimask=True, return_images=True)
+        resp = client.call(client.segment, req)
+        assert not resp.success
+        assert resp.message == (
+            "return_images: 64 prompt sets x 3 masks of 128x96 mono8 = 2 MiB of images, more "
+            "than segment.max_image_bytes = 1 MiB; ask for fewer sets or single masks, leave "
+            "return_images off (every mask also comes as RLE), or raise the parameter"
+        )
+        req.return_images = False  # the same masks as RLE only: answered
+        assert client.call(client.segment, req).success
+    finally:
+        assert _set_param(client, "segment.max_image_bytes", 256 * 2**20).successful
+
+
 def test_bad_frames_are_rejected_with_a_named_encoding(client: Client, node: NodeProcess) -> None:
     rgb = synthetic_scene(seed=3)
     bad = image_msg(rgb, 3_000_000_000)

@@ -141,7 +141,9 @@ class SegfastNode(LifecycleNode):
         self._encode_predictor: Predictor | None = None
         self._encoder: LatestWorker[Frame] | None = None
         self._segevery_worker: LatestWorker[EncodedFrame] | None = None
-        self._last_segevery: EncodedFrame | None = None
+        # (stamp key, ready time) of the frame SegEvery last took: not the frame itself, which
+        # would keep its pixels alive after the cache let them go.
+        self._last_segevery: tuple[int, float] | None = None
         self._pubs: dict[str, Any] = {}
         self._subs: list[Any] = []
         self._service: Any = None
@@ -532,6 +534,7 @@ class SegfastNode(LifecycleNode):
                 encoded.frame.header,
                 SegmentResult,
                 max_sets=self._config.max_prompt_sets,
+                max_image_bytes=self._config.segment_max_image_bytes,
             )
             resp.success = True
         except (ValueError, LookupError) as err:
@@ -632,12 +635,12 @@ class SegfastNode(LifecycleNode):
         if cache is None or worker is None:
             return
         latest = cache.latest()
-        if latest is None or latest is self._last_segevery:
+        if latest is None or (latest.key, latest.ready) == self._last_segevery:
             return  # nothing new to segment
         if worker.busy:
             self._counts["segevery_skipped"] += 1
             return
-        self._last_segevery = latest
+        self._last_segevery = (latest.key, latest.ready)
         worker.submit(latest)
 
     def _run_segevery(self, encoded: EncodedFrame) -> None:
@@ -645,21 +648,28 @@ class SegfastNode(LifecycleNode):
         if backend is None or strategy is None or not pubs:
             return
         start = time.perf_counter()
-        result = strategy(encoded.predictor(backend), encoded.frame.image)
+        image = encoded.frame.image  # the latest frame's, which the cache keeps
+        result = strategy(encoded.predictor(backend), image)
         elapsed = (time.perf_counter() - start) * 1e3
         header = encoded.frame.header
-        msg = InstanceArray(
-            header=header,
-            strategy=result.strategy,
-            instances=[instance_to_msg(inst, i) for i, inst in enumerate(result.instances)],
-            decoder_prompts=int(result.decoder_prompts),
-            segevery_ms=float(elapsed),
+        pubs["instances"].publish(
+            InstanceArray(
+                header=header,
+                strategy=result.strategy,
+                instances=[instance_to_msg(inst, i) for i, inst in enumerate(result.instances)],
+                decoder_prompts=int(result.decoder_prompts),
+                segevery_ms=float(elapsed),
+            )
         )
-        pubs["instances"].publish(msg)
+        # One full-frame array or message at a time: at 8K the label image is 66 MB, the
+        # overlay 100 MB, and each message holds a copy of its array.
         labels = instances_to_label_image(result.instances, encoded.hw)
+        del result
         pubs["label"].publish(labels_to_mono16_msg(labels, header))
-        if pubs["overlay"].get_subscription_count() > 0:
-            pubs["overlay"].publish(rgb_to_image_msg(overlay(encoded.frame.image, labels), header))
+        if image is not None and pubs["overlay"].get_subscription_count() > 0:
+            drawn = overlay(image, labels)
+            del labels
+            pubs["overlay"].publish(rgb_to_image_msg(drawn, header))
         self._segevery_runs.add(elapsed)
 
     def _on_segevery_error(self, encoded: EncodedFrame, err: BaseException) -> None:

@@ -150,6 +150,14 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         read_only=True,
     ),
     ParamSpec(
+        "segment.max_image_bytes",
+        256 * 2**20,
+        "Most bytes of mono8 mask images one ~/segment response may carry (return_images); "
+        "a request for more is refused with its size before decoding. At 8K one mask is 33 MB "
+        "and a response is copied about 3 times on its way out.",
+        range=_num(256 * 2**20, 2**20, 2**40),
+    ),
+    ParamSpec(
         "resize_interpolation",
         "linear",
         "Image resize to the encoder input: linear (the reference, cheapest) or area "
@@ -286,6 +294,7 @@ class NodeConfig:
     max_prompt_sets: int
     segment_queue_depth: int
     segment_workers: int
+    segment_max_image_bytes: int
     resize_interpolation: str
     intra_op_threads: int
     use_compressed: bool
@@ -308,6 +317,7 @@ class NodeConfig:
             max_prompt_sets=int(values["max_prompt_sets"]),
             segment_queue_depth=int(values["segment.queue_depth"]),
             segment_workers=int(values["segment.workers"]),
+            segment_max_image_bytes=int(values["segment.max_image_bytes"]),
             resize_interpolation=str(values["resize_interpolation"]),
             intra_op_threads=int(values["intra_op_threads"]),
             use_compressed=bool(values["use_compressed"]),

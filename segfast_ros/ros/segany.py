@@ -38,6 +38,30 @@ def request_prompts(req: Any, low_res_size: int, max_sets: int | None = None) ->
     )
 
 
+def check_image_bytes(kwargs: dict[str, Any], predictor: Predictor, limit: int) -> None:
+    """Refuse a request whose mono8 images would exceed ``limit`` bytes.
+
+    At 8K one mono8 mask is 33 MB, and a response is copied about three times on its way out
+    (Python message, C message, serialized): 64 sets of 3 masks would take the node past any
+    robot's memory, so such a request is refused before any decoding.
+
+    Raises:
+        ValueError: the images' size, how it adds up, and the limit.
+    """
+    h, w = predictor.original_size or (0, 0)
+    prompts = kwargs.get("box", kwargs.get("point_coords"))
+    sets = len(prompts) if prompts is not None else 1
+    masks = 3 if kwargs["multimask_output"] else 1
+    size = sets * masks * h * w
+    if size > limit:
+        raise ValueError(
+            f"return_images: {sets} prompt sets x {masks} masks of {w}x{h} mono8 = "
+            f"{size / 2**20:,.0f} MiB of images, more than segment.max_image_bytes = "
+            f"{limit / 2**20:,.0f} MiB; ask for fewer sets or single masks, leave "
+            "return_images off (every mask also comes as RLE), or raise the parameter"
+        )
+
+
 def segment(
     predictor: Predictor,
     req: Any,
@@ -47,6 +71,7 @@ def segment(
     mask_threshold: float = 0.0,
     stability_offset: float = 1.0,
     max_sets: int | None = None,
+    max_image_bytes: int | None = None,
 ) -> list[Any]:
     """Answer a ``Segment`` request on ``predictor``'s embedding: one result per prompt set.
 
@@ -58,15 +83,20 @@ def segment(
         mask_threshold: logit above which a pixel is in the mask.
         stability_offset: logit offset of the stability score.
         max_sets: refuse requests with more prompt sets than this (None: no cap).
+        max_image_bytes: with ``return_images``, refuse requests whose mono8 images would
+            take more bytes than this, before decoding (None: no cap).
 
     Raises:
-        ValueError: a malformed or out-of-image prompt, or more prompt sets than
-            ``max_sets`` (the message says which and why).
+        ValueError: a malformed or out-of-image prompt, more prompt sets than ``max_sets``,
+            or images over ``max_image_bytes`` (the message says which and why).
     """
     lr = predictor.info.low_res_size
+    kwargs = request_prompts(req, lr, max_sets)
+    if req.return_images and max_image_bytes is not None:
+        check_image_bytes(kwargs, predictor, max_image_bytes)
     sets = decode_prompt_sets(
         predictor,
-        request_prompts(req, lr, max_sets),
+        kwargs,
         mask_threshold=mask_threshold,
         stability_offset=stability_offset,
     )

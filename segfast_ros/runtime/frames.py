@@ -11,6 +11,7 @@ Nothing here imports ROS or torch; the ROS node and the offline replay share it.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import OrderedDict, deque
@@ -37,15 +38,23 @@ class Frame:
 
     Attributes:
         key: cache key, the header stamp in nanoseconds (0 when the sender left it unset).
-        image: ``(H, W, 3)`` uint8 RGB.
+        image: ``(H, W, 3)`` uint8 RGB; None once the frame was cached and a newer one came
+            (see :meth:`EmbeddingCache.put`).
         header: the transport's header (a ROS ``std_msgs/Header``), passed through untouched.
         received: ``time.monotonic()`` when the frame arrived.
+        hw: ``(H, W)`` of the image, kept when the pixels are let go (set from ``image``).
     """
 
     key: int
-    image: np.ndarray
+    image: np.ndarray | None
     header: Any = None
     received: float = field(default_factory=time.monotonic)
+    hw: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        if self.image is not None:
+            h, w = self.image.shape[:2]
+            object.__setattr__(self, "hw", (int(h), int(w)))
 
 
 @dataclass(frozen=True)
@@ -72,8 +81,11 @@ class EncodedFrame:
     @property
     def hw(self) -> tuple[int, int]:
         """``(H, W)`` of the source image."""
-        h, w = self.frame.image.shape[:2]
-        return int(h), int(w)
+        return self.frame.hw
+
+    def without_pixels(self) -> EncodedFrame:
+        """This frame with its image let go: prompts need only the embedding and the size."""
+        return dataclasses.replace(self, frame=dataclasses.replace(self.frame, image=None))
 
     def predictor(self, backend: Backend) -> Predictor:
         """A fresh :class:`Predictor` on this frame's embedding (no encoder run, no copy).
@@ -89,8 +101,10 @@ def encode_frame(predictor: Predictor, frame: Frame) -> EncodedFrame:
     """Run the encoder on ``frame`` with ``predictor`` and return the embedding.
 
     Raises:
-        ValueError: the image is not ``HxWx3`` uint8, empty or too large.
+        ValueError: the image is not ``HxWx3`` uint8, empty or too large, or was let go.
     """
+    if frame.image is None:
+        raise ValueError(f"frame {frame.key} has no pixels left to encode")
     start = time.perf_counter()
     predictor.set_image(frame.image)
     encode_ms = (time.perf_counter() - start) * 1e3
@@ -129,8 +143,16 @@ class EmbeddingCache:
             self._evict()
 
     def put(self, item: EncodedFrame) -> None:
-        """Store ``item`` as the latest frame (a frame with the same key is replaced)."""
+        """Store ``item`` as the latest frame (a frame with the same key is replaced).
+
+        Only the latest frame keeps its pixels (SegEvery reads them); older ones keep the
+        embedding and the size, all that a prompt needs. At 8K a frame is 100 MB: a cache of
+        four would otherwise hold 400 MB of images nobody reads.
+        """
         with self._lock:
+            previous = self._latest
+            if previous is not None and self._items.get(previous.key) is previous:
+                self._items[previous.key] = previous.without_pixels()
             self._items.pop(item.key, None)
             self._items[item.key] = item
             self._latest = item

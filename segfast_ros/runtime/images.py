@@ -17,6 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from segfast_ros.runtime.transforms import check_image_pixels
+
 #: File suffixes taken from an image folder (case-insensitive).
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 
@@ -148,6 +150,10 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
         raise ImageError(f"{encoding} image is {w}x{h} (width x height); both must be > 0")
+    try:  # before any conversion: a frame over the limit must not cost another copy first
+        check_image_pixels(h, w)
+    except ValueError as err:
+        raise ImageError(f"{encoding} {err}") from None
     row = w * channels
     if step < row:
         raise ImageError(

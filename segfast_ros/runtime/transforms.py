@@ -88,6 +88,16 @@ def validate_rgb_image(image: np.ndarray) -> np.ndarray:
     h, w = image.shape[:2]
     if h == 0 or w == 0:
         raise ValueError(f"expected a non-empty RGB image HxWx3 uint8, got shape {image.shape}")
+    check_image_pixels(h, w)
+    return np.ascontiguousarray(image)
+
+
+def check_image_pixels(h: int, w: int) -> None:
+    """Refuse an image of more than :data:`MAX_IMAGE_PIXELS`, naming its size and the limit.
+
+    Raises:
+        ValueError: ``h * w > MAX_IMAGE_PIXELS``.
+    """
     if h * w > MAX_IMAGE_PIXELS:
         # Exact counts: just above the limit, rounded megapixels would read as equal.
         raise ValueError(
@@ -95,7 +105,6 @@ def validate_rgb_image(image: np.ndarray) -> np.ndarray:
             f"{MAX_IMAGE_PIXELS:,} pixels ({MAX_IMAGE_PIXELS / 1e6:.1f} megapixels); downscale "
             "it first"
         )
-    return np.ascontiguousarray(image)
 
 
 #: Image resize policies by name (node parameter ``resize_interpolation``): ``linear`` is the
