@@ -188,6 +188,101 @@ def test_wrong_graph_interface(onnx_dir: Path) -> None:
         OnnxRuntimeBackend(enc, enc)
 
 
+# ---------------------------------------------------------------------- decoder memory
+
+
+class _RecordingSession:
+    """The real decoder session, recording each run's prompt-set count and run options."""
+
+    def __init__(self, session: object) -> None:
+        self.session = session
+        self.batches: list[int] = []
+        self.shrink: list[str | None] = []
+
+    def run(
+        self, outputs: list[str], feeds: dict[str, np.ndarray], run_options: object = None
+    ) -> list[np.ndarray]:
+        self.batches.append(len(feeds["point_coords"]))
+        key = "memory.enable_memory_arena_shrinkage"
+        self.shrink.append(run_options.get_run_config_entry(key) if run_options else None)
+        return self.session.run(outputs, feeds, run_options)  # type: ignore[attr-defined]
+
+
+def test_decoder_runs_return_the_cpu_arena_the_encoder_keeps_it(onnx_dir: Path) -> None:
+    backend = OnnxRuntimeBackend.from_dir(onnx_dir, intra_op_threads=1)
+    # Both sessions have the arena (ONNX Runtime shrinks only an enabled arena) ...
+    assert backend.encoder.get_session_options().enable_cpu_mem_arena is True
+    assert backend.decoder.get_session_options().enable_cpu_mem_arena is True
+    # ... and every decoder run returns its unused regions: the batch varies call to call.
+    recorder = _RecordingSession(backend.decoder)
+    backend.decoder = recorder  # type: ignore[assignment]
+    emb = backend.encode(np.ones((1, 3, S, S), np.float32))
+    no_mask = np.zeros((1, 1, L, L), np.float32)
+    backend.decode(emb, np.ones((1, 1, 2), np.float32), np.ones((1, 1), np.float32), no_mask,
+                   np.zeros(1, np.float32))  # fmt: skip
+    assert recorder.shrink == ["cpu:0"]
+
+
+@pytest.mark.parametrize("per_set_mask", [False, True])
+def test_cpu_decoder_splits_big_batches_without_changing_outputs(
+    onnx_dir: Path, per_set_mask: bool
+) -> None:
+    backend = OnnxRuntimeBackend.from_dir(onnx_dir, intra_op_threads=1, decoder_max_sets=4)
+    whole = OnnxRuntimeBackend.from_dir(onnx_dir, intra_op_threads=1, decoder_max_sets=10_000)
+    recorder = _RecordingSession(backend.decoder)
+    backend.decoder = recorder  # type: ignore[assignment]
+
+    n = 11
+    rng = np.random.default_rng(0)
+    emb = backend.encode(np.ones((1, 3, S, S), np.float32))
+    coords = rng.uniform(0, S, (n, 2, 2)).astype(np.float32)
+    labels = np.tile(np.array([[2, 3]], np.float32), (n, 1))
+    masks_in = rng.normal(size=(n if per_set_mask else 1, 1, L, L)).astype(np.float32)
+    has_mask = np.array([1.0], np.float32)
+    masks, iou = backend.decode(emb, coords, labels, masks_in, has_mask)
+    assert recorder.batches == [4, 4, 3]
+    ref_masks, ref_iou = whole.decode(emb, coords, labels, masks_in, has_mask)
+    np.testing.assert_array_equal(masks, ref_masks)
+    np.testing.assert_array_equal(iou, ref_iou)
+
+    recorder.batches.clear()
+    backend.decode(emb, coords[:4], labels[:4], masks_in[:4], has_mask)
+    assert recorder.batches == [4]  # at the cap: one run
+
+
+def test_cpu_decoder_cap_follows_the_memory_budget(onnx_dir: Path) -> None:
+    # Full-size MobileSAM/SAM (256 x 64 x 64 embedding: 16 MiB of working memory per set).
+    sam = ModelInfo("mobile_sam", image_size=1024, embed_dim=256, embed_size=64)
+    assert ob.cpu_decoder_max_sets(sam) == 8
+    assert ob.cpu_decoder_max_sets(sam, budget_bytes=2**20) == 1  # never below one set
+    assert ob.cpu_decoder_max_sets(INFO) == ob.CPU_DECODER_BUDGET_BYTES // (4 * C * E * E * 4)
+    # The CPU provider's default is the budget's cap for the model.
+    backend = OnnxRuntimeBackend.from_dir(onnx_dir, intra_op_threads=1)
+    assert backend.decoder_max_sets == ob.cpu_decoder_max_sets(INFO)
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+def test_decoder_max_sets_is_checked_and_a_gpu_decoder_has_no_cap(
+    onnx_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValueError, match="decoder_max_sets must be >= 1 .*got 0"):
+        OnnxRuntimeBackend.from_dir(onnx_dir, decoder_max_sets=0)
+
+    real = ob.ort.InferenceSession
+
+    class OnGpu(real):  # type: ignore[misc, valid-type]
+        def get_providers(self) -> list[str]:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    monkeypatch.setattr(ob.ort, "InferenceSession", OnGpu)
+    monkeypatch.setattr(
+        ob,
+        "resolve_providers",
+        lambda providers, **kw: [("CUDAExecutionProvider", {}), ("CPUExecutionProvider", {})],
+    )
+    assert OnnxRuntimeBackend.from_dir(onnx_dir, providers=["cuda"]).decoder_max_sets is None
+
+
 # ------------------------------------------------------------------------------ files
 
 

@@ -42,6 +42,18 @@ PROVIDER_ALIASES: dict[str, str] = {
 #: encoder: the decoder is small and its accuracy is what the masks' edges depend on.
 DECODER_PRECISION: dict[str, str] = {"fp32": "fp32", "fp16": "fp16", "int8": "fp32"}
 
+#: Working memory one decoder run may take on ONNX Runtime's CPU provider, in bytes. A call
+#: with more prompt sets than fit is split (:func:`cpu_decoder_max_sets`): 8 sets of full-size
+#: MobileSAM. A CPU decodes no faster per prompt in big batches, and 320 boxes in one run took
+#: 5.3 GB (12 GB with the arena's rounding).
+CPU_DECODER_BUDGET_BYTES = 128 * 2**20
+#: The decoder's working memory per prompt set, in float32 image embeddings ``(C, h, w)``: its
+#: transformer runs on a copy of the embedding per set, and the masks are upsampled from it to
+#: ``(C / 8, 4h, 4w)``. Measured: 16.6 MB per set for MobileSAM (4 MiB embedding), about 4.
+DECODER_EMBEDDINGS_PER_SET = 4
+#: ONNX Runtime's run option that returns the CPU arena's unused regions after each run.
+_SHRINK_CPU_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
+
 #: A provider as ONNX Runtime takes it: a name, or a name with its options.
 ProviderSpec = str | tuple[str, Mapping[str, Any]]
 
@@ -208,6 +220,17 @@ def _quantization_settings(session: ort.InferenceSession) -> dict[str, Any] | No
     return settings if isinstance(settings, dict) else None
 
 
+def cpu_decoder_max_sets(info: ModelInfo, budget_bytes: int = CPU_DECODER_BUDGET_BYTES) -> int:
+    """Most prompt sets per decoder run on the CPU within ``budget_bytes`` of working memory.
+
+    At least 1; :data:`DECODER_EMBEDDINGS_PER_SET` float32 embeddings ``(C, h, w)`` per set:
+    8 for MobileSAM, TinySAM and SAM (256 x 64 x 64) at the default budget, 512 for the demo
+    model (64 x 16 x 16).
+    """
+    per_set = DECODER_EMBEDDINGS_PER_SET * info.embed_dim * info.embed_size**2 * 4
+    return max(1, budget_bytes // per_set)
+
+
 class ProviderUnavailableError(RuntimeError):
     """A requested execution provider could not be activated for a graph."""
 
@@ -261,6 +284,14 @@ class OnnxRuntimeBackend:
         provider_options: extra options per full EP name.
         require_providers: raise if ONNX Runtime silently fell back from a requested provider
             (e.g. CUDA libraries missing) instead of running slowly on CPU.
+        decoder_max_sets: most prompt sets per decoder run; a bigger call is split and its
+            outputs joined. None: :func:`cpu_decoder_max_sets` when the decoder runs on the CPU
+            provider, else no limit (a GPU decodes big batches faster per prompt).
+
+    Both sessions keep ONNX Runtime's CPU memory arena, which reuses one run's buffers in the
+    next. The encoder's shapes never change; the decoder's batch does, and the arena would keep
+    the largest batch's memory for good (71 boxes at 8K: 3.6 GB more, full-size MobileSAM), so
+    each decoder run ends by returning the arena's unused regions (a run option).
 
     Raises:
         FileNotFoundError: a graph file is missing.
@@ -282,11 +313,17 @@ class OnnxRuntimeBackend:
         trt_engine_cache_dir: str | Path | None = None,
         provider_options: Mapping[str, Mapping[str, Any]] | None = None,
         require_providers: bool = True,
+        decoder_max_sets: int | None = None,
     ) -> None:
         self.encoder_path = _check_file(encoder_path, "encoder")
         self.decoder_path = _check_file(decoder_path, "decoder")
         if intra_op_threads < 0:
             raise ValueError(f"intra_op_threads must be >= 0, got {intra_op_threads}")
+        if decoder_max_sets is not None and decoder_max_sets < 1:
+            raise ValueError(
+                f"decoder_max_sets must be >= 1 (or None for the provider's default), got "
+                f"{decoder_max_sets}"
+            )
         resolved = resolve_providers(
             providers,
             device_id=device_id,
@@ -301,6 +338,9 @@ class OnnxRuntimeBackend:
             self.decoder_path, resolved, intra_op_threads, require_providers=require_providers
         )
         self.providers: list[str] = self.encoder.get_providers()
+        #: Options of every decoder run: return the CPU arena's unused regions at its end.
+        self.decoder_run_options = ort.RunOptions()
+        self.decoder_run_options.add_run_config_entry(*_SHRINK_CPU_ARENA)
         _check_io(self.encoder, self.encoder_path, ENCODER_INPUTS, ENCODER_OUTPUTS)
         _check_io(self.decoder, self.decoder_path, DECODER_INPUTS, DECODER_OUTPUTS)
         # fp16 graphs may take fp16 inputs; feeds are cast to whatever each graph declares.
@@ -319,6 +359,13 @@ class OnnxRuntimeBackend:
         #: The encoder's quantization settings (int8 files written by segfast), else None.
         self.quantization: dict[str, Any] | None = _quantization_settings(self.encoder)
         check_int8_cpu(self.encoder_path, self.quantization)
+        on_cpu = self.decoder.get_providers()[0] == "CPUExecutionProvider"
+        #: Most prompt sets per decoder run (None: no limit); bigger calls are split.
+        self.decoder_max_sets: int | None = (
+            decoder_max_sets
+            if decoder_max_sets is not None
+            else (cpu_decoder_max_sets(self.info) if on_cpu else None)
+        )
 
     @classmethod
     def from_dir(
@@ -367,11 +414,39 @@ class OnnxRuntimeBackend:
         mask_input: np.ndarray,
         has_mask_input: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``B`` prompt sets to ``(B, M, L, L)`` logits and ``(B, M)`` IoUs (see Backend)."""
-        values = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
+        """``B`` prompt sets to ``(B, M, L, L)`` logits and ``(B, M)`` IoUs (see Backend).
+
+        More than :attr:`decoder_max_sets` sets run as several decoder runs, each written into
+        the one output as it comes (no second copy of all the logits for a join).
+        """
+        total = point_coords.shape[0]
+        step = self.decoder_max_sets
+        if step is None or total <= step:
+            return self._run_decoder(
+                image_embeddings, point_coords, point_labels, mask_input, has_mask_input
+            )
+        per_set_mask = mask_input.shape[0] != 1
+        masks = iou = np.empty(0, np.float32)  # sized by the first run (M and L come from it)
+        for lo in range(0, total, step):
+            hi = lo + step
+            part_masks, part_iou = self._run_decoder(
+                image_embeddings,
+                point_coords[lo:hi],
+                point_labels[lo:hi],
+                mask_input[lo:hi] if per_set_mask else mask_input,
+                has_mask_input,
+            )
+            if lo == 0:
+                masks = np.empty((total, *part_masks.shape[1:]), np.float32)
+                iou = np.empty((total, *part_iou.shape[1:]), np.float32)
+            masks[lo:hi], iou[lo:hi] = part_masks, part_iou
+        return masks, iou
+
+    def _run_decoder(self, *values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One decoder run on the five inputs in :data:`DECODER_INPUTS` order."""
         feeds = {
             name: self._feed(self._decoder_types, name, value)
             for name, value in zip(DECODER_INPUTS, values, strict=True)
         }
-        masks, iou = self.decoder.run(list(DECODER_OUTPUTS), feeds)
+        masks, iou = self.decoder.run(list(DECODER_OUTPUTS), feeds, self.decoder_run_options)
         return np.asarray(masks, dtype=np.float32), np.asarray(iou, dtype=np.float32)
