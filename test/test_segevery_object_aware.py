@@ -104,7 +104,7 @@ def test_each_box_becomes_one_instance(tmp_path: Path) -> None:
     assert isinstance(segevery, SegEvery)
     assert result.strategy == "object_aware" and result.image_hw == (H, W)
     assert result.decoder_prompts == len(BOXES)
-    assert len(backend.calls) == 1  # 5 boxes < 320: one decoder call
+    assert len(backend.calls) == 1  # 5 boxes < prompts_per_batch (64): one decoder call
     assert {"detector", "decoder", "postprocess", "nms", "total"} <= set(result.timings_ms)
     scores = [inst.score for inst in result.instances]
     assert scores == sorted(scores, reverse=True) and scores[0] == pytest.approx(0.95)

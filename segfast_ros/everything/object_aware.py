@@ -2,10 +2,13 @@
 
 Instead of a dense grid of points (SAM: 1024 prompts x 3 masks), an object-discovery detector
 proposes boxes, typically 20-150 for a real scene. Each box is one prompt set, decoded for a
-single mask (token 0), ``prompts_per_batch`` boxes per decoder call (MobileSAMv2 uses chunks of
-320). The decoder graph broadcasts the one image embedding over the boxes of a call, so it is
-never copied per prompt. MobileSAMv2 keeps every mask: there is no grid, and by default no
-IoU, stability or NMS filter. Each filter can be switched on here.
+single mask (token 0), ``prompts_per_batch`` boxes per decoder call: 64 here, where MobileSAMv2
+uses 320, because a call's low-res logits are held until post-processed, so 64 bounds that
+memory whatever the detector finds. The decoder graph takes the one image embedding for all the
+boxes of a call (its input is never copied per prompt), though its working memory grows with
+the boxes (the ONNX Runtime backend splits CPU calls to a budget). MobileSAMv2 keeps every
+mask: there is no grid, and by default no IoU, stability or NMS filter. Each filter can be
+switched on here.
 """
 
 from __future__ import annotations
@@ -44,7 +47,10 @@ class ObjectAwareSegEvery:
     Attributes:
         detector: an :class:`~.detector.ObjectDetector`, or the path of its ONNX file (then
             built with ``conf``, ``iou``, ``max_det``, ``border_snap_px`` and ``providers``).
-        prompts_per_batch: boxes decoded per decoder call (MobileSAMv2: 320).
+        prompts_per_batch: boxes decoded per decoder call (MobileSAMv2: 320). The logits of
+            a call, ``(B, 4, 256, 256)`` float32 for MobileSAM (1 MiB per box), are held until
+            post-processed; results do not depend on it. A backend may split a call further
+            (ONNX Runtime on the CPU: 8 sets of full-size MobileSAM).
         pred_iou_thresh: keep masks with predicted IoU ``>`` this; 0 (MobileSAMv2) keeps all.
         stability_score_thresh: keep masks with stability ``>=`` this; 0 (MobileSAMv2) keeps
             all.
@@ -70,7 +76,7 @@ class ObjectAwareSegEvery:
     name: ClassVar[str] = "object_aware"
 
     detector: ObjectDetector | str | Path
-    prompts_per_batch: int = param(320, low=1)
+    prompts_per_batch: int = param(64, low=1)
     pred_iou_thresh: float = param(0.0, low=0.0, high=1.0)
     stability_score_thresh: float = param(0.0, low=0.0, high=1.0)
     stability_score_offset: float = param(1.0, low=0.0)
