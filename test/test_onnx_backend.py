@@ -213,7 +213,7 @@ def test_decoder_runs_return_the_cpu_arena_the_encoder_keeps_it(onnx_dir: Path) 
     # Both sessions have the arena (ONNX Runtime shrinks only an enabled arena) ...
     assert backend.encoder.get_session_options().enable_cpu_mem_arena is True
     assert backend.decoder.get_session_options().enable_cpu_mem_arena is True
-    # ... and every decoder run returns its unused regions: the batch varies call to call.
+    # ... and every decode call returns its unused regions: the batch varies call to call.
     recorder = _RecordingSession(backend.decoder)
     backend.decoder = recorder  # type: ignore[assignment]
     emb = backend.encode(np.ones((1, 3, S, S), np.float32))
@@ -241,6 +241,7 @@ def test_cpu_decoder_splits_big_batches_without_changing_outputs(
     has_mask = np.array([1.0], np.float32)
     masks, iou = backend.decode(emb, coords, labels, masks_in, has_mask)
     assert recorder.batches == [4, 4, 3]
+    assert recorder.shrink == [None, None, "cpu:0"]  # the runs of one call share the arena
     ref_masks, ref_iou = whole.decode(emb, coords, labels, masks_in, has_mask)
     np.testing.assert_array_equal(masks, ref_masks)
     np.testing.assert_array_equal(iou, ref_iou)

@@ -291,7 +291,8 @@ class OnnxRuntimeBackend:
     Both sessions keep ONNX Runtime's CPU memory arena, which reuses one run's buffers in the
     next. The encoder's shapes never change; the decoder's batch does, and the arena would keep
     the largest batch's memory for good (71 boxes at 8K: 3.6 GB more, full-size MobileSAM), so
-    each decoder run ends by returning the arena's unused regions (a run option).
+    each :meth:`decode` call ends by returning the arena's unused regions (a run option on its
+    last run: the runs of a split call reuse one another's buffers).
 
     Raises:
         FileNotFoundError: a graph file is missing.
@@ -338,9 +339,9 @@ class OnnxRuntimeBackend:
             self.decoder_path, resolved, intra_op_threads, require_providers=require_providers
         )
         self.providers: list[str] = self.encoder.get_providers()
-        #: Options of every decoder run: return the CPU arena's unused regions at its end.
-        self.decoder_run_options = ort.RunOptions()
-        self.decoder_run_options.add_run_config_entry(*_SHRINK_CPU_ARENA)
+        #: Options of the last decoder run of a call: return the CPU arena's unused regions.
+        self.decoder_shrink_options = ort.RunOptions()
+        self.decoder_shrink_options.add_run_config_entry(*_SHRINK_CPU_ARENA)
         _check_io(self.encoder, self.encoder_path, ENCODER_INPUTS, ENCODER_OUTPUTS)
         _check_io(self.decoder, self.decoder_path, DECODER_INPUTS, DECODER_OUTPUTS)
         # fp16 graphs may take fp16 inputs; feeds are cast to whatever each graph declares.
@@ -417,7 +418,8 @@ class OnnxRuntimeBackend:
         """``B`` prompt sets to ``(B, M, L, L)`` logits and ``(B, M)`` IoUs (see Backend).
 
         More than :attr:`decoder_max_sets` sets run as several decoder runs, each written into
-        the one output as it comes (no second copy of all the logits for a join).
+        the one output as it comes (no second copy of all the logits for a join). The last run
+        returns the CPU arena's unused regions.
         """
         total = point_coords.shape[0]
         step = self.decoder_max_sets
@@ -435,6 +437,7 @@ class OnnxRuntimeBackend:
                 point_labels[lo:hi],
                 mask_input[lo:hi] if per_set_mask else mask_input,
                 has_mask_input,
+                shrink=hi >= total,
             )
             if lo == 0:
                 masks = np.empty((total, *part_masks.shape[1:]), np.float32)
@@ -442,11 +445,18 @@ class OnnxRuntimeBackend:
             masks[lo:hi], iou[lo:hi] = part_masks, part_iou
         return masks, iou
 
-    def _run_decoder(self, *values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One decoder run on the five inputs in :data:`DECODER_INPUTS` order."""
+    def _run_decoder(
+        self, *values: np.ndarray, shrink: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One decoder run on the five inputs in :data:`DECODER_INPUTS` order.
+
+        ``shrink``: return the CPU arena's unused regions after the run (False between the
+        runs of one split call, which reuse the same buffers).
+        """
         feeds = {
             name: self._feed(self._decoder_types, name, value)
             for name, value in zip(DECODER_INPUTS, values, strict=True)
         }
-        masks, iou = self.decoder.run(list(DECODER_OUTPUTS), feeds, self.decoder_run_options)
+        options = self.decoder_shrink_options if shrink else None
+        masks, iou = self.decoder.run(list(DECODER_OUTPUTS), feeds, options)
         return np.asarray(masks, dtype=np.float32), np.asarray(iou, dtype=np.float32)
