@@ -44,12 +44,13 @@ DECODER_PRECISION: dict[str, str] = {"fp32": "fp32", "fp16": "fp16", "int8": "fp
 
 #: Working memory one decoder run may take on ONNX Runtime's CPU provider, in bytes. A call
 #: with more prompt sets than fit is split (:func:`cpu_decoder_max_sets`): 8 sets of full-size
-#: MobileSAM. A CPU decodes no faster per prompt in big batches, and 320 boxes in one run took
-#: 5.3 GB (12 GB with the arena's rounding).
+#: MobileSAM. A CPU gains little per prompt from big batches (71 boxes: 2.3 s in one run, 2.5 s
+#: in runs of 8), and 320 boxes in one run took 5.3 GB (12 GB with the arena's rounding).
 CPU_DECODER_BUDGET_BYTES = 128 * 2**20
 #: The decoder's working memory per prompt set, in float32 image embeddings ``(C, h, w)``: its
 #: transformer runs on a copy of the embedding per set, and the masks are upsampled from it to
-#: ``(C / 8, 4h, 4w)``. Measured: 16.6 MB per set for MobileSAM (4 MiB embedding), about 4.
+#: ``(C / 8, 4h, 4w)``. Measured without the arena for MobileSAM (4 MiB embedding): 16.6 MB per
+#: set for 320 sets, 17.2 MB for 71, so about 4.
 DECODER_EMBEDDINGS_PER_SET = 4
 #: ONNX Runtime's run option that returns the CPU arena's unused regions after each run.
 _SHRINK_CPU_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
@@ -286,7 +287,7 @@ class OnnxRuntimeBackend:
             (e.g. CUDA libraries missing) instead of running slowly on CPU.
         decoder_max_sets: most prompt sets per decoder run; a bigger call is split and its
             outputs joined. None: :func:`cpu_decoder_max_sets` when the decoder runs on the CPU
-            provider, else no limit (a GPU decodes big batches faster per prompt).
+            provider, else no limit (GPU memory was not measured for this).
 
     Both sessions keep ONNX Runtime's CPU memory arena, which reuses one run's buffers in the
     next. The encoder's shapes never change; the decoder's batch does, and the arena would keep
