@@ -237,7 +237,8 @@ def segevery_params() -> tuple[ParamSpec, ...]:
     """``segevery.<strategy>.<field>`` for every typed field of every registered strategy.
 
     Numeric fields carry the range the strategy itself enforces; boolean fields are plain
-    switches. Defaults are the strategy's (SAM's, TinySAM's, MobileSAMv2's).
+    switches. Defaults are the strategy's (SAM's, TinySAM's, MobileSAMv2's, except where the
+    strategy says why not, as object_aware's decoder batch on CPU memory).
     """
     specs = []
     for name, cls in sorted(STRATEGIES.items()):
