@@ -20,6 +20,7 @@ This module must never import torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -77,3 +78,50 @@ class Backend(Protocol):
             ``(B, M)`` float32.
         """
         ...
+
+
+#: The decoder's five inputs in :data:`DECODER_INPUTS` order.
+DecoderInputs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def decode_in_runs(
+    run: Callable[[DecoderInputs, bool], tuple[np.ndarray, np.ndarray]],
+    inputs: DecoderInputs,
+    max_sets: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``B`` prompt sets in runs of at most ``max_sets`` (None: one run), joined.
+
+    A shared ``mask_input`` (first axis 1) goes to every run, a per-set one is split with the
+    prompts. Each run's outputs are written into the joined ones as they come, so a split call
+    never holds a second copy of all the logits.
+
+    Args:
+        run: one decoder run, ``run(inputs, last)`` -> ``(masks (b, M, L, L), iou (b, M))``;
+            ``last`` is True for the final run of the call.
+        inputs: ``(image_embeddings, point_coords, point_labels, mask_input, has_mask_input)``.
+        max_sets: most prompt sets per run.
+
+    Returns:
+        ``(B, M, L, L)`` float32 logits and ``(B, M)`` IoUs, in prompt order.
+    """
+    embeddings, coords, labels, mask_input, has_mask = inputs
+    total = coords.shape[0]
+    if max_sets is None or total <= max_sets:
+        return run(inputs, True)
+    per_set_mask = mask_input.shape[0] != 1
+    masks = iou = np.empty(0, np.float32)  # sized by the first run (M and L come from it)
+    for lo in range(0, total, max_sets):
+        hi = lo + max_sets
+        part = (
+            embeddings,
+            coords[lo:hi],
+            labels[lo:hi],
+            mask_input[lo:hi] if per_set_mask else mask_input,
+            has_mask,
+        )
+        part_masks, part_iou = run(part, hi >= total)
+        if lo == 0:
+            masks = np.empty((total, *part_masks.shape[1:]), np.float32)
+            iou = np.empty((total, *part_iou.shape[1:]), np.float32)
+        masks[lo:hi], iou[lo:hi] = part_masks, part_iou
+    return masks, iou

@@ -18,6 +18,7 @@ from segfast_ros.runtime.backend import (
     ENCODER_OUTPUTS,
     METADATA_KEY,
     ModelInfo,
+    decode_in_runs,
 )
 from segfast_ros.runtime.cpu_features import (
     CpuFeatures,
@@ -422,29 +423,11 @@ class OnnxRuntimeBackend:
         the one output as it comes (no second copy of all the logits for a join). The last run
         returns the CPU arena's unused regions.
         """
-        total = point_coords.shape[0]
-        step = self.decoder_max_sets
-        if step is None or total <= step:
-            return self._run_decoder(
-                image_embeddings, point_coords, point_labels, mask_input, has_mask_input
-            )
-        per_set_mask = mask_input.shape[0] != 1
-        masks = iou = np.empty(0, np.float32)  # sized by the first run (M and L come from it)
-        for lo in range(0, total, step):
-            hi = lo + step
-            part_masks, part_iou = self._run_decoder(
-                image_embeddings,
-                point_coords[lo:hi],
-                point_labels[lo:hi],
-                mask_input[lo:hi] if per_set_mask else mask_input,
-                has_mask_input,
-                shrink=hi >= total,
-            )
-            if lo == 0:
-                masks = np.empty((total, *part_masks.shape[1:]), np.float32)
-                iou = np.empty((total, *part_iou.shape[1:]), np.float32)
-            masks[lo:hi], iou[lo:hi] = part_masks, part_iou
-        return masks, iou
+        return decode_in_runs(
+            lambda values, last: self._run_decoder(*values, shrink=last),
+            (image_embeddings, point_coords, point_labels, mask_input, has_mask_input),
+            self.decoder_max_sets,
+        )
 
     def _run_decoder(
         self, *values: np.ndarray, shrink: bool = True

@@ -46,7 +46,9 @@ from segfast_ros.runtime.backend import (
     ENCODER_INPUTS,
     ENCODER_OUTPUTS,
     METADATA_KEY,
+    DecoderInputs,
     ModelInfo,
+    decode_in_runs,
 )
 from segfast_ros.runtime.engine_cache import EngineCache, EngineKey, file_sha256
 from segfast_ros.runtime.tensorrt_plan import (
@@ -674,24 +676,16 @@ class TensorRTBackend:
                 f"{n} points per prompt set; this TensorRT decoder engine takes at most "
                 f"{self.profile.max_points} (rebuild with a larger max_points)"
             )
-        masks, ious = [], []
-        step = self.profile.max_sets
-        for lo in range(0, point_coords.shape[0], step):
-            hi = lo + step
-            mask_part = mask_input if mask_input.shape[0] == 1 else mask_input[lo:hi]
-            values = (
-                image_embeddings,
-                point_coords[lo:hi],
-                point_labels[lo:hi],
-                mask_part,
-                has_mask_input,
-            )
+
+        def run(values: DecoderInputs, last: bool) -> tuple[np.ndarray, np.ndarray]:
             out = self._decoder.run(dict(zip(DECODER_INPUTS, values, strict=True)))
-            masks.append(out[DECODER_OUTPUTS[0]])
-            ious.append(out[DECODER_OUTPUTS[1]])
-        if len(masks) == 1:
-            return masks[0], ious[0]
-        return np.concatenate(masks), np.concatenate(ious)
+            return out[DECODER_OUTPUTS[0]], out[DECODER_OUTPUTS[1]]
+
+        return decode_in_runs(
+            run,
+            (image_embeddings, point_coords, point_labels, mask_input, has_mask_input),
+            self.profile.max_sets,
+        )
 
     def close(self) -> None:
         """Free the device buffers and streams now (else when the backend is collected)."""
