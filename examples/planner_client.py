@@ -31,7 +31,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from segfast_ros.demo.scenes import generate_sequence
-from segfast_ros.everything.masks import rle_to_mask
+from segfast_ros.masks import rle_to_mask
 from segfast_ros.msg import InstanceArray
 from segfast_ros.ros.conversions import rgb_to_image_msg
 from segfast_ros.srv import Segment

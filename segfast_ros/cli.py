@@ -21,7 +21,7 @@ from .runtime.backend import Backend
 from .runtime.images import list_images, read_rgb
 
 if TYPE_CHECKING:
-    from .everything.base import SegEvery
+    from .segevery.base import SegEvery
 
 log = logging.getLogger("segfast")
 
@@ -160,7 +160,7 @@ def bench_image(
 
     Without ``--calib``, an INT8 export calibrates on that same frame.
     """
-    from .bench import synthetic_scene
+    from .bench.latency import synthetic_scene
 
     if getattr(args, "image", None):
         image = read_rgb(args.image)
@@ -293,7 +293,7 @@ def cmd_quant_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_backend, format_table, write_json
+    from .bench.latency import bench_backend, format_table, write_json
 
     if args.image:
         image = read_rgb(args.image)
@@ -334,7 +334,7 @@ def cmd_bench_segevery(args: argparse.Namespace) -> int:
     import tempfile
     import time
 
-    from .bench import bench_segevery, format_segevery_table, segevery_notes, write_json
+    from .bench.latency import bench_segevery, format_segevery_table, segevery_notes, write_json
     from .runtime.predictor import Predictor
 
     with tempfile.TemporaryDirectory(prefix="segfast_bench_segevery_") as tmp:
@@ -391,8 +391,8 @@ def cmd_bench_node(args: argparse.Namespace) -> int:
     """The node against the library: ~/segment vs predict, frame-to-embedding vs set_image."""
     import tempfile
 
-    from .bench import format_table, write_json
-    from .ros.bench import bench_node
+    from .bench.latency import format_table, write_json
+    from .bench.node import bench_node
 
     with tempfile.TemporaryDirectory(prefix="segfast_bench_node_") as tmp:
         image = bench_image(args, tmp)
@@ -436,8 +436,8 @@ def cmd_bench_node(args: argparse.Namespace) -> int:
 
 def _bench_node_concurrent(args: argparse.Namespace, onnx_dir: Path, image: np.ndarray) -> int:
     """``segfast bench-node --concurrent N ...``: the service under N calls at once."""
-    from .bench import write_json
-    from .ros.bench import bench_concurrent, format_concurrency
+    from .bench.latency import write_json
+    from .bench.node import bench_concurrent, format_concurrency
 
     rows = bench_concurrent(
         onnx_dir,
@@ -572,10 +572,10 @@ def cmd_bench_replay(args: argparse.Namespace) -> int:
     import json
     import tempfile
 
-    from .bench import synthetic_box_detector, synthetic_scene
-    from .everything.registry import build_segevery
-    from .replay.bench import bench_replay, format_replay_table, rows_json
+    from .bench.latency import synthetic_box_detector, synthetic_scene
+    from .bench.replay import bench_replay, format_replay_table, rows_json
     from .runtime.predictor import Predictor
+    from .segevery.registry import build_segevery
 
     hw = (args.height, args.width)
     with tempfile.TemporaryDirectory(prefix="segfast_bench_replay_") as tmp:
@@ -762,7 +762,7 @@ def _build_segevery(
     ``overrides`` (``--set``) win over both. ``detector`` is object_aware's.
     """
     from .demo.evaluate import DEMO_SEGEVERY_PARAMS
-    from .everything.registry import build_segevery
+    from .segevery.registry import build_segevery
 
     kwargs: dict[str, Any] = dict(DEMO_SEGEVERY_PARAMS[mode]) if demo else {}
     sources = ["DEMO_SEGEVERY_PARAMS, the shipped demo model's settings"] if demo else []
@@ -787,7 +787,7 @@ def _demo_recall(coco_path: Path, frames: Sequence) -> tuple[float, int]:
     import json
 
     from .demo.evaluate import recall_at
-    from .everything.masks import rle_to_mask
+    from .masks import rle_to_mask
 
     doc = json.loads(coco_path.read_text())
     by_image: dict[int, list[np.ndarray]] = {}
@@ -957,7 +957,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the table as JSON")
     p.set_defaults(func=cmd_bench_node)
 
-    from .ros import bench_memory  # no ROS import until a case runs
+    from .bench import memory as bench_memory  # no ROS import until a case runs
 
     p = sub.add_parser(
         "bench-memory",

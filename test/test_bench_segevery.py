@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from segfast_ros.bench import (
+from segfast_ros.bench.latency import (
     SegEveryBenchRow,
     bench_segevery,
     format_segevery_table,
@@ -22,12 +22,12 @@ from segfast_ros.bench import (
     write_json,
 )
 from segfast_ros.cli import main
-from segfast_ros.everything.detector import ObjectDetector
-from segfast_ros.everything.masks import box_iou
 from segfast_ros.export.synthetic_detector import spread_boxes, write_detector_for_image
+from segfast_ros.masks import box_iou
 from segfast_ros.modeling import build_sam
 from segfast_ros.runtime import Predictor
 from segfast_ros.runtime.torch_backend import TorchBackend
+from segfast_ros.segevery.detector import ObjectDetector
 
 HW = (150, 200)
 

@@ -18,20 +18,20 @@ import numpy as np
 import pytest
 
 from segfast_ros.demo.scenes import generate_scene
-from segfast_ros.everything.grid import GridSegEvery
-from segfast_ros.everything.hierarchical import HierarchicalSegEvery
-from segfast_ros.everything.masks import (
+from segfast_ros.masks import (
     mask_to_rle,
     masks_to_boxes,
     segment_prompts,
     stability_score,
     threshold_logits,
 )
-from segfast_ros.everything.render import overlay
-from segfast_ros.everything.segany import decode_prompt_sets, prompt_kwargs
+from segfast_ros.pipeline.render import overlay
 from segfast_ros.runtime import Predictor, transforms
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
 from segfast_ros.runtime.transforms import UPSCALE_BUDGET_PIXELS, upscale_group_size
+from segfast_ros.segany import decode_prompt_sets, prompt_kwargs
+from segfast_ros.segevery.grid import GridSegEvery
+from segfast_ros.segevery.hierarchical import HierarchicalSegEvery
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
 HW = (90, 120)  # odd sizes on purpose: the model input (256) divides neither
@@ -341,7 +341,7 @@ def test_bench_memory_runs_the_node_and_reports_every_stage(tmp_path: Path) -> N
 
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "segfast_ros.ros.bench_memory", "--sizes", "320x240",
+        [sys.executable, "-m", "segfast_ros.bench.memory", "--sizes", "320x240",
          "--strategies", "object_aware", "--no-overlay", "--no-over-limit", "--threads", "1",
          "--json", str(out)],
         capture_output=True, text=True, timeout=300,

@@ -26,10 +26,10 @@ from segfast_ros.demo.evaluate import (
     evaluate,
     tune_segevery,
 )
-from segfast_ros.everything.detector import ObjectDetector
 from segfast_ros.runtime import onnx_backend
 from segfast_ros.runtime.cpu_features import Int8SaturationWarning, parse_cpuinfo
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
+from segfast_ros.segevery.detector import ObjectDetector
 
 MODEL_DIR = Path(DEFAULT_MODEL_DIR)
 FILES = ("encoder.fp32.onnx", "encoder.int8.onnx", "decoder.fp32.onnx", "detector.onnx")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segfast_ros.demo.scenes import SHAPES, generate_scene, generate_sequence
-from segfast_ros.everything.masks import masks_to_boxes
+from segfast_ros.masks import masks_to_boxes
 
 
 def test_same_seed_same_scene_and_different_seed_different_scene():

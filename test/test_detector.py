@@ -12,14 +12,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from segfast_ros.everything.detector import (
-    YOLO_LAYOUT,
-    ObjectDetector,
-    boxes_from_letterbox,
-    boxes_to_letterbox,
-    letterbox_geometry,
-    letterbox_image,
-)
 from segfast_ros.export.synthetic_detector import (
     FILLER_ANCHORS,
     write_constant_detector,
@@ -27,6 +19,14 @@ from segfast_ros.export.synthetic_detector import (
     write_fixed_box_detector,
     xyxy_to_cxcywh,
     yolo_output,
+)
+from segfast_ros.segevery.detector import (
+    YOLO_LAYOUT,
+    ObjectDetector,
+    boxes_from_letterbox,
+    boxes_to_letterbox,
+    letterbox_geometry,
+    letterbox_image,
 )
 
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from segfast_ros.runtime.frames import (
+from segfast_ros.pipeline.frames import (
     EmbeddingCache,
     EncodedFrame,
     Frame,

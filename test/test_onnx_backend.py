@@ -400,9 +400,9 @@ def test_detector_refuses_a_silent_cpu_fallback(monkeypatch: pytest.MonkeyPatch,
     """The object-aware detector shares the backend's session creation and its provider check."""
     import onnxruntime as ort
 
-    from segfast_ros.everything.detector import ObjectDetector
     from segfast_ros.export.synthetic_detector import write_detector_for_image
     from segfast_ros.runtime import onnx_backend
+    from segfast_ros.segevery.detector import ObjectDetector
 
     path = write_detector_for_image(
         tmp_path / "det.onnx", (100, 120), [[10.0, 10.0, 60.0, 80.0]], [0.9]

@@ -25,9 +25,8 @@ from ros_scenes import synthetic_scene
 from rosbags.rosbag2 import Reader, Writer
 from rosbags.rosbag2.enums import StoragePlugin
 
-from segfast_ros.everything.masks import rle_to_mask
-from segfast_ros.everything.registry import build_segevery
-from segfast_ros.everything.render import instances_to_label_image
+from segfast_ros.masks import rle_to_mask
+from segfast_ros.pipeline.render import instances_to_label_image
 from segfast_ros.replay import (
     BagError,
     PromptFileError,
@@ -39,6 +38,7 @@ from segfast_ros.replay.bags import msg_type, typestore
 from segfast_ros.replay.prompts import parse_prompts
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
 from segfast_ros.runtime.predictor import Predictor
+from segfast_ros.segevery.registry import build_segevery
 
 REPO = Path(__file__).resolve().parents[1]
 TOPIC = "/cam/image_raw"

@@ -22,8 +22,7 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from segfast_ros.everything.base import Instance
-from segfast_ros.everything.masks import mask_to_rle, masks_to_boxes
+from segfast_ros.masks import Instance, mask_to_rle, masks_to_boxes
 from segfast_ros.ros.conversions import (
     ACCEPTED_ENCODINGS,
     MAX_LABELS,

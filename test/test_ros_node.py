@@ -35,7 +35,7 @@ from rclpy.qos import qos_profile_sensor_data
 from ros_scenes import synthetic_scene
 from sensor_msgs.msg import CompressedImage, Image
 
-from segfast_ros.everything.masks import rle_to_mask
+from segfast_ros.masks import rle_to_mask
 from segfast_ros.msg import InstanceArray
 from segfast_ros.ros.harness import Client, NodeProcess, free_domain_id, image_msg, ros_env
 from segfast_ros.ros.node import SERVICE_QOS
@@ -600,7 +600,7 @@ def test_the_planner_example_gets_masks_over_dds(client: Client, domain_id: int)
 
 def test_bench_node_concurrent_mode_counts_every_answer(model_dir: Path, tmp_path: Path) -> None:
     """``segfast bench-node --concurrent``: its own node, calls at once, every one counted."""
-    from segfast_ros.ros.bench import bench_concurrent, format_concurrency
+    from segfast_ros.bench.node import bench_concurrent, format_concurrency
 
     rows = bench_concurrent(
         model_dir,

@@ -60,7 +60,7 @@ def test_unknown_attribute_and_backend_kind() -> None:
 def test_cli_and_segevery_start_without_torch_or_onnx() -> None:
     """A robot with only onnxruntime can run `segfast segment --onnx-dir ...` and SegEvery."""
     result = _run(
-        "import sys, segfast_ros.cli, segfast_ros.everything\n"
+        "import sys, segfast_ros.cli, segfast_ros.segevery\n"
         "bad = [m for m in ('torch', 'onnx') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

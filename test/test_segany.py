@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segfast_ros.everything.segany import prompt_kwargs
+from segfast_ros.segany import prompt_kwargs
 
 
 def test_boxes_and_shared_points_become_one_set_per_box() -> None:

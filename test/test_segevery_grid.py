@@ -20,13 +20,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from segfast_ros.everything import SegEvery, SegEveryResult
-from segfast_ros.everything.grid import (
-    GridSegEvery,
-    build_point_grid,
-    generate_crop_boxes,
-)
-from segfast_ros.everything.masks import (
+from segfast_ros.masks import (
     StageTimer,
     box_iou,
     masks_to_boxes,
@@ -34,8 +28,14 @@ from segfast_ros.everything.masks import (
     rle_to_mask,
     segment_prompts,
 )
-from segfast_ros.everything.registry import STRATEGIES, build_segevery, strategy_params
 from segfast_ros.runtime import Backend, ModelInfo, Predictor
+from segfast_ros.segevery import SegEvery, SegEveryResult
+from segfast_ros.segevery.grid import (
+    GridSegEvery,
+    build_point_grid,
+    generate_crop_boxes,
+)
+from segfast_ros.segevery.registry import STRATEGIES, build_segevery, strategy_params
 from segfast_ros.spec import LABEL_BOX_TL
 
 # The fake model sees a 64 px input and answers at low-res 64: one low-res pixel per input
@@ -557,7 +557,7 @@ def test_registry_errors_say_what_is_accepted() -> None:
 def test_strategies_import_without_torch() -> None:
     code = (
         "import sys\n"
-        "import segfast_ros.everything.registry, segfast_ros.everything.masks\n"
+        "import segfast_ros.segevery.registry, segfast_ros.masks\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     repo = str(Path(__file__).resolve().parents[1])

@@ -23,12 +23,12 @@ from test_segevery_grid import (
     summary,
 )
 
-from segfast_ros.everything import SegEvery
-from segfast_ros.everything.grid import GridSegEvery, build_point_grid
-from segfast_ros.everything.hierarchical import HierarchicalResult, HierarchicalSegEvery
-from segfast_ros.everything.masks import rle_to_mask
-from segfast_ros.everything.registry import build_segevery
+from segfast_ros.masks import rle_to_mask
 from segfast_ros.runtime import Predictor
+from segfast_ros.segevery import SegEvery
+from segfast_ros.segevery.grid import GridSegEvery, build_point_grid
+from segfast_ros.segevery.hierarchical import HierarchicalResult, HierarchicalSegEvery
+from segfast_ros.segevery.registry import build_segevery
 
 DENSE = build_point_grid(16) * [W, H]
 SPARSE = build_point_grid(4) * [W, H]

@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segfast_ros.everything import SegEvery
-from segfast_ros.everything.detector import ObjectDetector
-from segfast_ros.everything.masks import rle_to_mask
-from segfast_ros.everything.object_aware import ObjectAwareSegEvery
-from segfast_ros.everything.registry import build_segevery
 from segfast_ros.export.synthetic_detector import (
     write_detector_for_image,
     write_fixed_box_detector,
 )
+from segfast_ros.masks import rle_to_mask
 from segfast_ros.runtime import ModelInfo, Predictor
+from segfast_ros.segevery import SegEvery
+from segfast_ros.segevery.detector import ObjectDetector
+from segfast_ros.segevery.object_aware import ObjectAwareSegEvery
+from segfast_ros.segevery.registry import build_segevery
 from segfast_ros.spec import LABEL_BOX_BR, LABEL_BOX_TL
 
 # 64 px input answered at low-res 64: one low-res pixel per input pixel, and a 48 x 64 image

@@ -19,9 +19,8 @@ from onnx import TensorProto, helper  # noqa: E402
 from test_onnx_backend import INFO, make_decoder, make_encoder  # noqa: E402
 
 from segfast_ros.runtime import load_backend  # noqa: E402
-from segfast_ros.runtime.engine_cache import EngineCache, EngineKey, file_sha256  # noqa: E402
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend  # noqa: E402
-from segfast_ros.runtime.tensorrt_backend import (  # noqa: E402
+from segfast_ros.runtime.tensorrt.backend import (  # noqa: E402
     EngineBuildError,
     TensorRTBackend,
     TensorRTUnavailableError,
@@ -31,7 +30,8 @@ from segfast_ros.runtime.tensorrt_backend import (  # noqa: E402
     import_cudart,
     trt_source_files,
 )
-from segfast_ros.runtime.tensorrt_plan import (  # noqa: E402
+from segfast_ros.runtime.tensorrt.cache import EngineCache, EngineKey, file_sha256  # noqa: E402
+from segfast_ros.runtime.tensorrt.plan import (  # noqa: E402
     DecoderProfile,
     Op,
     decoder_profile_shapes,

@@ -34,11 +34,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..everything.base import SegEveryResult
-from ..everything.masks import rle_to_mask
-from ..everything.registry import build_segevery
+from ..masks import rle_to_mask
 from ..runtime.onnx_backend import OnnxRuntimeBackend
 from ..runtime.predictor import Predictor
+from ..segevery.base import SegEveryResult
+from ..segevery.registry import build_segevery
 from .scenes import Scene, generate_scene
 
 #: First seed of the evaluation scenes.

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ..everything.masks import masks_to_boxes
+from ..masks import masks_to_boxes
 
 #: Object shapes the generator draws.
 SHAPES: tuple[str, ...] = ("ellipse", "rectangle", "star", "ring", "handle", "ell", "polygon")

@@ -21,7 +21,7 @@ output otherwise; MSE between the IoU head and each output's actual IoU.
 **Detector**: a small anchor-free CNN whose ONNX output has the YOLOv8 layout
 ``[1, 4 + 1, 1024]`` (cx, cy, w, h in letterbox pixels, one sigmoid "object" score per stride-8
 cell), trained in the same loop on the same scenes, letterboxed exactly as
-:class:`~segfast_ros.everything.detector.ObjectDetector` does at run time. The cell holding a
+:class:`~segfast_ros.segevery.detector.ObjectDetector` does at run time. The cell holding a
 box's centre must score 1 (focal loss), every other cell 0; the box is regressed (GIoU) from
 that cell and its neighbours inside the box.
 
@@ -51,12 +51,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..everything.detector import boxes_to_letterbox, letterbox_geometry, letterbox_image
 from ..export.quantize import quantization_settings, quantize_encoder
 from ..modeling.registry import build_sam
 from ..modeling.sam import Sam
 from ..runtime.onnx_backend import onnx_file_names
 from ..runtime.transforms import prepare_image
+from ..segevery.detector import boxes_to_letterbox, letterbox_geometry, letterbox_image
 from ..spec import LABEL_BG, LABEL_BOX_BR, LABEL_BOX_TL, LABEL_FG, LABEL_PAD, ModelInfo
 from .scenes import Scene, generate_scene
 
@@ -541,7 +541,7 @@ def export_detector(detector: DemoDetector, path: str | Path) -> Path:
     """Write the detector as ONNX: input ``images`` (1, 3, 256, 256), output ``output0``.
 
     The ``names`` metadata (``{0: 'object'}``, ultralytics' format) tells
-    :class:`~segfast_ros.everything.detector.ObjectDetector` there is one class and no mask
+    :class:`~segfast_ros.segevery.detector.ObjectDetector` there is one class and no mask
     coefficients; ``imgsz`` and ``stride`` are recorded as ultralytics does.
     """
     import onnx

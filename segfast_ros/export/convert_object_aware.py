@@ -5,7 +5,7 @@ unpickle it, and ultralytics is licensed **AGPL-3.0**. So this module is the onl
 segfast_ros that imports ultralytics. It imports it inside the function, and ultralytics is
 in no requirements file. Run the conversion once, on any machine, with
 ``pip install ultralytics``; the robot then needs only the ONNX file, which
-:class:`segfast_ros.everything.detector.ObjectDetector` runs with our own decoding.
+:class:`segfast_ros.segevery.detector.ObjectDetector` runs with our own decoding.
 
 Why not ``YOLO(...).export(format="onnx")``: MobileSAMv2 trained the detector with a fork of
 ultralytics. The fork's ``Segment`` head has no prototype branch (no ``proto`` module; its

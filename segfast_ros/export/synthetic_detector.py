@@ -1,6 +1,6 @@
 """Detector ONNX graphs that emit fixed boxes in the YOLOv8 layout, for benchmarks and tests.
 
-(``~.detector`` below is :mod:`segfast_ros.everything.detector`.) It lives in ``export`` because
+(``~.detector`` below is :mod:`segfast_ros.segevery.detector`.) It lives in ``export`` because
 writing a graph needs ``onnx``, which the torch-free ``everything`` room does not import.
 
 A graph written here is *not* a detector: whatever image it is given, its output 0 is the same
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from ..everything.detector import boxes_to_letterbox, letterbox_geometry
-from ..everything.masks import box_iou
+from ..masks import box_iou
+from ..segevery.detector import boxes_to_letterbox, letterbox_geometry
 
 #: Zero-score anchors appended after the boxes. A real YOLOv8 head has far more anchors than
 #: channels (21504 at 1024 px), and the detector relies on ``anchors > channels`` to tell the

@@ -18,8 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from segfast_ros.runtime.engine_cache import EngineCache
-from segfast_ros.runtime.tensorrt_backend import (
+from segfast_ros.runtime.tensorrt.backend import (
     DEFAULT_WORKSPACE_MB,
     TRT_DECODER_PRECISION,
     TRT_INT8_ENCODER,
@@ -34,7 +33,8 @@ from segfast_ros.runtime.tensorrt_backend import (
     read_model_info,
     trt_source_files,
 )
-from segfast_ros.runtime.tensorrt_plan import (
+from segfast_ros.runtime.tensorrt.cache import EngineCache
+from segfast_ros.runtime.tensorrt.plan import (
     DecoderProfile,
     decoder_profile_shapes,
     plan_summary,

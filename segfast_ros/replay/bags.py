@@ -24,7 +24,7 @@ from rosbags.rosbag2 import Reader, Writer
 from rosbags.rosbag2.enums import StoragePlugin
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from ..runtime.images import image_fields
+from ..pipeline.image_msgs import image_fields
 from .mcap_salvage import SalvageReader
 
 log = logging.getLogger("segfast.replay")

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import cv2
 import numpy as np
 
-from ..everything.base import Instance
+from ..masks import Instance
 
 #: The one COCO category of class-agnostic SegEvery instances.
 CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}

@@ -33,24 +33,25 @@ from typing import Any
 
 import numpy as np
 
-from ..everything.base import Instance, SegEvery, SegEveryResult
-from ..everything.render import (
-    InstanceRecord,
-    instance_record,
-    instances_to_label_image,
-    mask_record,
-    overlay,
-)
-from ..everything.segany import decode_prompt_sets, prompt_kwargs
-from ..runtime.frames import stamp_to_ns
-from ..runtime.images import (
+from ..masks import Instance
+from ..pipeline.frames import stamp_to_ns
+from ..pipeline.image_msgs import (
     ImageError,
     compressed_msg_to_rgb,
     image_fields,
     image_msg_to_rgb,
     rgb_pixels,
 )
+from ..pipeline.render import (
+    InstanceRecord,
+    instance_record,
+    instances_to_label_image,
+    mask_record,
+    overlay,
+)
 from ..runtime.predictor import Predictor
+from ..segany import decode_prompt_sets, prompt_kwargs
+from ..segevery.base import SegEvery, SegEveryResult
 from . import bags
 from .mcap_salvage import SalvageReader
 from .outputs import CocoResults, ContactSheet, OverlayVideo, Progress

@@ -1,12 +1,12 @@
 """Conversions between ROS messages and numpy: images in; masks, labels and instances out.
 
 Plain functions, no Node. The pixel and instance work is ROS-free and shared with the offline
-replay (:mod:`segfast_ros.runtime.images`, :mod:`segfast_ros.everything.render`); this module
+replay (:mod:`segfast_ros.pipeline.image_msgs`, :mod:`segfast_ros.pipeline.render`); this module
 wraps it in rclpy messages (``sensor_msgs``, the generated ``segfast_ros.msg``), filling array
 fields through the buffer protocol so that large images cost no per-element checks.
 
 Frames: every array is in pixels of the source image, ``H x W``; boxes are XYXY pixel edges
-(``x2 = last column + 1``) as in :mod:`segfast_ros.everything.masks`; RGB images are
+(``x2 = last column + 1``) as in :mod:`segfast_ros.masks`; RGB images are
 ``(H, W, 3)`` uint8. Masks travel as COCO uncompressed RLE (``Instance.msg``).
 """
 
@@ -19,19 +19,10 @@ import numpy.typing as npt
 from sensor_msgs.msg import Image, RegionOfInterest
 from std_msgs.msg import Header
 
-from segfast_ros.everything.base import Instance
-from segfast_ros.everything.render import (
-    MAX_LABELS,
-    InstanceRecord,
-    instance_record,
-    instances_to_label_image,
-    mask_record,
-    overlay,
-)
-from segfast_ros.everything.render import box_to_roi as _roi
+from segfast_ros.masks import Instance
 from segfast_ros.msg import Instance as InstanceMsg
-from segfast_ros.runtime.frames import stamp_to_ns
-from segfast_ros.runtime.images import (
+from segfast_ros.pipeline.frames import stamp_to_ns
+from segfast_ros.pipeline.image_msgs import (
     ACCEPTED_ENCODINGS,
     ImageError,
     compressed_msg_to_rgb,
@@ -39,6 +30,15 @@ from segfast_ros.runtime.images import (
     image_msg_to_rgb,
     rgb_pixels,
 )
+from segfast_ros.pipeline.render import (
+    MAX_LABELS,
+    InstanceRecord,
+    instance_record,
+    instances_to_label_image,
+    mask_record,
+    overlay,
+)
+from segfast_ros.pipeline.render import box_to_roi as _roi
 
 __all__ = [
     "ACCEPTED_ENCODINGS",
@@ -135,7 +135,7 @@ def labels_to_mono16_msg(labels: np.ndarray, header: Header) -> Image:
 def box_to_roi(box: npt.ArrayLike, image_hw: tuple[int, int]) -> RegionOfInterest:
     """The smallest integer RegionOfInterest that holds an XYXY box, clipped to the image.
 
-    See :func:`segfast_ros.everything.render.box_to_roi`; ``do_rectify`` is False.
+    See :func:`segfast_ros.pipeline.render.box_to_roi`; ``do_rectify`` is False.
 
     Raises:
         ValueError: a box that is not 4 finite numbers.
@@ -162,10 +162,10 @@ def _instance_msg(rec: InstanceRecord) -> InstanceMsg:
 
 
 def instance_to_msg(inst: Instance, index: int) -> InstanceMsg:
-    """Convert a SegEvery :class:`~segfast_ros.everything.base.Instance` to ``Instance.msg``.
+    """Convert a SegEvery :class:`~segfast_ros.masks.Instance` to ``Instance.msg``.
 
     Raises:
-        ValueError: see :func:`segfast_ros.everything.render.instance_record`.
+        ValueError: see :func:`segfast_ros.pipeline.render.instance_record`.
     """
     return _instance_msg(instance_record(inst, index))
 
@@ -179,6 +179,6 @@ def mask_instance_msg(
 ) -> InstanceMsg:
     """``Instance.msg`` of one boolean mask (a Segment response), its RLE, box and area computed.
 
-    See :func:`segfast_ros.everything.render.mask_record`.
+    See :func:`segfast_ros.pipeline.render.mask_record`.
     """
     return _instance_msg(mask_record(mask, score, stability, index, prompt))

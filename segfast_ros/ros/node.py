@@ -44,9 +44,15 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage, Image
 
-from segfast_ros.everything.base import SegEvery
-from segfast_ros.everything.registry import build_segevery
 from segfast_ros.msg import InstanceArray, SegmentResult
+from segfast_ros.pipeline.frames import (
+    EmbeddingCache,
+    EncodedFrame,
+    Frame,
+    LatestWorker,
+    RateWindow,
+    encode_frame,
+)
 from segfast_ros.ros.conversions import (
     ACCEPTED_ENCODINGS,
     ImageError,
@@ -70,15 +76,9 @@ from segfast_ros.ros.params import (
 )
 from segfast_ros.ros.segany import segment
 from segfast_ros.runtime import Backend, Predictor, load_backend
-from segfast_ros.runtime.frames import (
-    EmbeddingCache,
-    EncodedFrame,
-    Frame,
-    LatestWorker,
-    RateWindow,
-    encode_frame,
-)
 from segfast_ros.runtime.paths import resolve_model_path
+from segfast_ros.segevery.base import SegEvery
+from segfast_ros.segevery.registry import build_segevery
 from segfast_ros.srv import Segment
 
 #: Camera input: newest frame only, never block the camera driver (sensor-data QoS, depth 1).

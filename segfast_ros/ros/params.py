@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segfast_ros.everything.masks import ParamRange
-from segfast_ros.everything.registry import STRATEGIES
+from segfast_ros.masks import ParamRange
+from segfast_ros.segevery.registry import STRATEGIES
 
 #: Largest value ROS integer ranges accept (int64), used as "no upper bound".
 _INT_MAX = 2**63 - 1
@@ -341,7 +341,7 @@ def backend_options(config: NodeConfig, model_dir: Path) -> dict[str, Any]:
     """
     cache_dir = Path(config.engine_cache_dir or Path(model_dir) / "engines")
     if config.backend == "tensorrt":
-        from segfast_ros.runtime.tensorrt_plan import DecoderProfile
+        from segfast_ros.runtime.tensorrt.plan import DecoderProfile
 
         profile = DecoderProfile(
             opt_sets=config.decoder_opt_sets, max_sets=config.decoder_max_sets

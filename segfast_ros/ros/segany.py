@@ -1,6 +1,6 @@
 """SegAny over ROS: a ``Segment`` request becomes prompt sets, their masks ``SegmentResult``\\ s.
 
-The prompt checks and the decoding live in :mod:`segfast_ros.everything.segany` (shared with
+The prompt checks and the decoding live in :mod:`segfast_ros.segany` (shared with
 the offline replay); this module only reads the request's fields and builds the messages.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 from array import array
 from typing import Any
 
-from segfast_ros.everything.segany import decode_prompt_sets, prompt_kwargs
 from segfast_ros.ros.conversions import mask_instance_msg, mask_to_mono8_msg
 from segfast_ros.runtime.predictor import Predictor
+from segfast_ros.segany import decode_prompt_sets, prompt_kwargs
 
 
 def request_prompts(req: Any, low_res_size: int, max_sets: int | None = None) -> dict[str, Any]:

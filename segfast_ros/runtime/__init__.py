@@ -54,7 +54,7 @@ def load_backend(kind: str, source: str | Path, **options: Any) -> Backend:
             registry name.
         **options: onnxruntime: ``precision`` and the :class:`OnnxRuntimeBackend` keywords
             (``providers``, ``intra_op_threads``, TensorRT EP options); tensorrt: the
-            :class:`~segfast_ros.runtime.tensorrt_backend.TensorRTBackend` keywords
+            :class:`~segfast_ros.runtime.tensorrt.backend.TensorRTBackend` keywords
             (``precision``, ``engine_cache_dir``, ``device_id``, ``profile``, ``log``); torch:
             ``checkpoint``, ``device``.
 
@@ -66,7 +66,7 @@ def load_backend(kind: str, source: str | Path, **options: Any) -> Backend:
 
         return OnnxRuntimeBackend.from_dir(source, **options)
     if kind in ("tensorrt", "trt"):
-        from segfast_ros.runtime.tensorrt_backend import TensorRTBackend
+        from segfast_ros.runtime.tensorrt.backend import TensorRTBackend
 
         return TensorRTBackend(source, **options)
     if kind == "torch":

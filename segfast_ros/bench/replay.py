@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..everything.base import SegEvery
+from ..replay import bags
+from ..replay.pipeline import ReplayOptions, replay
 from ..runtime.predictor import Predictor
-from . import bags
-from .pipeline import ReplayOptions, replay
+from ..segevery.base import SegEvery
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@
 
 The plan runs on a small graph description (:class:`Op`, ONNX op-type vocabulary) made either
 from an ONNX model (:func:`ops_from_onnx`, duck-typed: no ``onnx`` import) or from a parsed
-TensorRT network (``segfast_ros.runtime.tensorrt_backend``), so the same rules are tested on
+TensorRT network (``segfast_ros.runtime.tensorrt.backend``), so the same rules are tested on
 CPU and applied at build time.
 """
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..runtime.predictor import Predictor
-from ..runtime.transforms import upscale_group_size
 from .masks import threshold_logits
+from .runtime.predictor import Predictor
+from .runtime.transforms import upscale_group_size
 
 
 @dataclass(frozen=True)

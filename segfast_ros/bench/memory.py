@@ -515,7 +515,7 @@ def _run_in_process(case: dict[str, Any], logs: Path) -> CaseResult:
     try:
         with open(log, "w") as err:
             proc = subprocess.run(
-                [sys.executable, "-m", "segfast_ros.ros.bench_memory", "--case", json.dumps(case)],
+                [sys.executable, "-m", "segfast_ros.bench.memory", "--case", json.dumps(case)],
                 env=ros_env(domain),
                 stdout=subprocess.PIPE,
                 stderr=err,
@@ -713,7 +713,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m segfast_ros.ros.bench_memory`` (``--case`` runs one case: the child)."""
+    """``python -m segfast_ros.bench.memory`` (``--case`` runs one case: the child)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", help=argparse.SUPPRESS)
     add_arguments(parser)

@@ -15,9 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..runtime.predictor import Predictor
-from .base import SegEveryResult
-from .masks import (
+from ..masks import (
     MaskCandidates,
     PromptMasks,
     StageTimer,
@@ -29,6 +27,8 @@ from .masks import (
     segment_prompts,
     validate_params,
 )
+from ..runtime.predictor import Predictor
+from .base import SegEveryResult
 
 
 def build_point_grid(points_per_side: int) -> np.ndarray:

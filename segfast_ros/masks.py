@@ -34,11 +34,34 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from ..runtime.transforms import upscale_group_size
-from .base import Instance
+from .runtime.transforms import upscale_group_size
 
 if TYPE_CHECKING:
-    from ..runtime.predictor import Predictor
+    from .runtime.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One segmented instance, in the original image frame.
+
+    Attributes:
+        rle: COCO-style uncompressed RLE: ``{"size": [H, W], "counts": [int, ...]}``,
+            column-major (Fortran order), starting with a run of zeros, as pycocotools reads it.
+        box: ``(4,)`` float32 XYXY pixel edges of the mask: ``x1 = last column + 1``.
+        score: the decoder's predicted IoU.
+        stability: stability score of the mask logits (IoU of the masks thresholded at
+            ``+offset`` and ``-offset``).
+        area: mask pixels.
+        prompt: ``(2,)`` (X, Y) point or ``(4,)`` XYXY box, original pixels, that produced it.
+    """
+
+    rle: dict
+    box: np.ndarray
+    score: float
+    stability: float
+    area: int
+    prompt: np.ndarray
+
 
 # ---------------------------------------------------------------------------------------- RLE
 

@@ -15,10 +15,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..masks import MaskCandidates, StageTimer, param, predictor_image_hw
 from ..runtime.predictor import Predictor
 from .base import SegEveryResult
 from .grid import PointGridParams, build_point_grid
-from .masks import MaskCandidates, StageTimer, param, predictor_image_hw
 
 
 @dataclass

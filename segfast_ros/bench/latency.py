@@ -23,16 +23,16 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .everything.base import SegEvery
-from .everything.detector import ObjectDetector
-from .everything.grid import PointGridParams
-from .everything.hierarchical import HierarchicalResult
-from .everything.masks import predictor_image_hw
-from .everything.object_aware import ObjectAwareSegEvery
-from .everything.registry import STRATEGIES, build_segevery
-from .runtime.backend import Backend
-from .runtime.predictor import Predictor
-from .runtime.transforms import prepare_image
+from ..masks import predictor_image_hw
+from ..runtime.backend import Backend
+from ..runtime.predictor import Predictor
+from ..runtime.transforms import prepare_image
+from ..segevery.base import SegEvery
+from ..segevery.detector import ObjectDetector
+from ..segevery.grid import PointGridParams
+from ..segevery.hierarchical import HierarchicalResult
+from ..segevery.object_aware import ObjectAwareSegEvery
+from ..segevery.registry import STRATEGIES, build_segevery
 
 
 @dataclass(frozen=True)
@@ -332,7 +332,7 @@ def synthetic_box_detector(folder: Path, hw: tuple[int, int], n: int) -> Path:
     """A fixed-box detector graph emitting ``n`` distinct boxes over an ``hw`` image (needs
     the ``onnx`` package, as the benchmarks do)."""
     # Needs onnx, which the robot's runtime does not: imported only when a benchmark asks.
-    from .export.synthetic_detector import spread_boxes, write_detector_for_image
+    from ..export.synthetic_detector import spread_boxes, write_detector_for_image
 
     boxes = spread_boxes(hw, n, seed=n)
     # Distinct scores above the detector's conf (0.4), best first as a detector ranks them.

@@ -5,7 +5,7 @@ numpy and cv2 only. The ROS node wraps these values in rclpy messages
 the same bytes for the same instances.
 
 Frames: every array is in pixels of the source image, ``H x W``; boxes are XYXY pixel edges
-(``x2 = last column + 1``) as in :mod:`segfast_ros.everything.masks`.
+(``x2 = last column + 1``) as in :mod:`segfast_ros.masks`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from .base import Instance
-from .masks import mask_run_lengths, masks_to_boxes, rle_counts, rle_to_mask
+from ..masks import Instance, mask_run_lengths, masks_to_boxes, rle_counts, rle_to_mask
 
 #: Most instances a ``mono16`` label image can tell apart (label 0 is the background).
 MAX_LABELS: int = 65535
@@ -121,7 +120,7 @@ def _record(
 
 
 def instance_record(inst: Instance, index: int) -> InstanceRecord:
-    """The ``Instance.msg`` fields of a SegEvery :class:`~segfast_ros.everything.base.Instance`.
+    """The ``Instance.msg`` fields of a SegEvery :class:`~segfast_ros.masks.Instance`.
 
     Args:
         inst: its ``rle`` must be uncompressed (counts a list of ints).

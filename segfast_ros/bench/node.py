@@ -34,7 +34,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point
 from sensor_msgs.msg import Image
 
-from segfast_ros.bench import BenchRow, format_columns
+from segfast_ros.bench.latency import BenchRow, format_columns
 from segfast_ros.ros.harness import Client, NodeProcess, free_domain_id, image_msg
 from segfast_ros.ros.node import SERVICE_QOS
 from segfast_ros.runtime import Predictor

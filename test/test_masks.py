@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from segfast_ros.everything import Instance
-from segfast_ros.everything.masks import (
+from segfast_ros.masks import (
     MaskCandidates,
     StageTimer,
     box_area,
@@ -28,6 +27,7 @@ from segfast_ros.everything.masks import (
     stability_score,
     validate_params,
 )
+from segfast_ros.segevery import Instance
 
 # pycocotools 2.0.11 on numpy 2 warns about its own __array__; nothing to do with our code.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

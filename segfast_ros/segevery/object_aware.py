@@ -21,10 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..runtime.predictor import Predictor
-from .base import SegEveryResult
-from .detector import ObjectDetector
-from .masks import (
+from ..masks import (
     StageTimer,
     finish_candidates,
     param,
@@ -32,6 +29,9 @@ from .masks import (
     segment_prompts,
     validate_params,
 )
+from ..runtime.predictor import Predictor
+from .base import SegEveryResult
+from .detector import ObjectDetector
 
 if TYPE_CHECKING:
     from ..runtime.onnx_backend import ProviderSpec

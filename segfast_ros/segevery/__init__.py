@@ -4,7 +4,8 @@ Torch-free: every strategy runs on the runtime's Predictor and backends. Pick on
 :func:`build_segevery`.
 """
 
-from .base import Instance, SegEvery, SegEveryResult
+from ..masks import Instance
+from .base import SegEvery, SegEveryResult
 from .registry import STRATEGIES, build_segevery
 
 __all__ = ["STRATEGIES", "Instance", "SegEvery", "SegEveryResult", "build_segevery"]

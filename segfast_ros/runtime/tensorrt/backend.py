@@ -7,14 +7,14 @@ on hardware**: the build steps, the cache and the buffer plumbing are tested wit
 ``tensorrt`` module only.
 
 * FP16: built from ``encoder.fp32.onnx`` / ``decoder.fp32.onnx`` with the FP16 flag, LayerNorm,
-  Softmax and attention MatMuls constrained to FP32 (:func:`~segfast_ros.runtime.tensorrt_plan.
+  Softmax and attention MatMuls constrained to FP32 (:func:`~segfast_ros.runtime.tensorrt.plan.
   fp32_plan`, obeyed via ``OBEY_PRECISION_CONSTRAINTS``).
 * INT8: explicit quantization from the QDQ encoder quantized for TensorRT
   (:data:`TRT_INT8_ENCODER`, ``quantize_encoder(..., target="tensorrt")``): the scales are
   ours and checked on CPU; the decoder stays as for ONNX Runtime (fp32).
 * The decoder engine has one optimization profile over the prompt sets ``B`` (and points per
   set); a call with more than ``max_sets`` is split into several.
-* Engines are cached by :class:`~segfast_ros.runtime.engine_cache.EngineKey` (ONNX hash,
+* Engines are cached by :class:`~segfast_ros.runtime.tensorrt.cache.EngineKey` (ONNX hash,
   TensorRT version, GPU name and compute capability, precision, profile).
 * A backend may be called from several threads at once (the node's service threads, SegEvery
   and the encoder thread); each engine serves one call at a time.
@@ -50,8 +50,8 @@ from segfast_ros.runtime.backend import (
     ModelInfo,
     decode_in_runs,
 )
-from segfast_ros.runtime.engine_cache import EngineCache, EngineKey, file_sha256
-from segfast_ros.runtime.tensorrt_plan import (
+from segfast_ros.runtime.tensorrt.cache import EngineCache, EngineKey, file_sha256
+from segfast_ros.runtime.tensorrt.plan import (
     DecoderProfile,
     Op,
     Shape,
