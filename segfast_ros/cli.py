@@ -761,7 +761,7 @@ def _build_segevery(
     its IoU head is not calibrated for SAM's thresholds) replace the strategy's defaults;
     ``overrides`` (``--set``) win over both. ``detector`` is object_aware's.
     """
-    from .demo.evaluate import DEMO_SEGEVERY_PARAMS
+    from .segevery.presets import DEMO_SEGEVERY_PARAMS
     from .segevery.registry import build_segevery
 
     kwargs: dict[str, Any] = dict(DEMO_SEGEVERY_PARAMS[mode]) if demo else {}

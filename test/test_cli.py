@@ -167,7 +167,7 @@ def _camera_bag(path: Path, frames: int = 2) -> Path:
 def test_replay_without_a_model_option_runs_the_demo_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from segfast_ros.demo.evaluate import DEMO_SEGEVERY_PARAMS
+    from segfast_ros.segevery.presets import DEMO_SEGEVERY_PARAMS
 
     bag = _camera_bag(tmp_path / "in")
     argv = ["replay", str(bag), str(tmp_path / "out"), "--no-progress", "--threads", "1"]

@@ -226,7 +226,7 @@ def _node_params(
     if Path(model_dir).name == "demo":
         # The demo model's own SegEvery settings (chosen on validation scenes), where the node
         # has a parameter for them.
-        from segfast_ros.demo.evaluate import DEMO_SEGEVERY_PARAMS
+        from segfast_ros.segevery.presets import DEMO_SEGEVERY_PARAMS
 
         names = {spec.name for spec in all_params()}
         for name, kwargs in DEMO_SEGEVERY_PARAMS.items():

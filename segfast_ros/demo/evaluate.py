@@ -38,6 +38,7 @@ from ..masks import rle_to_mask
 from ..runtime.onnx_backend import OnnxRuntimeBackend
 from ..runtime.predictor import Predictor
 from ..segevery.base import SegEveryResult
+from ..segevery.presets import DEMO_SEGEVERY_PARAMS
 from ..segevery.registry import build_segevery
 from .scenes import Scene, generate_scene
 
@@ -48,18 +49,6 @@ EVAL_SEED_BASE = 1_000_000
 VALIDATION_SEED_BASE = 2_000_000
 #: Default folder of the shipped demo model.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "demo"
-#: SegEvery settings the demo uses for each strategy (the strategies' defaults otherwise).
-#: With SAM's defaults (pred_iou_thresh 0.88, stability 0.95) the demo model keeps almost no
-#: mask: its IoU head is trained but its masks are not good enough to be predicted that high.
-#: The thresholds and the detector's conf are the picks of :func:`tune_segevery` on validation
-#: scenes (``python -m segfast_ros.demo.evaluate --tune``; MobileSAMv2 uses conf 0.4, at which
-#: the demo detector finds too few objects). The detector runs at 256 px instead of 1024, so its
-#: border snap (20 letterbox px) is scaled by 256 / 1024.
-DEMO_SEGEVERY_PARAMS: dict[str, dict[str, Any]] = {
-    "grid": {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.9},
-    "hierarchical": {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.9},
-    "object_aware": {"conf": 0.25, "border_snap_px": 5.0},
-}
 #: The issue's floors, checked by :func:`floors`.
 FLOORS = {
     "point_miou": 0.80,
