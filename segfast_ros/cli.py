@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,15 +16,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .bench import commands as bench_commands
+from .bench.backend_args import (
+    MODEL_HELP,
+    MODES,
+    PRECISIONS,
+    add_backend_args,
+    default_onnx_dir,
+    ensure_onnx,
+    image_files,
+    make_backend,
+    strategy_options,
+)
 from .runtime.backend import Backend
-from .runtime.images import list_images, read_rgb
+from .runtime.images import read_rgb
 
 if TYPE_CHECKING:
     from .segevery.base import SegEvery
 
 log = logging.getLogger("segfast")
 
-PRECISIONS = ("fp32", "fp16", "int8")
 #: INT8 targets of `encoder.int8.onnx` (TensorRT's file comes from `segfast build-engine`).
 INT8_CPU_TARGETS = ("cpu", "cpu-vnni", "cpu-avx2", "arm", "auto")
 QUANT_TARGET_HELP = (
@@ -35,10 +45,6 @@ QUANT_TARGET_HELP = (
     "without VNNI; cpu-avx2 = x86 without VNNI, uint8 weights, slower; arm = ARM64 (Jetson "
     "CPU); auto = this machine's kind. TensorRT: segfast build-engine --precision int8"
 )
-#: SegEvery strategies the replay commands take (`--mode`).
-MODES = ("grid", "hierarchical", "object_aware")
-# The registry itself needs torch; an unknown name gets the full list from build_sam.
-MODEL_HELP = "registry name: mobile_sam, tinysam, sam_vit_b, sam_vit_l, sam_vit_h, tinyvit_s256"
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
@@ -58,122 +64,6 @@ def _point(text: str) -> list[float]:
 
 def _box(text: str) -> list[float]:
     return _floats(text, (4,), "box")
-
-
-def ensure_onnx(
-    onnx_dir: Path,
-    precision: str,
-    *,
-    model: str | None,
-    checkpoint: str | None,
-    calibration: Sequence[str | Path] = (),
-    allow_random: bool = False,
-) -> None:
-    """Export ``model`` into ``onnx_dir`` if the graphs for ``precision`` are not there yet.
-
-    Needs torch only when an export is actually required. Without a checkpoint the weights are
-    random, which only a benchmark may accept (``allow_random``).
-    """
-    from .runtime.onnx_backend import onnx_file_names
-
-    if all((onnx_dir / f).is_file() for f in onnx_file_names(precision)):
-        return
-    if model is None:
-        raise FileNotFoundError(
-            f"no {precision} ONNX graphs in {onnx_dir}; pass --model (and --checkpoint) to export "
-            "them, or run `segfast export` first"
-        )
-    _check_weights(checkpoint, allow_random)
-    from .export import export_model
-    from .modeling import build_sam
-
-    log.info("exporting %s (%s) to %s", model, precision, onnx_dir)
-    sam = build_sam(model, checkpoint)
-    export_model(
-        sam, onnx_dir, precisions=(precision,), calibration_images=list(calibration) or None
-    )
-
-
-def _check_weights(checkpoint: str | None, allow_random: bool) -> None:
-    if checkpoint is None:
-        if not allow_random:
-            raise ValueError(
-                "no --checkpoint: random weights give meaningless masks; pass the official file "
-                "(see models/README.md) or --onnx-dir with exported graphs"
-            )
-        log.warning("no --checkpoint: random weights (timings only)")
-
-
-def default_onnx_dir(model: str | None, checkpoint: str | None) -> Path:
-    """Where graphs exported on demand go: one folder per model and checkpoint, so graphs of
-    another checkpoint (or of random weights) are never picked up by mistake."""
-    weights = Path(checkpoint).stem if checkpoint else "random"
-    return Path("out/onnx") / f"{model or 'model'}-{weights}"
-
-
-def make_backend(
-    args: argparse.Namespace, precision: str, *, allow_random: bool = False
-) -> Backend:
-    """The backend a subcommand asked for (``--backend``, ``--onnx-dir``, ``--threads``)."""
-    if args.backend == "torch":
-        if precision != "fp32":
-            raise ValueError(f"the torch backend runs fp32 only, not {precision}")
-        _check_weights(args.checkpoint, allow_random)
-        import torch
-
-        from .runtime.torch_backend import TorchBackend
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        return TorchBackend.from_registry(args.model, args.checkpoint)
-    onnx_dir = onnx_dir_for(args, precision, allow_random=allow_random)
-    if args.backend == "tensorrt":
-        from .runtime import load_backend
-
-        # Engines are built (or taken from <onnx_dir>/engines) on the first use.
-        return load_backend("tensorrt", onnx_dir, precision=precision)
-    from .runtime.onnx_backend import OnnxRuntimeBackend
-
-    return OnnxRuntimeBackend.from_dir(
-        onnx_dir, precision, providers=args.providers, intra_op_threads=args.threads
-    )
-
-
-def onnx_dir_for(args: argparse.Namespace, precision: str, *, allow_random: bool) -> Path:
-    """``--onnx-dir`` (or the default folder), with ``precision``'s graphs exported if missing."""
-    onnx_dir = Path(args.onnx_dir or default_onnx_dir(args.model, args.checkpoint))
-    ensure_onnx(
-        onnx_dir,
-        precision,
-        model=args.model,
-        checkpoint=args.checkpoint,
-        calibration=_images(args.calib) if getattr(args, "calib", None) else [],
-        allow_random=allow_random,
-    )
-    return onnx_dir
-
-
-def bench_image(
-    args: argparse.Namespace, tmp: str, hw: tuple[int, int] | None = None
-) -> np.ndarray:
-    """The benchmark frame: ``--image``, or a generated scene (of size ``hw``) written to ``tmp``.
-
-    Without ``--calib``, an INT8 export calibrates on that same frame.
-    """
-    from .bench.latency import synthetic_scene
-
-    if getattr(args, "image", None):
-        image = read_rgb(args.image)
-        if args.calib is None:
-            args.calib = [args.image]
-        return image
-    image = synthetic_scene() if hw is None else synthetic_scene(hw)
-    if args.calib is None:
-        import cv2
-
-        args.calib = [str(Path(tmp) / "scene.png")]
-        cv2.imwrite(args.calib[0], cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    return image
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -218,7 +108,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         sam,
         Path(args.out_dir),
         precisions=tuple(args.precision),
-        calibration_images=_images(args.calib) if args.calib else None,
+        calibration_images=image_files(args.calib) if args.calib else None,
         opset=args.opset,
         int8_options={"target": args.quant_target},
     )
@@ -248,17 +138,10 @@ def _print_int8_check(path: Path) -> None:
     )
 
 
-def _images(items: Sequence[str]) -> list[Path]:
-    """``--images``/``--calib`` values: one folder, or image files."""
-    if len(items) == 1 and Path(items[0]).is_dir():
-        return list_images(items[0])
-    return list_images(items)
-
-
 def cmd_quant_report(args: argparse.Namespace) -> int:
     from .export import format_int8_report, int8_report_from_dir
 
-    images = _images(args.images)
+    images = image_files(args.images)
     onnx_dir = Path(args.onnx_dir or default_onnx_dir(args.model, args.checkpoint))
     for precision in ("fp32",) if args.quant_targets else ("fp32", "int8"):
         ensure_onnx(
@@ -266,7 +149,7 @@ def cmd_quant_report(args: argparse.Namespace) -> int:
             precision,
             model=args.model,
             checkpoint=args.checkpoint,
-            calibration=_images(args.calib) if args.calib else images,
+            calibration=image_files(args.calib) if args.calib else images,
         )
     names: list[str] = []
     if args.quant_targets:
@@ -280,7 +163,7 @@ def cmd_quant_report(args: argparse.Namespace) -> int:
                 quantize_encoder(
                     onnx_dir / "encoder.fp32.onnx",
                     path,
-                    _images(args.calib) if args.calib else images,
+                    image_files(args.calib) if args.calib else images,
                     target=target,  # type: ignore[arg-type]
                     validate=False,
                 )
@@ -289,186 +172,6 @@ def cmd_quant_report(args: argparse.Namespace) -> int:
         onnx_dir, images, names, threads=args.threads, json_path=args.json
     )
     print(format_int8_report(report))
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench.latency import bench_backend, format_table, write_json
-
-    if args.image:
-        image = read_rgb(args.image)
-    else:
-        import cv2
-
-        image = np.random.default_rng(0).integers(0, 256, (770, 769, 3), dtype=np.uint8)
-        image = cv2.GaussianBlur(image, (0, 0), 3)  # some spatial structure for calibration
-        if args.calib is None:
-            args.calib = [Path("out") / "bench_image.png"]
-            Path(args.calib[0]).parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(args.calib[0]), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    rows = []
-    for backend_name in args.backends:
-        precisions = ["fp32"] if backend_name == "torch" else args.precisions
-        for precision in precisions:
-            args.backend = backend_name
-            backend = make_backend(args, precision, allow_random=True)
-            rows += bench_backend(
-                backend, image, precision=precision, runs=args.runs, decoder_runs=args.decoder_runs
-            )
-    print(format_table(rows))
-    if args.json:
-        write_json(
-            rows,
-            args.json,
-            model=args.model,
-            threads=args.threads,
-            image_hw=list(image.shape[:2]),
-            cpu_count=os.cpu_count(),
-        )
-        print(f"wrote {args.json}")
-    return 0
-
-
-def cmd_bench_segevery(args: argparse.Namespace) -> int:
-    """Every SegEvery strategy on one embedding (the encoder runs once): table, notes, JSON."""
-    import tempfile
-    import time
-
-    from .bench.latency import bench_segevery, format_segevery_table, segevery_notes, write_json
-    from .runtime.predictor import Predictor
-
-    with tempfile.TemporaryDirectory(prefix="segfast_bench_segevery_") as tmp:
-        image = bench_image(args, tmp)
-        predictor = Predictor(make_backend(args, args.precision, allow_random=True))
-        start = time.perf_counter()
-        predictor.set_image(image)  # the only encoder run: every strategy shares it
-        encoder_ms = 1e3 * (time.perf_counter() - start)
-        rows = bench_segevery(
-            predictor,
-            image,
-            strategies=args.strategies,
-            points_per_side=args.points_per_side,
-            box_counts=args.boxes,
-            detector=args.detector,
-            work_dir=tmp,
-            runs=args.runs,
-            detector_threads=args.threads,
-        )
-    notes = segevery_notes(
-        rows, points_per_side=args.points_per_side, random_weights=_random_weights(args)
-    )
-    h, w = image.shape[:2]
-    print(
-        f"{args.model or args.onnx_dir} {args.backend} {args.precision}, image {w}x{h} (WxH), "
-        f"threads {args.threads or 'all'}; shared encoder (set_image, once): {encoder_ms:.0f} "
-        f"ms, not in the rows; runs per strategy: {args.runs} (medians)"
-    )
-    print(format_segevery_table(rows))
-    for note in notes:
-        print(f"note: {note}")
-    if args.json:
-        write_json(
-            rows,
-            args.json,
-            model=args.model,
-            checkpoint=args.checkpoint,
-            backend=args.backend,
-            precision=args.precision,
-            threads=args.threads,
-            image=args.image or "generated (bench.synthetic_scene)",
-            image_hw=[h, w],
-            encoder_ms=encoder_ms,
-            points_per_side=args.points_per_side,
-            detector=args.detector or "synthetic fixed boxes",
-            cpu_count=os.cpu_count(),
-            notes=notes,
-        )
-        print(f"wrote {args.json}")
-    return 0
-
-
-def cmd_bench_node(args: argparse.Namespace) -> int:
-    """The node against the library: ~/segment vs predict, frame-to-embedding vs set_image."""
-    import tempfile
-
-    from .bench.latency import format_table, write_json
-    from .bench.node import bench_node
-
-    with tempfile.TemporaryDirectory(prefix="segfast_bench_node_") as tmp:
-        image = bench_image(args, tmp)
-        onnx_dir = onnx_dir_for(args, args.precision, allow_random=True)
-    if args.concurrent:
-        return _bench_node_concurrent(args, onnx_dir, image)
-    result = bench_node(
-        onnx_dir,
-        args.precision,
-        image,
-        calls=args.calls,
-        frames=args.frames,
-        providers=tuple(args.providers or ("cpu",)),
-        threads=args.threads,
-    )
-    h, w = image.shape[:2]
-    print(
-        f"{onnx_dir} {args.precision}, image {w}x{h} (WxH), threads {args.threads or 'all'}, "
-        f"{args.calls} service calls, {args.frames} frames"
-    )
-    print(format_table(result.rows))
-    notes = result.notes()
-    for note in notes:
-        print(f"note: {note}")
-    if args.json:
-        write_json(
-            result.rows,
-            args.json,
-            onnx_dir=str(onnx_dir),
-            precision=args.precision,
-            image_hw=[h, w],
-            threads=args.threads,
-            cpu_count=os.cpu_count(),
-            service_overhead_ms=result.service_overhead_ms,
-            node_overhead_pct=result.node_overhead_pct,
-            notes=notes,
-        )
-        print(f"wrote {args.json}")
-    return 0
-
-
-def _bench_node_concurrent(args: argparse.Namespace, onnx_dir: Path, image: np.ndarray) -> int:
-    """``segfast bench-node --concurrent N ...``: the service under N calls at once."""
-    from .bench.latency import write_json
-    from .bench.node import bench_concurrent, format_concurrency
-
-    rows = bench_concurrent(
-        onnx_dir,
-        args.precision,
-        image,
-        in_flight=tuple(args.concurrent),
-        queue_depth=args.queue_depth,
-        workers=args.workers,
-        providers=tuple(args.providers or ("cpu",)),
-        threads=args.threads,
-    )
-    h, w = image.shape[:2]
-    print(
-        f"{onnx_dir} {args.precision}, image {w}x{h} (WxH), threads {args.threads or 'all'}, "
-        f"segment.queue_depth {args.queue_depth}, segment.workers {args.workers}; one point, "
-        "3 masks per call; latency from sending the calls to each answer"
-    )
-    print(format_concurrency(rows))
-    if args.json:
-        write_json(
-            rows,
-            args.json,
-            onnx_dir=str(onnx_dir),
-            precision=args.precision,
-            image_hw=[h, w],
-            threads=args.threads,
-            queue_depth=args.queue_depth,
-            workers=args.workers,
-            cpu_count=os.cpu_count(),
-        )
-        print(f"wrote {args.json}")
     return 0
 
 
@@ -489,7 +192,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         args.mode,
         detector,
         demo=demo is not None,
-        overrides=_strategy_options(args.set),
+        overrides=strategy_options(args.set),
         detector_source="--detector" if args.detector else "the demo model's",
     )
     options = ReplayOptions(
@@ -565,49 +268,6 @@ def _graph_files(backend: Backend) -> str:
     if encoder is None or decoder is None:
         return type(backend).__name__
     return f"{Path(encoder)} + {Path(decoder).name}"
-
-
-def cmd_bench_replay(args: argparse.Namespace) -> int:
-    """Replay throughput vs the encoder-bound limit: raw and JPEG bags, SegEvery off and on."""
-    import json
-    import tempfile
-
-    from .bench.latency import synthetic_box_detector, synthetic_scene
-    from .bench.replay import bench_replay, format_replay_table, rows_json
-    from .runtime.predictor import Predictor
-    from .segevery.registry import build_segevery
-
-    hw = (args.height, args.width)
-    with tempfile.TemporaryDirectory(prefix="segfast_bench_replay_") as tmp:
-        first = bench_image(args, tmp, hw)  # also the int8 calibration frame without --calib
-        images = [first] + [synthetic_scene(hw, seed=i) for i in range(1, args.frames)]
-        predictor = Predictor(make_backend(args, args.precision, allow_random=True))
-        if args.mode == "object_aware":
-            detector = args.detector or synthetic_box_detector(Path(tmp), hw, args.boxes)
-            segevery = build_segevery("object_aware", detector=str(detector))
-        else:
-            segevery = build_segevery(args.mode, **dict(_strategy_options(args.set)))
-        rows = bench_replay(predictor, segevery, images, Path(tmp))
-    print(
-        f"{args.model or args.onnx_dir} {args.precision}, {args.frames} frames {args.width}x"
-        f"{args.height}, threads {args.threads or 'all'}, SegEvery {args.mode}"
-    )
-    print(format_replay_table(rows))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        doc = {
-            "model": args.model or args.onnx_dir,
-            "precision": args.precision,
-            "threads": args.threads,
-            "frames": args.frames,
-            "image_hw": list(hw),
-            "mode": args.mode,
-            "cpu_count": os.cpu_count(),
-            "rows": rows_json(rows),
-        }
-        Path(args.json).write_text(json.dumps(doc, indent=2))
-        print(f"wrote {args.json}")
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -803,53 +463,13 @@ def _demo_recall(coco_path: Path, frames: Sequence) -> tuple[float, int]:
     return (float(all_hits.mean()) if all_hits.size else 0.0), int(all_hits.size)
 
 
-def _strategy_options(items: Sequence[str] | None) -> list[tuple[str, object]]:
-    """``--set key=value`` pairs, values parsed as YAML scalars (numbers, booleans)."""
-    import yaml
-
-    pairs = []
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. points_per_side=16")
-        pairs.append((key.strip(), yaml.safe_load(value)))
-    return pairs
-
-
-def _random_weights(args: argparse.Namespace) -> bool | None:
-    """True when the weights are known to be random: no checkpoint (the default ONNX folder is
-    then ``MODEL-random``) or one named so, like the parity fixture's. None otherwise: a file
-    name cannot prove that weights are trained, so the benchmark's rows decide."""
-    if args.checkpoint is not None:
-        named = Path(args.checkpoint).stem
-    else:
-        named = Path(args.onnx_dir).name if args.onnx_dir else "random"
-    return True if "random" in named.lower() else None
-
-
-def _add_backend_args(p: argparse.ArgumentParser, *, backend: bool = True) -> None:
-    p.add_argument("--model", help=MODEL_HELP)
-    p.add_argument("--checkpoint", help="official checkpoint file (e.g. models/mobile_sam.pt)")
-    if backend:
-        p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
-    p.add_argument(
-        "--onnx-dir",
-        help="folder of exported graphs (exported there if missing; default "
-        "out/onnx/MODEL-CHECKPOINT)",
-    )
-    p.add_argument(
-        "--providers", nargs="+", default=None, help="onnxruntime providers: cpu, cuda, tensorrt"
-    )
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segfast", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("segment", help="masks for point/box prompts on one image")
-    _add_backend_args(p)
+    add_backend_args(p)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--image", required=True, help="RGB image file")
     p.add_argument(
@@ -876,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("quant-report", help="fp32 vs int8: embedding cosine, mask IoU, speed")
-    _add_backend_args(p, backend=False)
+    add_backend_args(p, backend=False)
     p.add_argument("--images", nargs="+", required=True, help="images or folders to evaluate")
     p.add_argument("--calib", nargs="+", help="calibration images (default: --images)")
     p.add_argument(
@@ -889,82 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the report as JSON")
     p.set_defaults(func=cmd_quant_report)
 
-    p = sub.add_parser("bench", help="encoder/decoder latency table per backend and precision")
-    _add_backend_args(p, backend=False)
-    p.add_argument("--image", help="image to time on (default: a random 769x770 image)")
-    p.add_argument(
-        "--backends",
-        nargs="+",
-        choices=("onnxruntime", "torch", "tensorrt"),
-        default=["torch", "onnxruntime"],
-        help="tensorrt: the native TensorRT backend (a Jetson or NVIDIA GPU with TensorRT)",
-    )
-    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32", "int8"])
-    p.add_argument("--calib", nargs="+", help="int8 calibration images (default: --image)")
-    p.add_argument("--runs", type=int, default=10, help="encoder runs")
-    p.add_argument("--decoder-runs", type=int, default=50)
-    p.add_argument("--json", help="write the table as JSON")
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser(
-        "bench-segevery",
-        help="SegEvery strategies on one embedding: decoder prompts, time, instances",
-    )
-    _add_backend_args(p)
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    p.add_argument("--image", help="image to run on (default: a generated 769x770 scene)")
-    p.add_argument("--calib", nargs="+", help="int8 calibration images (default: the image)")
-    p.add_argument(
-        "--strategies",
-        nargs="+",
-        default=["grid", "hierarchical", "object_aware"],
-        help="SegEvery strategies: grid, hierarchical, object_aware",
-    )
-    p.add_argument(
-        "--points-per-side", type=int, default=32, help="grid/hierarchical points per side"
-    )
-    p.add_argument(
-        "--boxes",
-        type=int,
-        nargs="+",
-        default=[50, 100],
-        help="object-aware box counts, each emitted by a synthetic detector graph",
-    )
-    p.add_argument("--detector", help="a real detector ONNX file instead of synthetic boxes")
-    p.add_argument("--runs", type=int, default=1, help="timed runs per strategy (medians)")
-    p.add_argument("--json", help="write the table as JSON")
-    p.set_defaults(func=cmd_bench_segevery)
-
-    p = sub.add_parser(
-        "bench-node",
-        help="the ROS node vs the library: ~/segment round trip, frame-to-embedding latency",
-    )
-    _add_backend_args(p, backend=False)
-    p.add_argument("--precision", choices=PRECISIONS, default="int8")
-    p.add_argument("--image", help="frame to send (default: a generated 769x770 scene)")
-    p.add_argument("--calib", nargs="+", help="int8 calibration images (default: the image)")
-    p.add_argument("--calls", type=int, default=100, help="timed service calls")
-    p.add_argument("--frames", type=int, default=20, help="timed frames")
-    p.add_argument(
-        "--concurrent",
-        type=int,
-        nargs="+",
-        metavar="N",
-        help="instead: N ~/segment calls at once, per N: answered, busy, lost, p50/p95",
-    )
-    p.add_argument("--queue-depth", type=int, default=32, help="the node's segment.queue_depth")
-    p.add_argument("--workers", type=int, default=2, help="the node's segment.workers")
-    p.add_argument("--json", help="write the table as JSON")
-    p.set_defaults(func=cmd_bench_node)
-
-    from .bench import memory as bench_memory  # no ROS import until a case runs
-
-    p = sub.add_parser(
-        "bench-memory",
-        help="peak RSS and time of the node on one large frame: SegEvery and ~/segment",
-    )
-    bench_memory.add_arguments(p)
-    p.set_defaults(func=bench_memory.run_cli)
+    bench_commands.add_parsers(sub)
 
     p = sub.add_parser(
         "replay",
@@ -977,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="input rosbag2 folder (mcap or sqlite3)")
     p.add_argument("output", help="output rosbag2 folder (must not exist, see --overwrite)")
-    _add_backend_args(p, backend=False)
+    add_backend_args(p, backend=False)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument(
         "--topic", help="image topic (sensor_msgs/Image or CompressedImage; default: the only one)"
@@ -1023,22 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_replay, backend="onnxruntime")
 
-    p = sub.add_parser(
-        "bench-replay",
-        help="replay throughput vs the encoder-bound limit (raw/JPEG, SegEvery off/on)",
-    )
-    _add_backend_args(p, backend=False)
-    p.add_argument("--precision", choices=PRECISIONS, default="int8")
-    p.add_argument("--calib", nargs="+", help="int8 calibration images (default: frame 0)")
-    p.add_argument("--frames", type=int, default=20, help="frames in the generated bag")
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--mode", choices=MODES, default="object_aware")
-    p.add_argument("--boxes", type=int, default=20, help="object_aware: synthetic detector boxes")
-    p.add_argument("--detector", help="object_aware: a real detector ONNX instead")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="grid/hierarchical option")
-    p.add_argument("--json", help="write the table as JSON")
-    p.set_defaults(func=cmd_bench_replay, backend="onnxruntime")
+    bench_commands.add_replay_parser(sub)
 
     p = sub.add_parser(
         "demo",
@@ -1068,8 +598,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
-    if args.command == "bench" and args.calib is None and args.image:
-        args.calib = [args.image]
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -1,0 +1,385 @@
+"""The ``segfast`` benchmark commands: ``bench``, ``bench-segevery``, ``bench-node``,
+``bench-memory`` and ``bench-replay``, their flags and what each prints and writes.
+
+``cli.py`` calls :func:`add_parsers` and :func:`add_replay_parser` (the latter after
+``replay``, where ``segfast --help`` lists it). Heavy imports (torch, onnxruntime, rclpy) happen
+inside the commands, so building the parser stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..runtime.images import read_rgb
+from . import memory as bench_memory  # no ROS import until a case runs
+from .backend_args import (
+    MODES,
+    PRECISIONS,
+    add_backend_args,
+    make_backend,
+    onnx_dir_for,
+    strategy_options,
+)
+
+
+def bench_image(
+    args: argparse.Namespace, tmp: str, hw: tuple[int, int] | None = None
+) -> np.ndarray:
+    """The benchmark frame: ``--image``, or a generated scene (of size ``hw``) written to ``tmp``.
+
+    Without ``--calib``, an INT8 export calibrates on that same frame.
+    """
+    from .latency import synthetic_scene
+
+    if getattr(args, "image", None):
+        image = read_rgb(args.image)
+        if args.calib is None:
+            args.calib = [args.image]
+        return image
+    image = synthetic_scene() if hw is None else synthetic_scene(hw)
+    if args.calib is None:
+        import cv2
+
+        args.calib = [str(Path(tmp) / "scene.png")]
+        cv2.imwrite(args.calib[0], cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return image
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .latency import bench_backend, format_table, write_json
+
+    if args.image:
+        if args.calib is None:
+            args.calib = [args.image]
+        image = read_rgb(args.image)
+    else:
+        import cv2
+
+        image = np.random.default_rng(0).integers(0, 256, (770, 769, 3), dtype=np.uint8)
+        image = cv2.GaussianBlur(image, (0, 0), 3)  # some spatial structure for calibration
+        if args.calib is None:
+            args.calib = [Path("out") / "bench_image.png"]
+            Path(args.calib[0]).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(args.calib[0]), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    rows = []
+    for backend_name in args.backends:
+        precisions = ["fp32"] if backend_name == "torch" else args.precisions
+        for precision in precisions:
+            args.backend = backend_name
+            backend = make_backend(args, precision, allow_random=True)
+            rows += bench_backend(
+                backend, image, precision=precision, runs=args.runs, decoder_runs=args.decoder_runs
+            )
+    print(format_table(rows))
+    if args.json:
+        write_json(
+            rows,
+            args.json,
+            model=args.model,
+            threads=args.threads,
+            image_hw=list(image.shape[:2]),
+            cpu_count=os.cpu_count(),
+        )
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_bench_segevery(args: argparse.Namespace) -> int:
+    """Every SegEvery strategy on one embedding (the encoder runs once): table, notes, JSON."""
+    import tempfile
+    import time
+
+    from ..runtime.predictor import Predictor
+    from .latency import bench_segevery, format_segevery_table, segevery_notes, write_json
+
+    with tempfile.TemporaryDirectory(prefix="segfast_bench_segevery_") as tmp:
+        image = bench_image(args, tmp)
+        predictor = Predictor(make_backend(args, args.precision, allow_random=True))
+        start = time.perf_counter()
+        predictor.set_image(image)  # the only encoder run: every strategy shares it
+        encoder_ms = 1e3 * (time.perf_counter() - start)
+        rows = bench_segevery(
+            predictor,
+            image,
+            strategies=args.strategies,
+            points_per_side=args.points_per_side,
+            box_counts=args.boxes,
+            detector=args.detector,
+            work_dir=tmp,
+            runs=args.runs,
+            detector_threads=args.threads,
+        )
+    notes = segevery_notes(
+        rows, points_per_side=args.points_per_side, random_weights=_random_weights(args)
+    )
+    h, w = image.shape[:2]
+    print(
+        f"{args.model or args.onnx_dir} {args.backend} {args.precision}, image {w}x{h} (WxH), "
+        f"threads {args.threads or 'all'}; shared encoder (set_image, once): {encoder_ms:.0f} "
+        f"ms, not in the rows; runs per strategy: {args.runs} (medians)"
+    )
+    print(format_segevery_table(rows))
+    for note in notes:
+        print(f"note: {note}")
+    if args.json:
+        write_json(
+            rows,
+            args.json,
+            model=args.model,
+            checkpoint=args.checkpoint,
+            backend=args.backend,
+            precision=args.precision,
+            threads=args.threads,
+            image=args.image or "generated (bench.synthetic_scene)",
+            image_hw=[h, w],
+            encoder_ms=encoder_ms,
+            points_per_side=args.points_per_side,
+            detector=args.detector or "synthetic fixed boxes",
+            cpu_count=os.cpu_count(),
+            notes=notes,
+        )
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _random_weights(args: argparse.Namespace) -> bool | None:
+    """True when the weights are known to be random: no checkpoint (the default ONNX folder is
+    then ``MODEL-random``) or one named so, like the parity fixture's. None otherwise: a file
+    name cannot prove that weights are trained, so the benchmark's rows decide."""
+    if args.checkpoint is not None:
+        named = Path(args.checkpoint).stem
+    else:
+        named = Path(args.onnx_dir).name if args.onnx_dir else "random"
+    return True if "random" in named.lower() else None
+
+
+def cmd_bench_node(args: argparse.Namespace) -> int:
+    """The node against the library: ~/segment vs predict, frame-to-embedding vs set_image."""
+    import tempfile
+
+    from .latency import format_table, write_json
+    from .node import bench_node
+
+    with tempfile.TemporaryDirectory(prefix="segfast_bench_node_") as tmp:
+        image = bench_image(args, tmp)
+        onnx_dir = onnx_dir_for(args, args.precision, allow_random=True)
+    if args.concurrent:
+        return _bench_node_concurrent(args, onnx_dir, image)
+    result = bench_node(
+        onnx_dir,
+        args.precision,
+        image,
+        calls=args.calls,
+        frames=args.frames,
+        providers=tuple(args.providers or ("cpu",)),
+        threads=args.threads,
+    )
+    h, w = image.shape[:2]
+    print(
+        f"{onnx_dir} {args.precision}, image {w}x{h} (WxH), threads {args.threads or 'all'}, "
+        f"{args.calls} service calls, {args.frames} frames"
+    )
+    print(format_table(result.rows))
+    notes = result.notes()
+    for note in notes:
+        print(f"note: {note}")
+    if args.json:
+        write_json(
+            result.rows,
+            args.json,
+            onnx_dir=str(onnx_dir),
+            precision=args.precision,
+            image_hw=[h, w],
+            threads=args.threads,
+            cpu_count=os.cpu_count(),
+            service_overhead_ms=result.service_overhead_ms,
+            node_overhead_pct=result.node_overhead_pct,
+            notes=notes,
+        )
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _bench_node_concurrent(args: argparse.Namespace, onnx_dir: Path, image: np.ndarray) -> int:
+    """``segfast bench-node --concurrent N ...``: the service under N calls at once."""
+    from .latency import write_json
+    from .node import bench_concurrent, format_concurrency
+
+    rows = bench_concurrent(
+        onnx_dir,
+        args.precision,
+        image,
+        in_flight=tuple(args.concurrent),
+        queue_depth=args.queue_depth,
+        workers=args.workers,
+        providers=tuple(args.providers or ("cpu",)),
+        threads=args.threads,
+    )
+    h, w = image.shape[:2]
+    print(
+        f"{onnx_dir} {args.precision}, image {w}x{h} (WxH), threads {args.threads or 'all'}, "
+        f"segment.queue_depth {args.queue_depth}, segment.workers {args.workers}; one point, "
+        "3 masks per call; latency from sending the calls to each answer"
+    )
+    print(format_concurrency(rows))
+    if args.json:
+        write_json(
+            rows,
+            args.json,
+            onnx_dir=str(onnx_dir),
+            precision=args.precision,
+            image_hw=[h, w],
+            threads=args.threads,
+            queue_depth=args.queue_depth,
+            workers=args.workers,
+            cpu_count=os.cpu_count(),
+        )
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_bench_replay(args: argparse.Namespace) -> int:
+    """Replay throughput vs the encoder-bound limit: raw and JPEG bags, SegEvery off and on."""
+    import json
+    import tempfile
+
+    from ..runtime.predictor import Predictor
+    from ..segevery.registry import build_segevery
+    from .latency import synthetic_box_detector, synthetic_scene
+    from .replay import bench_replay, format_replay_table, rows_json
+
+    hw = (args.height, args.width)
+    with tempfile.TemporaryDirectory(prefix="segfast_bench_replay_") as tmp:
+        first = bench_image(args, tmp, hw)  # also the int8 calibration frame without --calib
+        images = [first] + [synthetic_scene(hw, seed=i) for i in range(1, args.frames)]
+        predictor = Predictor(make_backend(args, args.precision, allow_random=True))
+        if args.mode == "object_aware":
+            detector = args.detector or synthetic_box_detector(Path(tmp), hw, args.boxes)
+            segevery = build_segevery("object_aware", detector=str(detector))
+        else:
+            segevery = build_segevery(args.mode, **dict(strategy_options(args.set)))
+        rows = bench_replay(predictor, segevery, images, Path(tmp))
+    print(
+        f"{args.model or args.onnx_dir} {args.precision}, {args.frames} frames {args.width}x"
+        f"{args.height}, threads {args.threads or 'all'}, SegEvery {args.mode}"
+    )
+    print(format_replay_table(rows))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "model": args.model or args.onnx_dir,
+            "precision": args.precision,
+            "threads": args.threads,
+            "frames": args.frames,
+            "image_hw": list(hw),
+            "mode": args.mode,
+            "cpu_count": os.cpu_count(),
+            "rows": rows_json(rows),
+        }
+        Path(args.json).write_text(json.dumps(doc, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """``bench``, ``bench-segevery``, ``bench-node`` and ``bench-memory`` on ``sub`` (the
+    ``segfast`` subparsers), in that order."""
+    p = sub.add_parser("bench", help="encoder/decoder latency table per backend and precision")
+    add_backend_args(p, backend=False)
+    p.add_argument("--image", help="image to time on (default: a random 769x770 image)")
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        choices=("onnxruntime", "torch", "tensorrt"),
+        default=["torch", "onnxruntime"],
+        help="tensorrt: the native TensorRT backend (a Jetson or NVIDIA GPU with TensorRT)",
+    )
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32", "int8"])
+    p.add_argument("--calib", nargs="+", help="int8 calibration images (default: --image)")
+    p.add_argument("--runs", type=int, default=10, help="encoder runs")
+    p.add_argument("--decoder-runs", type=int, default=50)
+    p.add_argument("--json", help="write the table as JSON")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "bench-segevery",
+        help="SegEvery strategies on one embedding: decoder prompts, time, instances",
+    )
+    add_backend_args(p)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--image", help="image to run on (default: a generated 769x770 scene)")
+    p.add_argument("--calib", nargs="+", help="int8 calibration images (default: the image)")
+    p.add_argument(
+        "--strategies",
+        nargs="+",
+        default=["grid", "hierarchical", "object_aware"],
+        help="SegEvery strategies: grid, hierarchical, object_aware",
+    )
+    p.add_argument(
+        "--points-per-side", type=int, default=32, help="grid/hierarchical points per side"
+    )
+    p.add_argument(
+        "--boxes",
+        type=int,
+        nargs="+",
+        default=[50, 100],
+        help="object-aware box counts, each emitted by a synthetic detector graph",
+    )
+    p.add_argument("--detector", help="a real detector ONNX file instead of synthetic boxes")
+    p.add_argument("--runs", type=int, default=1, help="timed runs per strategy (medians)")
+    p.add_argument("--json", help="write the table as JSON")
+    p.set_defaults(func=cmd_bench_segevery)
+
+    p = sub.add_parser(
+        "bench-node",
+        help="the ROS node vs the library: ~/segment round trip, frame-to-embedding latency",
+    )
+    add_backend_args(p, backend=False)
+    p.add_argument("--precision", choices=PRECISIONS, default="int8")
+    p.add_argument("--image", help="frame to send (default: a generated 769x770 scene)")
+    p.add_argument("--calib", nargs="+", help="int8 calibration images (default: the image)")
+    p.add_argument("--calls", type=int, default=100, help="timed service calls")
+    p.add_argument("--frames", type=int, default=20, help="timed frames")
+    p.add_argument(
+        "--concurrent",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="instead: N ~/segment calls at once, per N: answered, busy, lost, p50/p95",
+    )
+    p.add_argument("--queue-depth", type=int, default=32, help="the node's segment.queue_depth")
+    p.add_argument("--workers", type=int, default=2, help="the node's segment.workers")
+    p.add_argument("--json", help="write the table as JSON")
+    p.set_defaults(func=cmd_bench_node)
+
+    p = sub.add_parser(
+        "bench-memory",
+        help="peak RSS and time of the node on one large frame: SegEvery and ~/segment",
+    )
+    bench_memory.add_arguments(p)
+    p.set_defaults(func=bench_memory.run_cli)
+
+
+def add_replay_parser(sub: Any) -> None:
+    """``bench-replay`` on ``sub`` (the ``segfast`` subparsers; listed after ``replay``)."""
+    p = sub.add_parser(
+        "bench-replay",
+        help="replay throughput vs the encoder-bound limit (raw/JPEG, SegEvery off/on)",
+    )
+    add_backend_args(p, backend=False)
+    p.add_argument("--precision", choices=PRECISIONS, default="int8")
+    p.add_argument("--calib", nargs="+", help="int8 calibration images (default: frame 0)")
+    p.add_argument("--frames", type=int, default=20, help="frames in the generated bag")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--mode", choices=MODES, default="object_aware")
+    p.add_argument("--boxes", type=int, default=20, help="object_aware: synthetic detector boxes")
+    p.add_argument("--detector", help="object_aware: a real detector ONNX instead")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="grid/hierarchical option")
+    p.add_argument("--json", help="write the table as JSON")
+    p.set_defaults(func=cmd_bench_replay, backend="onnxruntime")
