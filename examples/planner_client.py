@@ -9,7 +9,7 @@ and this client in another::
 
     python examples/planner_client.py
 
-The client plays the camera too: it publishes generated frames (``segfast_ros.demo.scenes``)
+The client plays the camera too: it publishes generated frames (``segfast_ros.bench.scenes``)
 on ``/camera/image_raw`` at 10 Hz. For each of a few frames it asks the node for the mask of one
 object, with that object's box as the prompt and the frame's stamp, and prints the answer and
 its IoU with the generator's ground truth; it also counts the SegEvery instances the node
@@ -30,7 +30,7 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from segfast_ros.demo.scenes import generate_sequence
+from segfast_ros.bench.scenes import generate_sequence
 from segfast_ros.masks import rle_to_mask
 from segfast_ros.msg import InstanceArray
 from segfast_ros.ros.conversions import rgb_to_image_msg

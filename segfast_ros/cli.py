@@ -274,7 +274,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job on a fresh machine: a generated bag, replayed with the demo model."""
     import shutil
 
-    from .demo.scenes import generate_sequence
+    from .bench.scenes import generate_sequence
     from .replay import ReplayOptions, replay
     from .replay.bags import write_image_bag
     from .runtime.predictor import Predictor

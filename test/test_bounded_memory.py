@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segfast_ros.demo.scenes import generate_scene
+from segfast_ros.bench.scenes import generate_scene
 from segfast_ros.masks import (
     mask_to_rle,
     masks_to_boxes,

@@ -157,7 +157,7 @@ def test_export_quant_report_and_bench(
 
 
 def _camera_bag(path: Path, frames: int = 2) -> Path:
-    from segfast_ros.demo.scenes import generate_sequence
+    from segfast_ros.bench.scenes import generate_sequence
     from segfast_ros.replay.bags import write_image_bag
 
     write_image_bag(path, (f.image for f in generate_sequence(7, frames, (96, 128))))

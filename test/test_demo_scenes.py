@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segfast_ros.demo.scenes import SHAPES, generate_scene, generate_sequence
+from segfast_ros.bench.scenes import SHAPES, generate_scene, generate_sequence
 from segfast_ros.masks import masks_to_boxes
 
 

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 torch = pytest.importorskip("torch")
 
 from segfast_ros.demo.evaluate import DEFAULT_MODEL_DIR  # noqa: E402
-from segfast_ros.demo.scenes import generate_scene  # noqa: E402
+from segfast_ros.bench.scenes import generate_scene  # noqa: E402
 from segfast_ros.demo.train import (  # noqa: E402
     DEMO_MODEL,
     DETECTOR_IMGSZ,

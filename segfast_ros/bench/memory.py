@@ -23,7 +23,7 @@ process peak (the largest VmHWM of the whole run; ``ru_maxrss`` is no use here, 
 carries it over from the driver through ``execve``), the node's own timings from its
 diagnostics and the number of instances published.
 
-The frame is a generated scene (:mod:`segfast_ros.demo.scenes`, rendered at a quarter of the
+The frame is a generated scene (:mod:`segfast_ros.bench.scenes`, rendered at a quarter of the
 size and resized up: rendering 8K directly takes 4 GB), so SegEvery keeps real masks; the
 ~/segment point is inside the largest object.
 """
@@ -174,7 +174,7 @@ def make_frame(hw: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, tuple[fl
     """
     import cv2
 
-    from segfast_ros.demo.scenes import generate_scene
+    from segfast_ros.bench.scenes import generate_scene
 
     h, w = hw
     small_hw = (max(64, h // 4), max(64, w // 4))

@@ -2,7 +2,7 @@
 
 ``python -m segfast_ros.demo.evaluate --model-dir models/demo --json out/demo_eval.json``
 
-Held out: scenes come from :func:`~segfast_ros.demo.scenes.generate_scene` with the integer
+Held out: scenes come from :func:`~segfast_ros.bench.scenes.generate_scene` with the integer
 seeds ``EVAL_SEED_BASE + i``; training draws from a different seed stream (see
 :func:`segfast_ros.demo.train.scene_stream`). What is measured, over every ground-truth
 instance of every scene:
@@ -40,7 +40,7 @@ from ..runtime.predictor import Predictor
 from ..segevery.base import SegEveryResult
 from ..segevery.presets import DEMO_SEGEVERY_PARAMS
 from ..segevery.registry import build_segevery
-from .scenes import Scene, generate_scene
+from ..bench.scenes import Scene, generate_scene
 
 #: First seed of the evaluation scenes.
 EVAL_SEED_BASE = 1_000_000

@@ -58,7 +58,7 @@ from ..runtime.onnx_backend import onnx_file_names
 from ..runtime.transforms import prepare_image
 from ..segevery.detector import boxes_to_letterbox, letterbox_geometry, letterbox_image
 from ..spec import LABEL_BG, LABEL_BOX_BR, LABEL_BOX_TL, LABEL_FG, LABEL_PAD, ModelInfo
-from .scenes import Scene, generate_scene
+from ..bench.scenes import Scene, generate_scene
 
 #: Registry name of the demo segmenter.
 DEMO_MODEL = "demo_tinyvit"

@@ -1,4 +1,9 @@
-"""Procedural scenes with exact instance masks, for the demo model and its tests (numpy/cv2 only).
+"""Procedural scenes with exact instance masks: the one frame generator (numpy/cv2 only).
+
+The benchmarks time on its frames (:func:`frame`), the tests feed them to the node and the
+replay, ``segfast demo`` writes its sample bag from :func:`generate_sequence`, and the demo
+model trains and is evaluated on :func:`generate_scene` (it lives in ``bench/``, below
+``demo/`` in the flow, so that all of them may import it).
 
 A scene is a few dozen parameters drawn from a seeded generator: a background (gradient,
 stripes, checks or smooth noise, in one or two colours), then 3-9 objects painted back to
@@ -13,7 +18,8 @@ masks never overlap; objects whose visible area is tiny are dropped from the gro
 (their pixels count neither as an instance nor as background). Lighting (a smooth
 multiplicative field) and sensor noise are applied last and do not move any mask.
 
-No torch: the runtime's tests, the evaluation and the sample-bag generator use it.
+No torch: the runtime's tests, the benchmarks, the evaluation and the sample-bag generator
+use it.
 """
 
 from __future__ import annotations
@@ -438,3 +444,20 @@ def generate_sequence(
         camera = Camera((float(x0), float(y0)), scale0 * float(z))
         frames.append(_render(world, camera, (h, w), rng, min_area, min_visible_fraction))
     return frames
+
+
+def frame(hw: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """One generated RGB frame: :func:`generate_scene`'s image, without the ground truth.
+
+    What the benchmarks time on and the tests send: shapes with sharp edges and textures give
+    a trained model something to segment, unlike noise, and the same ``(hw, seed)`` always
+    gives the same pixels.
+
+    Args:
+        hw: ``(H, W)`` in pixels (both >= 32).
+        seed: scene seed.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB.
+    """
+    return generate_scene(seed, hw).image
