@@ -14,18 +14,16 @@ from onnx import numpy_helper
 
 torch = pytest.importorskip("torch")
 
+from segfast_ros.demo.detector_model import DemoDetector, detector_loss  # noqa: E402
 from segfast_ros.demo.evaluate import DEFAULT_MODEL_DIR  # noqa: E402
 from segfast_ros.bench.scenes import generate_scene  # noqa: E402
-from segfast_ros.demo.train import (  # noqa: E402
+from segfast_ros.demo.segmenter_loss import segmenter_loss  # noqa: E402
+from segfast_ros.demo.train import main, train  # noqa: E402
+from segfast_ros.demo.training_data import (  # noqa: E402
     DEMO_MODEL,
     DETECTOR_IMGSZ,
-    DemoDetector,
     TrainConfig,
-    detector_loss,
-    main,
     make_batch,
-    segmenter_loss,
-    train,
 )
 from segfast_ros.export.quantize import quantization_settings  # noqa: E402
 from segfast_ros.modeling import build_sam  # noqa: E402

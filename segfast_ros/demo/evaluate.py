@@ -4,7 +4,7 @@
 
 Held out: scenes come from :func:`~segfast_ros.bench.scenes.generate_scene` with the integer
 seeds ``EVAL_SEED_BASE + i``; training draws from a different seed stream (see
-:func:`segfast_ros.demo.train.scene_stream`). What is measured, over every ground-truth
+:func:`segfast_ros.demo.training_data.scene_stream`). What is measured, over every ground-truth
 instance of every scene:
 
 * **point mIoU**: one foreground point at the instance's interior pixel farthest from its
