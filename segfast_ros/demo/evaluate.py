@@ -34,13 +34,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..bench.scenes import Scene, generate_scene
 from ..masks import rle_to_mask
 from ..runtime.onnx_backend import OnnxRuntimeBackend
 from ..runtime.predictor import Predictor
 from ..segevery.base import SegEveryResult
 from ..segevery.presets import DEMO_SEGEVERY_PARAMS
 from ..segevery.registry import build_segevery
-from ..bench.scenes import Scene, generate_scene
 
 #: First seed of the evaluation scenes.
 EVAL_SEED_BASE = 1_000_000

@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 import torch
 
+from ..bench.scenes import generate_scene
 from ..export.quantize import quantization_settings, quantize_encoder
 from ..modeling.sam import Sam
 from ..runtime.onnx_backend import onnx_file_names
 from .detector_model import DemoDetector
-from ..bench.scenes import generate_scene
 from .training_data import DETECTOR_IMGSZ, DETECTOR_STRIDE, TRAIN_SHAPES
 
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..bench.scenes import Scene, generate_scene
 from ..runtime.transforms import prepare_image
 from ..segevery.detector import boxes_to_letterbox, letterbox_geometry, letterbox_image
 from ..spec import ModelInfo
-from ..bench.scenes import Scene, generate_scene
 
 #: Registry name of the demo segmenter.
 DEMO_MODEL = "demo_tinyvit"
