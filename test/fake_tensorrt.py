@@ -9,7 +9,8 @@ Use :func:`install` (returns the module) with ``monkeypatch``; ``CALLS`` lists
 ``(call, args...)`` tuples in order. Like TensorRT's, an execution context must not be used by
 two threads at a time: the fake context records every overlapping or interleaved use in
 ``MISUSE`` (set ``DWELL`` to stay a while inside each call, so that overlaps show), and the
-fake ``cudart`` records work on a stream from a thread whose current device is another.
+fake ``cudart`` (``fake_cudart.py``) records work on a stream from a thread whose current
+device is another.
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fake_cudart
 import numpy as np
+from fake_cudart import CALLS, CURRENT, MEMORY, MISUSE, STREAM_DEVICE
 
-CALLS: list[tuple[Any, ...]] = []
 MAGIC = b"FAKEENGINE:"
-#: What a real TensorRT/CUDA would have got wrong silently: one line per misuse.
-MISUSE: list[str] = []
 #: Seconds every execution-context call sleeps inside, to widen the window for overlaps.
 DWELL = 0.0
 
@@ -407,7 +407,7 @@ class _Context:
                     f"execute_async_v3 in thread {me} with shapes of {foreign} set "
                     "by another thread"
                 )
-            device = _CURRENT.device
+            device = CURRENT.device
             if STREAM_DEVICE.get(stream_handle, device) != device:
                 MISUSE.append(
                     f"execute_async_v3 on a stream of device "
@@ -420,115 +420,14 @@ class _Context:
             return True
 
 
-# ------------------------------------------------------------------ cuda-python
-
-
-#: Fake device memory: pointer -> bytes.
-MEMORY: dict[int, bytearray] = {}
-#: Stream handle -> the device that was current when it was created.
-STREAM_DEVICE: dict[int, int] = {}
-
-
-class _CudaError(enum.Enum):
-    cudaSuccess = 0
-    cudaErrorInsufficientDriver = 35
-    cudaErrorNoDevice = 100
-
-
-class _MemcpyKind(enum.Enum):
-    cudaMemcpyHostToDevice = 1
-    cudaMemcpyDeviceToHost = 2
-
-
-class _Props:
-    name = b"Orin\x00\x00"
-    major, minor = 8, 7
-
-
-class _Current(threading.local):
-    device = 0
-
-
-#: The calling thread's current device, as CUDA keeps it (per host thread, 0 until set).
-_CURRENT = _Current()
-
-
-def make_cudart(devices: int = 1, *, driver: bool = True) -> types.SimpleNamespace:
-    """A fake ``cudart`` with ``devices`` Orin GPUs; copies go through :data:`MEMORY`.
-
-    ``driver=False`` answers like cuda-python on a machine without the NVIDIA driver.
-    """
-    ok = _CudaError.cudaSuccess
-    next_ptr = [0x1000]
-
-    def malloc(nbytes: int) -> tuple[Any, int]:
-        ptr = next_ptr[0]
-        next_ptr[0] += nbytes + 256
-        MEMORY[ptr] = bytearray(nbytes)
-        CALLS.append(("cudaMalloc", nbytes))
-        return ok, ptr
-
-    def memcpy(dst: int, src: int, nbytes: int, kind: _MemcpyKind, stream: int) -> tuple[Any]:
-        import ctypes
-
-        if STREAM_DEVICE[stream] != _CURRENT.device:
-            MISUSE.append(
-                f"cudaMemcpyAsync on a stream of device {STREAM_DEVICE[stream]} "
-                f"with device {_CURRENT.device} current"
-            )
-        if kind is _MemcpyKind.cudaMemcpyHostToDevice:
-            MEMORY[dst][:nbytes] = ctypes.string_at(src, nbytes)
-        else:
-            ctypes.memmove(dst, bytes(MEMORY[src][:nbytes]), nbytes)
-        return (ok,)
-
-    def device_count() -> tuple[Any, int | None]:
-        if not driver:
-            return _CudaError.cudaErrorInsufficientDriver, None
-        return (ok, devices) if devices else (_CudaError.cudaErrorNoDevice, 0)
-
-    def set_device(index: int) -> tuple[Any]:
-        _CURRENT.device = index
-        return (ok,)
-
-    def stream_create() -> tuple[Any, int]:
-        handle = 7 + len(STREAM_DEVICE)
-        STREAM_DEVICE[handle] = _CURRENT.device
-        return ok, handle
-
-    return types.SimpleNamespace(
-        cudaError_t=_CudaError,
-        cudaMemcpyKind=_MemcpyKind,
-        cudaGetDeviceCount=device_count,
-        cudaSetDevice=set_device,
-        cudaGetDeviceProperties=lambda i: (ok, _Props()),
-        cudaMalloc=malloc,
-        cudaFree=lambda ptr: (MEMORY.pop(ptr, None), ok)[1:],
-        cudaStreamCreate=stream_create,
-        cudaStreamDestroy=lambda s: (ok,),
-        cudaStreamSynchronize=lambda s: (ok,),
-        cudaMemcpyAsync=memcpy,
-    )
-
-
 def install(
     monkeypatch: Any, version: str = "10.3.0", *, devices: int = 1, driver: bool = True
 ) -> types.ModuleType:
     """Put the fake ``tensorrt`` and ``cuda.bindings.runtime`` into ``sys.modules``."""
-    CALLS.clear()
-    MEMORY.clear()
-    MISUSE.clear()
-    STREAM_DEVICE.clear()
-    _CURRENT.device = 0
+    fake_cudart.reset()
     Builder.fail_build = False
     module = sys.modules[__name__]
     monkeypatch.setattr(module, "__version__", version, raising=False)
     monkeypatch.setitem(sys.modules, "tensorrt", module)
-    cuda = types.ModuleType("cuda")
-    bindings = types.ModuleType("cuda.bindings")
-    bindings.runtime = make_cudart(devices, driver=driver)  # type: ignore[attr-defined]
-    cuda.bindings = bindings  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "cuda", cuda)
-    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
-    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", bindings.runtime)
+    fake_cudart.install(monkeypatch, devices=devices, driver=driver)
     return module

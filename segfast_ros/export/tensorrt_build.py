@@ -19,24 +19,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segfast_ros.runtime.tensorrt.backend import (
-    DEFAULT_WORKSPACE_MB,
     TRT_DECODER_PRECISION,
     TRT_INT8_ENCODER,
-    TRT_PRECISIONS,
-    BuiltEngine,
-    check_tensorrt,
-    cuda_device,
-    describe_plan,
-    engine_key,
-    import_cudart,
-    load_or_build,
     read_model_info,
     trt_source_files,
 )
+from segfast_ros.runtime.tensorrt.build import (
+    DEFAULT_WORKSPACE_MB,
+    TRT_PRECISIONS,
+    BuiltEngine,
+    engine_key,
+    load_or_build,
+)
 from segfast_ros.runtime.tensorrt.cache import EngineCache
+from segfast_ros.runtime.tensorrt.cuda import check_tensorrt, cuda_device, import_cudart
 from segfast_ros.runtime.tensorrt.plan import (
     DecoderProfile,
     decoder_profile_shapes,
+    describe_plan,
     plan_summary,
 )
 

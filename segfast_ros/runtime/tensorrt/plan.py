@@ -10,13 +10,13 @@
 
 The plan runs on a small graph description (:class:`Op`, ONNX op-type vocabulary) made either
 from an ONNX model (:func:`ops_from_onnx`, duck-typed: no ``onnx`` import) or from a parsed
-TensorRT network (``segfast_ros.runtime.tensorrt.backend``), so the same rules are tested on
+TensorRT network (``segfast_ros.runtime.tensorrt.build``), so the same rules are tested on
 CPU and applied at build time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,6 +165,11 @@ def plan_summary(ops: Iterable[Op], plan: dict[str, str]) -> list[tuple[str, int
     return sorted(((t, a, b) for t, (a, b) in counts.items()), key=lambda r: (-r[1] - r[2], r[0]))
 
 
+def describe_plan(ops: Sequence[Op], plan: Mapping[str, str]) -> list[str]:
+    """Lines ``<layer>  <op type>  FP32 (<reason>)`` for the constrained layers, in graph order."""
+    return [f"{op.name}  {op.op_type}  FP32 ({plan[op.name]})" for op in ops if op.name in plan]
+
+
 @dataclass(frozen=True)
 class DecoderProfile:
     """Prompt-batch ranges of the decoder engine (its one optimization profile).
@@ -196,6 +201,15 @@ class DecoderProfile:
 
 
 Shape = tuple[int, ...]
+
+
+def as_shape(dims: Any) -> Shape:
+    """A TensorRT ``Dims`` as a tuple.
+
+    ``Dims`` is a sequence by ``__len__``/``__getitem__`` only, which the type checker does
+    not iterate.
+    """
+    return tuple(dims[i] for i in range(len(dims)))
 
 
 def decoder_profile_shapes(
