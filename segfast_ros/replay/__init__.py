@@ -4,8 +4,10 @@ Needs ``rosbags`` (pure Python), not ROS. See :func:`~.pipeline.replay`.
 """
 
 from .bags import BagError
-from .pipeline import ReplayOptions, ReplaySummary, replay
+from .options import ReplayOptions
+from .pipeline import replay
 from .prompts import PromptFileError, ScriptedPrompt, load_prompts
+from .summary import ReplaySummary
 
 __all__ = [
     "BagError",

@@ -1,0 +1,116 @@
+"""What travels between the replay's three threads, and the two queues that carry it.
+
+The reader puts :class:`DecodedFrame`, :class:`CopiedMessage`, :class:`SkippedFrame` and
+:class:`ReadFailed` items, then :data:`END`, into ``frames``; the caller's thread puts
+:class:`CopiedMessage`, :class:`SegEveryOutput` and :class:`PromptAnswer` items, then
+:data:`END`, into ``results``, which the writer drains. Both queues are bounded and FIFO: a
+full queue makes its producer wait, so nothing is dropped and the order is the bag's.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..pipeline.render import InstanceRecord
+from ..segevery.base import SegEveryResult
+from .prompts import ScriptedPrompt
+
+#: The last item a queue carries: its producer is done.
+END = object()
+
+
+@dataclass
+class DecodedFrame:
+    """A selected message of the topic, deserialized and decoded (reader -> caller -> writer).
+
+    Attributes:
+        index: position among the processed frames (set by the caller; -1 until then).
+        bag_time: the message's bag time (ns).
+        msg: the deserialized message (its header is reused for the outputs).
+        image: ``(H, W, 3)`` uint8 RGB.
+        decode_ms: deserializing and decoding time.
+    """
+
+    index: int
+    bag_time: int
+    msg: Any
+    image: np.ndarray
+    decode_ms: float
+
+
+@dataclass
+class CopiedMessage:
+    """An input message to copy into the output as it is (``--copy-input``)."""
+
+    conn: Any
+    bag_time: int
+    raw: bytes
+
+
+@dataclass
+class SkippedFrame:
+    """A selected message that deserialized but holds no usable image, and why."""
+
+    reason: str
+
+
+@dataclass
+class ReadFailed:
+    """The input failed part-way (a corrupt page, a message that does not deserialize)."""
+
+    error: str
+
+
+@dataclass
+class SegEveryOutput:
+    """SegEvery's instances on a frame (caller -> writer)."""
+
+    frame: DecodedFrame
+    result: SegEveryResult
+
+
+@dataclass
+class PromptAnswer:
+    """A scripted prompt's masks on a frame (caller -> writer).
+
+    Attributes:
+        frame: the frame whose embedding answered the prompt.
+        prompt: the prompt.
+        records: the ``Instance.msg`` fields of every mask of its prompt sets, in order.
+        sets: how many prompt sets were decoded.
+        ms: the time the answer took.
+    """
+
+    frame: DecodedFrame
+    prompt: ScriptedPrompt
+    records: list[InstanceRecord]
+    sets: int
+    ms: float
+
+
+class Queues:
+    """The bounded FIFO queues between the threads, and the stop flag all of them watch.
+
+    Args:
+        size: items each queue holds before its producer waits.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.stop = threading.Event()
+        self.frames: queue.Queue = queue.Queue(maxsize=size)
+        self.results: queue.Queue = queue.Queue(maxsize=size)
+
+    def put(self, q: queue.Queue, item: Any) -> bool:
+        """Put ``item`` into ``q``, waiting while it is full; False (not put) once stopped."""
+        while not self.stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False

@@ -1,0 +1,78 @@
+"""What a replay is asked to do: the frames to take, the outputs to write, the settings to report.
+
+Plain values, checked once (:meth:`ReplayOptions.check`) before any bag is opened.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .prompts import ScriptedPrompt
+
+
+@dataclass
+class ReplayOptions:
+    """What to replay and what to write.
+
+    Attributes:
+        topic: image topic to segment (None: the bag's only image topic).
+        every: process every N-th message of the topic (1: all).
+        rate_hz: instead, process at most this many frames per second of bag time: the first
+            frame in each ``1 / rate_hz`` slot after the topic's first frame.
+        segevery_rate_hz: run SegEvery on at most this many processed frames per second of bag
+            time (as the node's ``segevery.rate``); None, on every processed frame; 0, never
+            (only the encoder and the scripted prompts run).
+        namespace: prefix of the output topics (the node's namespace and name).
+        copy_input: copy every input topic into the output bag, unchanged.
+        overlay_topic: also write overlays to ``<namespace>/overlay``.
+        storage: output storage, ``mcap`` or ``sqlite3``.
+        overwrite: replace an existing output bag.
+        prompts: scripted SegAny calls.
+        coco: write COCO results JSON here.
+        overlay_video: write an mp4 of the overlays here.
+        contact_sheet: write a PNG contact sheet of overlays here.
+        progress: draw a progress line on stderr.
+        queue_size: frames buffered between the threads.
+        model: what runs the encoder and decoder, and why it was chosen (for the summary).
+        segevery_settings: the SegEvery settings given to the strategy, those that differ
+            from its defaults (for the summary).
+        segevery_settings_source: where those settings come from (for the summary).
+    """
+
+    topic: str | None = None
+    every: int = 1
+    rate_hz: float | None = None
+    segevery_rate_hz: float | None = None
+    namespace: str = "/segfast"
+    copy_input: bool = False
+    overlay_topic: bool = False
+    storage: str = "mcap"
+    overwrite: bool = False
+    prompts: Sequence[ScriptedPrompt] = ()
+    coco: Path | None = None
+    overlay_video: Path | None = None
+    contact_sheet: Path | None = None
+    progress: bool = False
+    queue_size: int = 4
+    model: str = ""
+    segevery_settings: Mapping[str, Any] = field(default_factory=dict)
+    segevery_settings_source: str = ""
+
+    def check(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"--every must be >= 1, got {self.every}")
+        if self.rate_hz is not None and not (math.isfinite(self.rate_hz) and self.rate_hz > 0):
+            raise ValueError(f"--rate must be a positive number of Hz, got {self.rate_hz}")
+        rate = self.segevery_rate_hz
+        if rate is not None and not (math.isfinite(rate) and rate >= 0):
+            raise ValueError(f"--segevery-rate must be >= 0 Hz, got {rate}")
+        if self.rate_hz is not None and self.every != 1:
+            raise ValueError("give --every or --rate, not both")
+        if not self.namespace.startswith("/"):
+            raise ValueError(f"the output namespace must start with '/', got {self.namespace!r}")
+        if self.queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")

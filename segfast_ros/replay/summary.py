@@ -1,0 +1,177 @@
+"""What a replay did: counts, per-stage timings, throughput, outputs and why it stopped early.
+
+:class:`ReplaySummary` is filled by the replay's threads as they go (see
+:mod:`~segfast_ros.replay.pipeline`) and read once the replay returns, as text
+(:meth:`ReplaySummary.format`) or JSON (:meth:`ReplaySummary.to_json`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Stages of the timing summary, in pipeline order.
+STAGES: tuple[str, ...] = (
+    "decode_image",
+    "encoder",
+    "detector",
+    "decoder",
+    "postprocess",
+    "segany",
+    "render",
+    "write",
+)
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay did. ``error`` and ``interrupted`` say why it stopped early, if it did."""
+
+    input: Path
+    output: Path
+    topic: str = ""
+    strategy: str = ""
+    model: str = ""
+    segevery_settings: dict[str, Any] = field(default_factory=dict)
+    segevery_settings_source: str = ""
+    topic_messages: int = 0
+    selected: int = 0
+    processed: int = 0
+    segevery_frames: int = 0
+    instances: int = 0
+    decoder_prompts: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    prompts_answered: int = 0
+    prompt_errors: list[str] = field(default_factory=list)
+    written: Counter = field(default_factory=Counter)
+    copied: int = 0
+    timings_ms: dict[str, list[float]] = field(default_factory=dict)
+    wall_s: float = 0.0
+    error: str | None = None
+    interrupted: bool = False
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.error is None and not self.interrupted
+
+    @property
+    def fps(self) -> float:
+        return self.processed / self.wall_s if self.wall_s > 0 else 0.0
+
+    def median_ms(self, stage: str) -> float:
+        values = self.timings_ms.get(stage, [])
+        return float(np.median(values)) if values else math.nan
+
+    @property
+    def encoder_bound_fps(self) -> float:
+        """1 / median encoder time: what a replay that only ran the encoder could reach."""
+        ms = self.median_ms("encoder")
+        return 1000.0 / ms if ms > 0 else math.nan
+
+    @property
+    def inference_bound_fps(self) -> float:
+        """1 / median (encoder + SegEvery + SegAny) time per frame: the limit with SegEvery."""
+        per_frame = self.timings_ms.get("inference", [])
+        return 1000.0 / float(np.median(per_frame)) if per_frame else math.nan
+
+    def to_json(self) -> dict[str, Any]:
+        stages = {
+            s: {
+                "count": len(v),
+                "median_ms": float(np.median(v)),
+                "p95_ms": float(np.percentile(v, 95)),
+                "total_s": float(np.sum(v)) / 1e3,
+            }
+            for s, v in self.timings_ms.items()
+            if v
+        }
+        return {
+            "input": str(self.input),
+            "output": str(self.output),
+            "topic": self.topic,
+            "strategy": self.strategy,
+            "model": self.model,
+            "segevery_settings": self.segevery_settings,
+            "segevery_settings_source": self.segevery_settings_source,
+            "topic_messages": self.topic_messages,
+            "selected": self.selected,
+            "processed": self.processed,
+            "segevery_frames": self.segevery_frames,
+            "instances": self.instances,
+            "decoder_prompts": self.decoder_prompts,
+            "skipped": dict(self.skipped),
+            "prompts_answered": self.prompts_answered,
+            "prompt_errors": self.prompt_errors,
+            "written": dict(self.written),
+            "copied": self.copied,
+            "stages": stages,
+            "wall_s": self.wall_s,
+            "fps": self.fps,
+            "encoder_bound_fps": self.encoder_bound_fps,
+            "inference_bound_fps": self.inference_bound_fps,
+            "error": self.error,
+            "interrupted": self.interrupted,
+            "files": self.files,
+        }
+
+    def _setup_lines(self) -> list[str]:
+        """What ran: the model, and the SegEvery settings with where they come from."""
+        lines = [f"  model: {self.model}"] if self.model else []
+        if self.segevery_settings or self.segevery_settings_source:
+            given = ", ".join(f"{k}={v}" for k, v in self.segevery_settings.items())
+            source = f" ({self.segevery_settings_source})" if self.segevery_settings_source else ""
+            lines.append(f"  SegEvery {self.strategy} settings: {given or 'none'}{source}")
+        return lines
+
+    def format(self) -> str:
+        """A human summary: counts, per-stage timings, throughput, outputs, problems."""
+        lines = [
+            f"replay {self.input} -> {self.output} ({self.topic}, {self.strategy})",
+            *self._setup_lines(),
+            f"  frames: {self.topic_messages} on the topic, {self.selected} selected, "
+            f"{self.processed} processed ({self.segevery_frames} with SegEvery); "
+            f"{self.instances} instances, "
+            f"{self.decoder_prompts} decoder prompts",
+        ]
+        for reason, n in sorted(self.skipped.items()):
+            lines.append(f"  skipped {n} frame(s): {reason}")
+        if self.prompts_answered or self.prompt_errors:
+            lines.append(
+                f"  scripted prompts: {self.prompts_answered} answered, "
+                f"{len(self.prompt_errors)} failed"
+            )
+            lines.extend(f"    {e}" for e in self.prompt_errors)
+        lines.append(f"  {'stage':<13}{'count':>7}{'median ms':>11}{'p95 ms':>9}{'total s':>9}")
+        for stage in (*STAGES, "inference"):
+            v = self.timings_ms.get(stage)
+            if v:
+                lines.append(
+                    f"  {stage:<13}{len(v):>7}{np.median(v):>11.1f}"
+                    f"{np.percentile(v, 95):>9.1f}{np.sum(v) / 1e3:>9.2f}"
+                )
+        lines.append(
+            f"  throughput: {self.fps:.2f} frames/s over {self.wall_s:.1f} s; encoder-bound "
+            f"limit {self.encoder_bound_fps:.2f}/s ({_ratio(self.fps, self.encoder_bound_fps)}), "
+            f"inference-bound {self.inference_bound_fps:.2f}/s "
+            f"({_ratio(self.fps, self.inference_bound_fps)})"
+        )
+        written = ", ".join(f"{t} {n}" for t, n in sorted(self.written.items()))
+        lines.append(f"  written: {written or 'nothing'}; copied {self.copied} input messages")
+        for what, path in self.files.items():
+            lines.append(f"  {what}: {path}")
+        if self.interrupted:
+            lines.append("  INTERRUPTED: the output holds the frames processed until then")
+        if self.error:
+            lines.append(f"  ERROR: {self.error}")
+            lines.append("  the output holds the frames processed before the error")
+        return "\n".join(lines)
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b and math.isfinite(b) and b > 0 else "n/a"

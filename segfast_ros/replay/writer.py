@@ -1,0 +1,247 @@
+"""The replay's writer thread: label images, overlays, serialization, the output bag and the
+side files (COCO results, overlay video, contact sheet).
+
+The writer thread owns the output bag: it opens it, writes every message and closes it, since
+rosbags' sqlite3 writer may be used only from the thread that opened it. It closes the bag
+whatever happens (rosbags' context manager would abort it on an exception), and writes the side
+files for what was processed, so that an error or an interrupt leaves outputs that open in any
+reader.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..masks import Instance
+from ..pipeline.frames import stamp_to_ns
+from ..pipeline.image_msgs import image_fields, rgb_pixels
+from ..pipeline.render import (
+    InstanceRecord,
+    instance_record,
+    instances_to_label_image,
+    overlay,
+)
+from . import bags
+from .items import END, CopiedMessage, PromptAnswer, Queues, SegEveryOutput
+from .options import ReplayOptions
+from .outputs import CocoResults, ContactSheet, OverlayVideo
+from .summary import ReplaySummary
+
+
+class OutputWriter:
+    """Drains ``queues.results`` into the output bag and the side files, on its own thread.
+
+    A write that fails (disk full, a codec failure) sets :attr:`error` and the stop flag; the
+    thread keeps draining the queue, so that the caller never blocks on a full one, and still
+    closes the bag.
+
+    Args:
+        path: the output bag folder (prepared: it does not exist).
+        store: the typestore that serializes the messages.
+        opts: the replay's options (namespace, storage, outputs).
+        summary: counts written and files saved are recorded here.
+        expected: frames the replay expects to process (spreads the contact sheet).
+        fps: the overlay video's frame rate.
+        copied: the input connections whose messages are copied (``copy_input``).
+        queues: the replay's queues.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        store: Any,
+        opts: ReplayOptions,
+        summary: ReplaySummary,
+        *,
+        expected: int,
+        fps: float,
+        copied: Sequence[Any],
+        queues: Queues,
+    ) -> None:
+        self.path, self.store, self.opts, self.summary = path, store, opts, summary
+        self.expected, self.fps, self.copied, self.queues = expected, fps, copied, queues
+        self.error: str | None = None
+        self._ready = threading.Event()
+        self._setup_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write, name="replay-write", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread and wait until it has opened the output.
+
+        Raises:
+            Whatever opening the output bag or the side files raised on the thread.
+        """
+        self._thread.start()
+        self._ready.wait()
+        if self._setup_error is not None:
+            raise self._setup_error
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def _write(self) -> None:
+        try:
+            writer = bags.open_writer(self.path, self.opts.storage)
+            out = BagOutputs(
+                writer, self.store, self.opts, self.summary, self.expected, self.fps, self.copied
+            )
+        except BaseException as err:
+            self._setup_error = err
+            return
+        finally:
+            self._ready.set()
+        try:
+            while (item := self.queues.results.get()) is not END:
+                if self.error is not None:
+                    continue  # keep draining, so that the caller never blocks on a full queue
+                try:
+                    out.write(item)
+                except Exception as err:  # disk full, a codec failure: stop, keep the bag
+                    self.error = f"writing the output failed: {type(err).__name__}: {err}"
+                    self.queues.stop.set()
+        finally:
+            try:
+                out.finish()
+            finally:
+                writer.close()
+
+
+class BagOutputs:
+    """The writer thread's side: messages into the bag, and the optional files.
+
+    Output topics (``<ns>`` is ``opts.namespace``): ``<ns>/instances``,
+    ``<ns>/instances/label``, ``<ns>/segment`` and, with ``overlay_topic``, ``<ns>/overlay``;
+    see :func:`~segfast_ros.replay.pipeline.replay`.
+    """
+
+    def __init__(
+        self,
+        writer: Any,
+        store: Any,
+        opts: ReplayOptions,
+        summary: ReplaySummary,
+        expected: int,
+        fps: float,
+        copied: Sequence[Any] = (),
+    ) -> None:
+        self.writer, self.store, self.opts, self.summary = writer, store, opts, summary
+        self.topic = summary.topic
+        self.types = {n: store.types[bags.msg_type(n)] for n in ("Instance", "InstanceArray")}
+        self.image_type = store.types[bags.IMAGE]
+        self.roi_type = store.types["sensor_msgs/msg/RegionOfInterest"]
+        ns = opts.namespace.rstrip("/")
+        array_type = bags.msg_type("InstanceArray")
+        self.topics = {
+            "instances": (f"{ns}/instances", array_type),
+            "label": (f"{ns}/instances/label", bags.IMAGE),
+            "segment": (f"{ns}/segment", array_type),
+        }
+        if opts.overlay_topic:
+            self.topics["overlay"] = (f"{ns}/overlay", bags.IMAGE)
+        self.conns = {
+            key: writer.add_connection(name, msgtype, typestore=store)
+            for key, (name, msgtype) in self.topics.items()
+        }
+        self.copies = {c.id: bags.copy_connection(writer, c) for c in copied}
+        self.coco = CocoResults({"description": f"segfast replay of {summary.input}"})
+        self.sheet = ContactSheet(expected) if opts.contact_sheet else None
+        self.video = OverlayVideo(opts.overlay_video, fps) if opts.overlay_video else None
+
+    def _write(self, key: str, msg: Any, bag_time: int) -> None:
+        name, msgtype = self.topics[key]
+        start = time.perf_counter()
+        self.writer.write(self.conns[key], bag_time, self.store.serialize_cdr(msg, msgtype))
+        self.summary.timings_ms["write"].append(1e3 * (time.perf_counter() - start))
+        self.summary.written[name] += 1
+
+    def _instance(self, rec: InstanceRecord) -> Any:
+        x, y, w, h = rec.roi
+        return self.types["Instance"](
+            id=rec.id,
+            score=rec.score,
+            stability=rec.stability,
+            box=self.roi_type(x_offset=x, y_offset=y, height=h, width=w, do_rectify=False),
+            area=rec.area,
+            mask_height=rec.mask_hw[0],
+            mask_width=rec.mask_hw[1],
+            rle_counts=rec.rle_counts,
+            prompt=rec.prompt,
+        )
+
+    def _array(self, header: Any, strategy: str, records: list[InstanceRecord], n: int, ms: float):
+        return self.types["InstanceArray"](
+            header=header,
+            strategy=strategy,
+            instances=[self._instance(r) for r in records],
+            decoder_prompts=n,
+            segevery_ms=ms,
+        )
+
+    def write(self, item: Any) -> None:
+        """Write one item of the results queue."""
+        if isinstance(item, CopiedMessage):
+            self.writer.write(self.copies[item.conn.id], item.bag_time, item.raw)
+            self.summary.copied += 1
+        elif isinstance(item, PromptAnswer):
+            msg = self._array(item.frame.msg.header, "segany", item.records, item.sets, item.ms)
+            self._write("segment", msg, item.frame.bag_time)
+        else:
+            self._result(item)
+
+    def _result(self, item: SegEveryOutput) -> None:
+        frame, result = item.frame, item.result
+        header = frame.msg.header
+        start = time.perf_counter()
+        instances: list[Instance] = result.instances
+        labels = instances_to_label_image(instances, result.image_hw)
+        need_overlay = (
+            self.opts.overlay_topic
+            or self.video is not None
+            or (self.sheet is not None and self.sheet.wants(frame.index))
+        )
+        drawn = overlay(frame.image, labels) if need_overlay else None
+        records = [instance_record(inst, i) for i, inst in enumerate(instances)]
+        self.summary.timings_ms["render"].append(1e3 * (time.perf_counter() - start))
+        seg_ms = result.timings_ms.get("total", 0.0)
+        arr = self._array(header, result.strategy, records, result.decoder_prompts, seg_ms)
+        self._write("instances", arr, frame.bag_time)
+        self._write("label", self._image(header, labels, "mono16"), frame.bag_time)
+        if self.opts.overlay_topic:
+            self._write("overlay", self._image(header, rgb_pixels(drawn), "rgb8"), frame.bag_time)
+        if self.opts.coco:
+            self.coco.add_frame(
+                topic=self.topic,
+                stamp_ns=stamp_to_ns(frame.msg.header.stamp),
+                bag_time_ns=frame.bag_time,
+                frame_id=header.frame_id,
+                hw=result.image_hw,
+                instances=instances,
+            )
+        if self.video is not None:
+            self.video.add(drawn)
+        if self.sheet is not None and drawn is not None and self.sheet.wants(frame.index):
+            stamp = stamp_to_ns(frame.msg.header.stamp) / 1e9
+            self.sheet.add(drawn, f"#{frame.index} t={stamp:.3f} n={len(instances)}")
+
+    def _image(self, header: Any, pixels: np.ndarray, encoding: str) -> Any:
+        return self.image_type(header=header, **image_fields(pixels, encoding))
+
+    def finish(self) -> None:
+        """Write the side files with what was processed (also after an error)."""
+        files = self.summary.files
+        if self.opts.coco:
+            self.coco.save(self.opts.coco)
+            files["coco"] = str(self.opts.coco)
+        if self.video is not None:
+            self.video.close()
+            if self.video.frames:
+                files["overlay video"] = str(self.opts.overlay_video)
+        if self.sheet is not None and self.sheet.save(self.opts.contact_sheet):
+            files["contact sheet"] = str(self.opts.contact_sheet)
+        files["output bag"] = str(self.summary.output)
