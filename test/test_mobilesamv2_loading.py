@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from segfast_ros.modeling import MODEL_REGISTRY, CheckpointMismatchError, build_sam
+from segfast_ros.modeling.checkpoints import load_state_dict_strict
 from segfast_ros.modeling.efficientvit import (
     EfficientViTSamImageEncoder,
     efficientvit_sam_encoder,
@@ -23,7 +24,6 @@ from segfast_ros.modeling.mobilesamv2 import (
     build_mobilesamv2,
     load_prompt_guided_decoder,
 )
-from segfast_ros.modeling.registry import load_state_dict_strict
 
 # ------------------------------------------------------------- Prompt_guided_Mask_Decoder.pt
 

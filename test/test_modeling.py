@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from segfast_ros.modeling import MODEL_REGISTRY, CheckpointMismatchError, build_sam
-from segfast_ros.modeling.registry import load_checkpoint
+from segfast_ros.modeling.checkpoints import load_checkpoint
 
 
 def _tiny_state(tmp_path: Path) -> tuple[dict[str, torch.Tensor], Path]:

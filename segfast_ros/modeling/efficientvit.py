@@ -58,8 +58,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .checkpoints import CheckpointMismatchError, load_state_dict_strict, read_weights
 from .common import LayerNorm2d
-from .registry import CheckpointMismatchError, load_state_dict_strict, read_weights
 
 #: Normalisation eps of every BatchNorm and LayerNorm in the encoder (reference: 1e-6).
 NORM_EPS = 1e-6

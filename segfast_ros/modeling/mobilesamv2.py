@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .registry import build_sam, load_state_dict_strict, read_weights
+from .checkpoints import load_state_dict_strict, read_weights
+from .registry import build_sam
 from .sam import Sam
 
 #: Top-level keys of ``Prompt_guided_Mask_Decoder.pt``, as published ("Promt" sic).

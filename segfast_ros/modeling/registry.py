@@ -1,21 +1,21 @@
-"""Builders for every supported model, keyed by name, and strict loading of the official files.
+"""Builders for every supported model, keyed by name.
 
 Building a model is separate from using it: ``build_sam(name, checkpoint)`` returns a
 :class:`~segfast_ros.modeling.sam.Sam` in eval mode; the runtime's predictor takes it (through
-a backend).
+a backend). Checkpoints load strictly (:mod:`~segfast_ros.modeling.checkpoints`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..spec import ModelInfo
+from .checkpoints import load_checkpoint
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .sam import Sam
@@ -176,98 +176,3 @@ def build_sam(name: str, checkpoint: str | Path | None = None) -> Sam:
     if checkpoint is not None:
         load_checkpoint(sam, checkpoint)
     return sam.eval()
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint whose keys or shapes do not match the model."""
-
-
-def _listing(title: str, items: list[str], limit: int = 12) -> str:
-    if not items:
-        return ""
-    shown = "\n    ".join(items[:limit])
-    more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
-    return f"\n  {title} ({len(items)}):\n    {shown}{more}"
-
-
-def read_weights(path: str | Path, expected: str) -> object:
-    """``torch.load`` a checkpoint safely (``weights_only=True``) on the CPU.
-
-    Args:
-        path: the file.
-        expected: what the file should be, for the not-found message (e.g. "an official file
-            such as mobile_sam.pt").
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: the file cannot be read as a weights-only checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint not found: {path} (expected {expected}; see models/README.md for "
-            "where to get it)"
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # the unpickler raises many types on a corrupt file
-        raise ValueError(
-            f"cannot load {path} as a weights-only PyTorch state_dict: {exc}"
-        ) from exc
-
-
-def load_state_dict_strict(
-    model: nn.Module, state: Mapping[str, torch.Tensor], source: str
-) -> None:
-    """Load ``state`` into ``model`` strictly, or say exactly what does not fit.
-
-    Nothing is loaded unless every key and shape matches.
-
-    Args:
-        model: the module to fill.
-        state: a flat state_dict whose keys are ``model``'s.
-        source: where ``state`` came from, for the message (a path, or a path and a key).
-
-    Raises:
-        CheckpointMismatchError: missing or unexpected keys, or shape mismatches; the message
-            lists them.
-    """
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(expected) & set(state)
-        if state[k].shape != expected[k].shape
-    )
-    if missing or unexpected or shapes:
-        name = getattr(getattr(model, "info", None), "name", type(model).__name__)
-        raise CheckpointMismatchError(
-            f"checkpoint {source} does not match model {name!r}:"
-            + _listing("missing keys", missing)
-            + _listing("unexpected keys", unexpected)
-            + _listing("shape mismatches", shapes)
-        )
-    model.load_state_dict(state, strict=True)
-
-
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load a flat state_dict into ``model`` safely (``weights_only=True``) and strictly.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a weights-only state_dict.
-        CheckpointMismatchError: missing or unexpected keys, or shape mismatches; the message
-            lists them.
-    """
-    path = Path(path)
-    state = read_weights(path, "an official file such as mobile_sam.pt")
-    if not isinstance(state, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
-        keys = list(state)[:5] if isinstance(state, Mapping) else type(state).__name__
-        raise ValueError(
-            f"{path} is not a flat state_dict of tensors (found {keys}); expected keys like "
-            "'image_encoder.…', 'prompt_encoder.…', 'mask_decoder.…'"
-        )
-    load_state_dict_strict(model, state, str(path))
