@@ -19,13 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from segfast_ros.demo.evaluate import (
-    DEFAULT_MODEL_DIR,
-    EVAL_SEED_BASE,
-    FLOORS,
-    evaluate,
-    tune_segevery,
-)
+from segfast_ros.demo.evaluate import FLOORS, evaluate
+from segfast_ros.demo.metrics import DEFAULT_MODEL_DIR, EVAL_SEED_BASE
+from segfast_ros.demo.tune import tune_segevery
 from segfast_ros.runtime import onnx_backend
 from segfast_ros.runtime.cpu_features import Int8SaturationWarning, parse_cpuinfo
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend

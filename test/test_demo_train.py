@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from segfast_ros.bench.scenes import generate_scene  # noqa: E402
 from segfast_ros.demo.detector_model import DemoDetector, detector_loss  # noqa: E402
-from segfast_ros.demo.evaluate import DEFAULT_MODEL_DIR  # noqa: E402
+from segfast_ros.demo.metrics import DEFAULT_MODEL_DIR  # noqa: E402
 from segfast_ros.demo.segmenter_loss import segmenter_loss  # noqa: E402
 from segfast_ros.demo.train import main, train  # noqa: E402
 from segfast_ros.demo.training_data import (  # noqa: E402

@@ -26,29 +26,29 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from ..bench.scenes import Scene, generate_scene
-from ..masks import rle_to_mask
+from ..bench.scenes import Scene
+from ..bench.timing import median_ms
 from ..runtime.onnx_backend import OnnxRuntimeBackend
 from ..runtime.predictor import Predictor
-from ..segevery.base import SegEveryResult
+from ..segevery.base import SegEvery
 from ..segevery.presets import DEMO_SEGEVERY_PARAMS
 from ..segevery.registry import build_segevery
+from .metrics import (
+    DEFAULT_MODEL_DIR,
+    EVAL_SEED_BASE,
+    eval_scenes,
+    prompt_ious,
+    recall_at,
+    result_masks,
+)
+from .tune import format_tuning, tune_segevery
 
-#: First seed of the evaluation scenes.
-EVAL_SEED_BASE = 1_000_000
-#: First seed of the validation scenes, on which :func:`tune_segevery` picks the SegEvery
-#: settings; neither training nor the evaluation sees them.
-VALIDATION_SEED_BASE = 2_000_000
-#: Default folder of the shipped demo model.
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "demo"
 #: The issue's floors, checked by :func:`floors`.
 FLOORS = {
     "point_miou": 0.80,
@@ -60,83 +60,6 @@ FLOORS = {
     "object_aware_decoder_ratio": 16.0,
 }
 STRATEGY_NAMES = ("grid", "hierarchical", "object_aware")
-
-
-def eval_scenes(
-    count: int, hw: tuple[int, int] = (256, 256), seed_base: int = EVAL_SEED_BASE
-) -> list[Scene]:
-    """The first ``count`` non-empty scenes of seeds ``seed_base, seed_base + 1, ...``.
-
-    The default is the held-out evaluation set; :data:`VALIDATION_SEED_BASE` gives the
-    validation set.
-    """
-    scenes = []
-    seed = seed_base
-    while len(scenes) < count:
-        scene = generate_scene(seed, hw)
-        seed += 1
-        if len(scene):
-            scenes.append(scene)
-    return scenes
-
-
-def interior_points(masks: np.ndarray) -> np.ndarray:
-    """``(N, 2)`` float64 (X, Y): each mask's pixel farthest from its edge.
-
-    The distance transform runs on the mask padded by one background pixel, so the image
-    border counts as an edge.
-    """
-    points = np.zeros((len(masks), 2), dtype=np.float64)
-    for i, mask in enumerate(masks):
-        padded = np.pad(mask.astype(np.uint8), 1)
-        dist = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
-        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-        points[i] = (x, y)
-    return points
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of ``(N, H, W)`` and ``(M, H, W)`` bool masks: ``(N, M)`` float64."""
-    fa = a.reshape(len(a), int(np.prod(a.shape[1:]))).astype(np.float32)
-    fb = b.reshape(len(b), int(np.prod(b.shape[1:]))).astype(np.float32)
-    inter = fa @ fb.T
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0).astype(np.float64)
-
-
-def prompt_ious(predictor: Predictor, scene: Scene) -> tuple[np.ndarray, np.ndarray]:
-    """Per-instance IoU of the point-prompt and box-prompt masks (image already set)."""
-    n = len(scene)
-    points = interior_points(scene.masks)[:, None]  # (N, 1, 2)
-    pred = predictor.predict(points, np.ones((n, 1)), multimask_output=True)
-    best = np.argmax(pred.scores, axis=1)
-    point_masks = pred.masks[np.arange(n), best]
-    boxes = predictor.predict(box=scene.boxes, multimask_output=False).masks[:, 0]
-    point_iou = np.diag(iou_matrix(point_masks, scene.masks))
-    box_iou = np.diag(iou_matrix(boxes, scene.masks))
-    return point_iou, box_iou
-
-
-def recall_at(found: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """``(N,)`` bool: ground-truth mask ``i`` is matched by a found mask with IoU >= threshold."""
-    if len(found) == 0:
-        return np.zeros(len(truth), dtype=bool)
-    return iou_matrix(truth, found).max(axis=1) >= threshold
-
-
-def result_masks(result: SegEveryResult) -> np.ndarray:
-    """``(N, H, W)`` bool masks of a SegEvery result's instances."""
-    found = np.array([rle_to_mask(inst.rle) for inst in result.instances], dtype=bool)
-    return found.reshape(-1, *result.image_hw)
-
-
-def _median_ms(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
 
 
 def evaluate(
@@ -183,40 +106,8 @@ def evaluate(
     scenes = eval_scenes(num_scenes, hw)
     n_every = len(scenes) if segevery_scenes is None else min(segevery_scenes, len(scenes))
 
-    segevery = {}
-    for name in strategies:
-        kwargs = dict(params.get(name, {}))
-        if name == "object_aware":
-            kwargs.setdefault("detector", str(model_dir / "detector.onnx"))
-        segevery[name] = build_segevery(name, **kwargs)
-
-    point_ious, box_ious = [], []
-    per_strategy: dict[str, dict[str, list[float]]] = {
-        name: {
-            "matched": [],
-            "instances": [],
-            "decoder_prompts": [],
-            "decoder_ms": [],
-            "total_ms": [],
-        }
-        for name in strategies
-    }
-    for index, scene in enumerate(scenes):
-        predictor.set_image(scene.image)
-        p, b = prompt_ious(predictor, scene)
-        point_ious.append(p)
-        box_ious.append(b)
-        if index >= n_every:
-            continue
-        for name, strategy in segevery.items():
-            result = strategy(predictor, scene.image)
-            stats = per_strategy[name]
-            stats["matched"].extend(recall_at(result_masks(result), scene.masks).tolist())
-            stats["instances"].append(len(result.instances))
-            stats["decoder_prompts"].append(result.decoder_prompts)
-            stats["decoder_ms"].append(result.timings_ms.get("decoder", 0.0))
-            stats["total_ms"].append(result.timings_ms.get("total", 0.0))
-
+    segevery = _strategies(model_dir, strategies, params)
+    point_ious, box_ious, per_strategy = _measure_scenes(predictor, scenes, segevery, n_every)
     report: dict[str, Any] = {
         "model_dir": str(model_dir),
         "model": backend.info.name,
@@ -238,37 +129,104 @@ def evaluate(
             for name, s in per_strategy.items()
         },
     }
-
     if int8:
-        q8 = OnnxRuntimeBackend.from_dir(model_dir, "int8", intra_op_threads=threads)
-        q8_predictor = Predictor(q8)
-        q8_point, q8_box = [], []
-        for scene in scenes:
-            q8_predictor.set_image(scene.image)
-            p, b = prompt_ious(q8_predictor, scene)
-            q8_point.append(p)
-            q8_box.append(b)
-        from ..runtime.transforms import prepare_image
+        report["int8"] = _int8_report(
+            backend, model_dir, scenes, report, threads=threads, timing_runs=timing_runs
+        )
+    report["comparisons"] = _comparisons(report["segevery"])
+    report["floors"] = floors(report)
+    return report
 
-        x, _ = prepare_image(scenes[0].image, backend.info)
-        backend.encode(x), q8.encode(x)  # warm-up
-        fp32_ms, int8_ms = [], []
-        for _ in range(timing_runs):  # interleaved: a busy machine slows both alike
-            fp32_ms.append(_median_ms(lambda: backend.encode(x), 1))
-            int8_ms.append(_median_ms(lambda: q8.encode(x), 1))
-        point8 = float(np.mean(np.concatenate(q8_point)))
-        box8 = float(np.mean(np.concatenate(q8_box)))
-        report["int8"] = {
-            "point_miou": point8,
-            "box_miou": box8,
-            "point_drop": report["point_miou"] - point8,
-            "box_drop": report["box_miou"] - box8,
-            "fp32_ms": float(np.median(fp32_ms)),
-            "int8_ms": float(np.median(int8_ms)),
-            "speedup": float(np.median(fp32_ms) / np.median(int8_ms)),
+
+def _strategies(
+    model_dir: Path, strategies: Sequence[str], params: Mapping[str, Mapping[str, Any]]
+) -> dict[str, SegEvery]:
+    """Each SegEvery strategy with its settings; object_aware runs the model's own detector."""
+    segevery = {}
+    for name in strategies:
+        kwargs = dict(params.get(name, {}))
+        if name == "object_aware":
+            kwargs.setdefault("detector", str(model_dir / "detector.onnx"))
+        segevery[name] = build_segevery(name, **kwargs)
+    return segevery
+
+
+def _measure_scenes(
+    predictor: Predictor, scenes: Sequence[Scene], segevery: Mapping[str, SegEvery], n_every: int
+) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, dict[str, list[float]]]]:
+    """Point and box IoUs of every scene, and each strategy's raw measures on the first
+    ``n_every`` scenes (the encoder runs once per scene for both)."""
+    point_ious, box_ious = [], []
+    per_strategy: dict[str, dict[str, list[float]]] = {
+        name: {
+            "matched": [],
+            "instances": [],
+            "decoder_prompts": [],
+            "decoder_ms": [],
+            "total_ms": [],
         }
+        for name in segevery
+    }
+    for index, scene in enumerate(scenes):
+        predictor.set_image(scene.image)
+        p, b = prompt_ious(predictor, scene)
+        point_ious.append(p)
+        box_ious.append(b)
+        if index >= n_every:
+            continue
+        for name, strategy in segevery.items():
+            result = strategy(predictor, scene.image)
+            stats = per_strategy[name]
+            stats["matched"].extend(recall_at(result_masks(result), scene.masks).tolist())
+            stats["instances"].append(len(result.instances))
+            stats["decoder_prompts"].append(result.decoder_prompts)
+            stats["decoder_ms"].append(result.timings_ms.get("decoder", 0.0))
+            stats["total_ms"].append(result.timings_ms.get("total", 0.0))
+    return point_ious, box_ious, per_strategy
 
-    every = report["segevery"]
+
+def _int8_report(
+    backend: OnnxRuntimeBackend,
+    model_dir: Path,
+    scenes: Sequence[Scene],
+    fp32: Mapping[str, Any],
+    *,
+    threads: int,
+    timing_runs: int,
+) -> dict[str, float]:
+    """``encoder.int8.onnx`` (with the fp32 decoder): prompt mIoUs, their drop from ``fp32``'s,
+    and both encoders' latency, medians of interleaved runs on the first scene."""
+    q8 = OnnxRuntimeBackend.from_dir(model_dir, "int8", intra_op_threads=threads)
+    q8_predictor = Predictor(q8)
+    q8_point, q8_box = [], []
+    for scene in scenes:
+        q8_predictor.set_image(scene.image)
+        p, b = prompt_ious(q8_predictor, scene)
+        q8_point.append(p)
+        q8_box.append(b)
+    from ..runtime.transforms import prepare_image
+
+    x, _ = prepare_image(scenes[0].image, backend.info)
+    backend.encode(x), q8.encode(x)  # warm-up
+    fp32_ms, int8_ms = [], []
+    for _ in range(timing_runs):  # interleaved: a busy machine slows both alike
+        fp32_ms.append(median_ms(lambda: backend.encode(x), 1))
+        int8_ms.append(median_ms(lambda: q8.encode(x), 1))
+    point8 = float(np.mean(np.concatenate(q8_point)))
+    box8 = float(np.mean(np.concatenate(q8_box)))
+    return {
+        "point_miou": point8,
+        "box_miou": box8,
+        "point_drop": fp32["point_miou"] - point8,
+        "box_drop": fp32["box_miou"] - box8,
+        "fp32_ms": float(np.median(fp32_ms)),
+        "int8_ms": float(np.median(int8_ms)),
+        "speedup": float(np.median(fp32_ms) / np.median(int8_ms)),
+    }
+
+
+def _comparisons(every: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """Hierarchical and object-aware against the grid: prompt, time and recall ratios."""
     comparisons: dict[str, Any] = {}
     if "grid" in every and "hierarchical" in every:
         g, h = every["grid"], every["hierarchical"]
@@ -285,121 +243,7 @@ def evaluate(
             "decoder_ratio": g["decoder_ms"] / max(o["decoder_ms"], 1e-9),
             "total_ratio": g["total_ms"] / max(o["total_ms"], 1e-9),
         }
-    report["comparisons"] = comparisons
-    report["floors"] = floors(report)
-    return report
-
-
-#: Settings :func:`tune_segevery` tries, strictest first: (pred_iou_thresh,
-#: stability_score_thresh) for grid and hierarchical (one pair for both, so that their recall
-#: stays comparable), and the object-aware detector's conf.
-TUNE_THRESHOLDS: tuple[tuple[float, float], ...] = (
-    (0.88, 0.95),
-    (0.7, 0.9),
-    (0.5, 0.8),
-    (0.3, 0.7),
-)
-TUNE_CONFS: tuple[float, ...] = (0.4, 0.25, 0.1)
-
-
-def tune_segevery(
-    model_dir: str | Path = DEFAULT_MODEL_DIR,
-    *,
-    num_scenes: int = 8,
-    hw: tuple[int, int] = (256, 256),
-    thresholds: Sequence[tuple[float, float]] = TUNE_THRESHOLDS,
-    confs: Sequence[float] = TUNE_CONFS,
-    threads: int = 2,
-) -> dict[str, Any]:
-    """Pick the demo's SegEvery settings on validation scenes (never the evaluation ones).
-
-    Grid recall and precision at IoU 0.5 are measured for every threshold pair, object-aware
-    ones for every detector conf, on the scenes of :data:`VALIDATION_SEED_BASE`. The pick is
-    the best F1: recall alone would always pick the loosest setting, which returns several
-    duplicate or background masks per object. A tie goes to the setting listed first.
-
-    Returns:
-        ``{"scenes", "grid": [{"pred_iou_thresh", "stability_score_thresh", "recall",
-        "precision", "f1", "instances"}...], "object_aware": [{"conf", ...}...], "params"}``
-        where ``params`` has the shape of :data:`DEMO_SEGEVERY_PARAMS`.
-
-    Raises:
-        FileNotFoundError: a model file is missing.
-        ValueError: no thresholds or no confs.
-    """
-    if not thresholds or not confs:
-        raise ValueError("tune_segevery needs at least one threshold pair and one conf")
-    model_dir = Path(model_dir)
-    backend = OnnxRuntimeBackend.from_dir(model_dir, "fp32", intra_op_threads=threads)
-    predictor = Predictor(backend)
-    snap = DEMO_SEGEVERY_PARAMS["object_aware"]["border_snap_px"]
-    grids = [
-        build_segevery("grid", pred_iou_thresh=p, stability_score_thresh=q) for p, q in thresholds
-    ]
-    detector = str(model_dir / "detector.onnx")
-    aware = [
-        build_segevery("object_aware", detector=detector, conf=c, border_snap_px=snap)
-        for c in confs
-    ]
-    matched: list[list[bool]] = [[] for _ in grids + aware]
-    correct: list[list[bool]] = [[] for _ in grids + aware]
-    scenes = eval_scenes(num_scenes, hw, VALIDATION_SEED_BASE)
-    for scene in scenes:
-        predictor.set_image(scene.image)
-        for i, strategy in enumerate(grids + aware):
-            found = result_masks(strategy(predictor, scene.image))
-            matched[i].extend(recall_at(found, scene.masks).tolist())
-            correct[i].extend(recall_at(scene.masks, found).tolist())
-    n = len(scenes)
-    rows = []
-    for m, c in zip(matched, correct, strict=True):
-        recall = float(np.mean(m)) if m else 0.0
-        precision = float(np.mean(c)) if c else 0.0
-        f1 = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
-        rows.append({"recall": recall, "precision": precision, "f1": f1, "instances": len(c) / n})
-    grid_rows = [
-        {"pred_iou_thresh": p, "stability_score_thresh": q, **row}
-        for (p, q), row in zip(thresholds, rows[: len(grids)], strict=True)
-    ]
-    aware_rows = [{"conf": c, **row} for c, row in zip(confs, rows[len(grids) :], strict=True)]
-    best_grid = max(grid_rows, key=lambda row: row["f1"])  # first of equals
-    best_conf = max(aware_rows, key=lambda row: row["f1"])["conf"]
-    pair = {k: best_grid[k] for k in ("pred_iou_thresh", "stability_score_thresh")}
-    return {
-        "scenes": n,
-        "validation_seed_base": VALIDATION_SEED_BASE,
-        "grid": grid_rows,
-        "object_aware": aware_rows,
-        "params": {
-            "grid": dict(pair),
-            "hierarchical": dict(pair),
-            "object_aware": {"conf": best_conf, "border_snap_px": snap},
-        },
-    }
-
-
-def _quality(row: Mapping[str, float]) -> str:
-    return (
-        f"recall {row['recall']:.3f}, precision {row['precision']:.3f}, F1 {row['f1']:.3f}, "
-        f"{row['instances']:.1f} instances/scene"
-    )
-
-
-def format_tuning(tuning: Mapping[str, Any]) -> str:
-    """:func:`tune_segevery`'s result as a plain-text table."""
-    lines = [
-        f"SegEvery settings on {tuning['scenes']} validation scenes (seeds "
-        f"{tuning['validation_seed_base']}+), at IoU 0.5 (picked by F1):"
-    ]
-    for row in tuning["grid"]:
-        lines.append(
-            f"  grid pred_iou {row['pred_iou_thresh']:.2f} stability "
-            f"{row['stability_score_thresh']:.2f}: {_quality(row)}"
-        )
-    for row in tuning["object_aware"]:
-        lines.append(f"  object_aware conf {row['conf']:.2f}: {_quality(row)}")
-    lines.append(f"  picked: {json.dumps(tuning['params'])}")
-    return "\n".join(lines)
+    return comparisons
 
 
 def floors(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -128,7 +128,7 @@ def make_batch(scenes: Sequence[Scene], image_size: int, loss_size: int) -> Batc
 def scene_stream(seed: int):
     """Endless training scenes: sizes from :data:`TRAIN_SHAPES`, from SeedSequence (seed, 1).
 
-    Evaluation uses integer seeds from :data:`~segfast_ros.demo.evaluate.EVAL_SEED_BASE` with
+    Evaluation uses integer seeds from :data:`~segfast_ros.demo.metrics.EVAL_SEED_BASE` with
     :func:`generate_scene`, a different stream, so its scenes are held out.
     """
     rng = np.random.default_rng([seed, 1])
