@@ -21,8 +21,8 @@ from segfast_ros.bench.latency import (
     synthetic_scene,
     write_json,
 )
+from segfast_ros.bench.synthetic_detector import spread_boxes, write_detector_for_image
 from segfast_ros.cli import main
-from segfast_ros.export.synthetic_detector import spread_boxes, write_detector_for_image
 from segfast_ros.masks import box_iou
 from segfast_ros.modeling import build_sam
 from segfast_ros.runtime import Predictor

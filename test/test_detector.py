@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from segfast_ros.export.synthetic_detector import (
+from segfast_ros.bench.synthetic_detector import (
     FILLER_ANCHORS,
     write_constant_detector,
     write_detector_for_image,

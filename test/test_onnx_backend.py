@@ -400,7 +400,7 @@ def test_detector_refuses_a_silent_cpu_fallback(monkeypatch: pytest.MonkeyPatch,
     """The object-aware detector shares the backend's session creation and its provider check."""
     import onnxruntime as ort
 
-    from segfast_ros.export.synthetic_detector import write_detector_for_image
+    from segfast_ros.bench.synthetic_detector import write_detector_for_image
     from segfast_ros.runtime import onnx_backend
     from segfast_ros.segevery.detector import ObjectDetector
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segfast_ros.export.synthetic_detector import (
+from segfast_ros.bench.synthetic_detector import (
     write_detector_for_image,
     write_fixed_box_detector,
 )

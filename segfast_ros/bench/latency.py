@@ -248,7 +248,7 @@ def bench_segevery(
         strategies: registry names, each benchmarked once (object-aware once per box count).
         points_per_side: grid and hierarchical dense grid side (``points_per_side**2`` points).
         box_counts: object-aware without ``detector``: for each count ``n``, a synthetic
-            detector graph (:mod:`~.export.synthetic_detector`) emits ``n`` distinct boxes
+            detector graph (:mod:`~.bench.synthetic_detector`) emits ``n`` distinct boxes
             spread over the image, so the decoder gets exactly ``n`` box prompts.
         detector: a real detector ONNX file instead (one object-aware row, with as many boxes
             as it finds; ``box_counts`` is then ignored).
@@ -332,7 +332,7 @@ def synthetic_box_detector(folder: Path, hw: tuple[int, int], n: int) -> Path:
     """A fixed-box detector graph emitting ``n`` distinct boxes over an ``hw`` image (needs
     the ``onnx`` package, as the benchmarks do)."""
     # Needs onnx, which the robot's runtime does not: imported only when a benchmark asks.
-    from ..export.synthetic_detector import spread_boxes, write_detector_for_image
+    from .synthetic_detector import spread_boxes, write_detector_for_image
 
     boxes = spread_boxes(hw, n, seed=n)
     # Distinct scores above the detector's conf (0.4), best first as a detector ranks them.

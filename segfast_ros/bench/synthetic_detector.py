@@ -1,7 +1,9 @@
 """Detector ONNX graphs that emit fixed boxes in the YOLOv8 layout, for benchmarks and tests.
 
-(``~.detector`` below is :mod:`segfast_ros.segevery.detector`.) It lives in ``export`` because
-writing a graph needs ``onnx``, which the torch-free ``everything`` room does not import.
+(``~.detector`` below is :mod:`segfast_ros.segevery.detector`.) A fixture of the benchmarks
+and tests, so it lives in ``bench``, above what it uses: the detector's letterbox (to place the
+boxes where the detector reads them) and :func:`~segfast_ros.masks.box_iou` (to spread them).
+Writing a graph needs ``onnx``, imported on use.
 
 A graph written here is *not* a detector: whatever image it is given, its output 0 is the same
 constant ``[1, 4 + nc + nm, anchors]`` tensor (:data:`~.detector.YOLO_LAYOUT`). It lets
