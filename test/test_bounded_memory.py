@@ -18,20 +18,16 @@ import numpy as np
 import pytest
 
 from segfast_ros.bench.scenes import generate_scene
-from segfast_ros.masks import (
-    mask_to_rle,
-    masks_to_boxes,
-    segment_prompts,
-    stability_score,
-    threshold_logits,
-)
+from segfast_ros.masks import mask_to_rle, masks_to_boxes, stability_score, threshold_logits
 from segfast_ros.pipeline.render import overlay
 from segfast_ros.runtime import Predictor, transforms
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
 from segfast_ros.runtime.transforms import UPSCALE_BUDGET_PIXELS, upscale_group_size
 from segfast_ros.segany import decode_prompt_sets, prompt_kwargs
+from segfast_ros.segevery.candidates import segment_prompts
 from segfast_ros.segevery.grid import GridSegEvery
 from segfast_ros.segevery.hierarchical import HierarchicalSegEvery
+from segfast_ros.segevery.settings import MaskFilter
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
 HW = (90, 120)  # odd sizes on purpose: the model input (256) divides neither
@@ -179,14 +175,13 @@ def test_segment_prompts_results_do_not_depend_on_the_budget(
         calls.clear()
         out = segment_prompts(
             predictor,
+            MaskFilter(pred_iou_thresh=pred_iou, stability_score_thresh=stability),
             boxes=boxes,
             multimask_output=True,
             batch_size=4,
-            pred_iou_thresh=pred_iou,
-            stability_score_thresh=stability,
             upscale_budget=budget,
         )
-        assert candidates_summary(out.candidates) == expected  # masks, scores, order
+        assert candidates_summary(out) == expected  # masks, scores, order
         assert_within_budget(calls, budget)
         if pred_iou == 0:  # all 4 x 3 masks of a decoder chunk survive: groups are full
             assert max(n for n, _ in calls) == min(upscale_group_size(HW, budget), 12)
@@ -201,13 +196,12 @@ def test_segment_prompts_peak_memory_follows_the_budget(big_scene_predictor) -> 
         with numpy_peak() as peak:
             out = segment_prompts(
                 predictor,
+                MaskFilter(pred_iou_thresh=0.0, stability_score_thresh=0.0),
                 boxes=boxes,
                 multimask_output=True,
-                pred_iou_thresh=0.0,
-                stability_score_thresh=0.0,
                 upscale_budget=frames * px,
             )
-        assert len(out.candidates) > 16
+        assert len(out) > 16
         # The group's logits and masks (5 bytes a budget pixel) and about two frames of bool
         # temporaries; 16 masks at once were 16 x 6 bytes a frame pixel.
         assert peak() < 5 * frames * px + 3 * px, (frames, peak() / px)

@@ -1,9 +1,8 @@
-"""The shared SegEvery toolbox against pycocotools (RLE, areas, boxes) and brute-force references
+"""The mask utilities against pycocotools (RLE, areas, boxes) and brute-force references
 (stability, boxes, IoU, NMS, small-region clean-up)."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import numpy as np
@@ -11,23 +10,17 @@ import pytest
 from pycocotools import mask as coco_mask
 
 from segfast_ros.masks import (
-    MaskCandidates,
-    StageTimer,
     box_area,
     box_iou,
     box_near_crop_edge,
-    clean_small_regions,
     mask_to_rle,
     masks_to_boxes,
     nms,
-    param,
     remove_small_regions,
     rle_area,
     rle_to_mask,
     stability_score,
-    validate_params,
 )
-from segfast_ros.segevery import Instance
 
 # pycocotools 2.0.11 on numpy 2 warns about its own __array__; nothing to do with our code.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -265,96 +258,3 @@ def test_remove_small_regions_islands() -> None:
     assert not changed and same is single
     with pytest.raises(ValueError, match="mode must be 'holes' or 'islands', got 'both'"):
         remove_small_regions(mask, 3, "both")  # type: ignore[arg-type]
-
-
-def candidates_from(masks: np.ndarray, scores: list[float]) -> MaskCandidates:
-    n = len(masks)
-    return MaskCandidates(
-        rles=mask_to_rle(masks),
-        boxes=masks_to_boxes(masks),
-        scores=np.asarray(scores, np.float32),
-        stability=np.linspace(0.9, 1.0, n).astype(np.float32),
-        areas=masks.sum(axis=(1, 2)).astype(np.int64),
-        prompts=np.arange(2 * n, dtype=np.float32).reshape(n, 2),
-    )
-
-
-def test_mask_candidates_take_concat_and_instances() -> None:
-    masks = special_masks(6, 5)[:4]
-    cands = candidates_from(masks, [0.1, 0.4, 0.3, 0.2])
-    assert len(cands) == 4
-    best = cands.sorted_by_score()
-    assert best.scores.tolist() == pytest.approx([0.4, 0.3, 0.2, 0.1])
-    both = MaskCandidates.concat([cands.take([3]), cands.take([0, 1])])
-    assert both.rles == [cands.rles[3], cands.rles[0], cands.rles[1]]
-    np.testing.assert_array_equal(both.prompts, cands.prompts[[3, 0, 1]])
-    empty = MaskCandidates.concat([], prompt_dim=4)
-    assert len(empty) == 0 and empty.prompts.shape == (0, 4)
-    assert len(MaskCandidates.empty().take([])) == 0
-    instances = cands.to_instances()
-    assert all(isinstance(i, Instance) for i in instances)
-    first = instances[1]
-    assert first.score == pytest.approx(0.4) and first.area == int(masks[1].sum())
-    np.testing.assert_array_equal(first.box, cands.boxes[1])
-    np.testing.assert_array_equal(first.prompt, [2, 3])
-    assert first.box.dtype == np.float32
-
-
-def test_clean_small_regions_fixes_masks_and_prefers_unchanged_ones() -> None:
-    big = np.zeros((20, 20), bool)
-    big[2:12, 2:12] = True
-    holey = big.copy()
-    holey[5, 5] = False  # a 1 px hole: same box as `big`, so NMS must choose
-    speck = big.copy()
-    speck[18, 18] = True  # a far island: its box is larger until cleaned
-    cands = candidates_from(np.stack([holey, big, speck]), [0.9, 0.5, 0.7])
-    out = clean_small_regions(cands, min_area=4, nms_thresh=0.7)
-    # All three become `big`; the unchanged one wins despite the lowest score.
-    assert len(out) == 1
-    assert out.scores.tolist() == [0.5]
-    np.testing.assert_array_equal(rle_to_mask(out.rles[0]), big)
-    # Without NMS collisions the cleaned masks get fresh boxes and areas.
-    far = np.zeros((20, 20), bool)
-    far[14:20, 0:4] = True
-    far[0, 19] = True
-    out = clean_small_regions(candidates_from(far[None], [0.8]), 4, 0.7)
-    np.testing.assert_array_equal(out.boxes, [[0, 14, 4, 20]])
-    assert out.areas.tolist() == [24]
-    assert clean_small_regions(cands, 0, 0.7) is cands
-
-
-def test_stage_timer_accumulates() -> None:
-    timer = StageTimer()
-    for _ in range(2):
-        with timer.stage("a"):
-            pass
-    with pytest.raises(RuntimeError), timer.stage("b"):
-        raise RuntimeError
-    assert set(timer.ms) == {"a", "b"} and all(v >= 0 for v in timer.ms.values())
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Params:
-    count: int = param(3, low=1)
-    ratio: float = param(0.5, low=0.0, high=1.0, high_open=True)
-    offset: float = param(0.0)
-
-    def __post_init__(self) -> None:
-        validate_params(self)
-
-
-def test_params_convert_and_explain() -> None:
-    p = Params(count=np.int64(4), ratio=np.float32(0.25), offset=2)
-    assert type(p.count) is int and type(p.ratio) is float and type(p.offset) is float
-    bad = [
-        (dict(count=0), r"count must be an integer >= 1, got 0"),
-        (dict(count=2.0), r"count must be an integer >= 1, got 2.0"),
-        (dict(count=True), r"count must be an integer >= 1, got True"),
-        (dict(count="3"), r"count must be an integer >= 1, got '3' \(str\)"),
-        (dict(ratio=1.0), r"ratio must be a number in \[0, 1\), got 1.0"),
-        (dict(ratio=-0.1), r"ratio must be a number in \[0, 1\), got -0.1"),
-        (dict(offset=float("inf")), r"offset must be a finite number, got inf"),
-    ]
-    for kwargs, message in bad:
-        with pytest.raises(ValueError, match=message):
-            Params(**kwargs)

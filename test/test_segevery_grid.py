@@ -1,9 +1,8 @@
-"""Grid SegEvery (SAM's automatic mask generator), the decode pipeline it shares with the other
-strategies, the Predictor's low-res path and the strategy registry.
+"""Grid SegEvery (SAM's automatic mask generator): its point grid and crops, the strategy on
+the painted-shapes fake backend (:mod:`segevery_scene`), the strategy registry, and end to end
+on a real (random-weight) model.
 
-A fake backend that segments painted shapes stands in for the model: it proves the pipeline
-(filters, NMS, chunking, crops, frames), not mask quality. The end-to-end test at the bottom
-runs a real (random-weight) model.
+The decode pipeline it shares with the other strategies is tested in test_segevery_candidates.
 """
 
 from __future__ import annotations
@@ -19,16 +18,27 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-
-from segfast_ros.masks import (
-    StageTimer,
-    box_iou,
-    masks_to_boxes,
-    rle_area,
-    rle_to_mask,
-    segment_prompts,
+from segevery_scene import (
+    REGIONS,
+    SHAPES,
+    A,
+    B,
+    C,
+    D,
+    E,
+    H,
+    SceneBackend,
+    W,
+    check_instances,
+    labels_found,
+    make_scene,
+    masks_of,
+    rect,
+    summary,
 )
-from segfast_ros.runtime import Backend, ModelInfo, Predictor
+
+from segfast_ros.masks import box_iou
+from segfast_ros.runtime import Backend, Predictor
 from segfast_ros.segevery import SegEvery, SegEveryResult
 from segfast_ros.segevery.grid import (
     GridSegEvery,
@@ -36,170 +46,6 @@ from segfast_ros.segevery.grid import (
     generate_crop_boxes,
 )
 from segfast_ros.segevery.registry import STRATEGIES, build_segevery, strategy_params
-from segfast_ros.spec import LABEL_BOX_TL
-
-# The fake model sees a 64 px input and answers at low-res 64: one low-res pixel per input
-# pixel, so for a 48 x 64 image no resize happens anywhere and masks are exact.
-INFO = ModelInfo("fake-scene", image_size=64, embed_dim=4, embed_size=16)
-H, W = 48, 64
-
-# ------------------------------------------------------------------------- the fake scene
-
-
-@dataclass(frozen=True)
-class Shape:
-    """How the fake model answers a prompt that lands on pixels painted with ``label``."""
-
-    iou: float = 0.95  # predicted IoU of the right mask (token 1)
-    logit: float = 10.0  # its logit inside the shape (-10 outside)
-
-
-class SceneBackend:
-    """Segments painted shapes: a shape is the pixels with R == label and G == 255.
-
-    ``encode`` keeps the (denormalised) label image and returns its index as the embedding.
-    ``decode`` looks at the pixel under each prompt point (a box's centre): inside shape ``l``
-    token 1 is the shape (``Shape.iou``, ``Shape.logit``), token 2 the same mask with a lower
-    IoU (a duplicate to filter), token 3 the whole input (IoU 0.05); on the background only
-    token 3. Every call is logged.
-    """
-
-    name = "fake-scene"
-
-    def __init__(self, shapes: dict[int, Shape], info: ModelInfo = INFO) -> None:
-        self.info = info
-        self.shapes = shapes
-        self.label_maps: list[np.ndarray] = []
-        self.decoded_points: list[np.ndarray] = []  # (B, 2) input-frame points per call
-
-    def encode(self, image: np.ndarray) -> np.ndarray:
-        mean = np.array(self.info.pixel_mean)[:, None, None]
-        std = np.array(self.info.pixel_std)[:, None, None]
-        rgb = np.rint(image[0] * std + mean)
-        solid = rgb[1] == 255  # padding and blended edges are not solid
-        self.label_maps.append(np.where(solid, rgb[0], 0).astype(np.int64))
-        c, e = self.info.embed_dim, self.info.embed_size
-        return np.full((1, c, e, e), len(self.label_maps) - 1, np.float32)
-
-    def decode(
-        self,
-        image_embeddings: np.ndarray,
-        point_coords: np.ndarray,
-        point_labels: np.ndarray,
-        mask_input: np.ndarray,
-        has_mask_input: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        labels = self.label_maps[int(image_embeddings[0, 0, 0, 0])]
-        s, lr = self.info.image_size, self.info.low_res_size
-        assert lr == s, "the fake answers one low-res pixel per input pixel"
-        is_box = point_labels[:, 0] == LABEL_BOX_TL
-        points = np.where(is_box[:, None], point_coords[:, :2].mean(axis=1), point_coords[:, 0])
-        self.decoded_points.append(points.copy())
-        b = len(point_coords)
-        masks = np.full((b, 4, lr, lr), -10.0, np.float32)
-        iou = np.zeros((b, 4), np.float32)
-        masks[:, 3], iou[:, 3] = 10.0, 0.05
-        for i, (x, y) in enumerate(points):
-            label = int(labels[min(int(y), s - 1), min(int(x), s - 1)])
-            shape = self.shapes.get(label)
-            if shape is None:
-                continue
-            inside = labels == label
-            for token, score in ((0, shape.iou), (1, shape.iou), (2, shape.iou - 0.3)):
-                masks[i, token][inside] = shape.logit
-                iou[i, token] = score
-        return masks, iou
-
-    @property
-    def num_decoded(self) -> int:
-        return sum(len(p) for p in self.decoded_points)
-
-
-def paint(h: int, w: int, regions: dict[int, np.ndarray]) -> np.ndarray:
-    """An RGB image with each ``(h, w)`` bool region painted as shape ``label``."""
-    image = np.zeros((h, w, 3), np.uint8)
-    for label, region in regions.items():
-        image[region] = (label, 255, 0)
-    return image
-
-
-def rect(x0: int, y0: int, x1: int, y1: int, h: int = H, w: int = W) -> np.ndarray:
-    region = np.zeros((h, w), bool)
-    region[y0:y1, x0:x1] = True
-    return region
-
-
-def disc(cx: float, cy: float, r: float, h: int = H, w: int = W) -> np.ndarray:
-    ys, xs = np.mgrid[:h, :w] + 0.5
-    return (xs - cx) ** 2 + (ys - cy) ** 2 < r**2
-
-
-# The scene both grid and hierarchical tests use (48 x 64). With points_per_side 16 the dense
-# points are at x = 2, 6, ..., 62 and y = 1.5, 4.5, ..., 46.5; the sparse 4 x 4 grid at
-# x = 8, 24, 40, 56 and y = 6, 18, 30, 42.
-A, B, C, D, E = 200, 210, 220, 230, 240
-REGIONS = {
-    A: rect(0, 0, 30, 24),  # big, confident (logit 10 > 8.5): covers round 2
-    B: rect(44, 40, 52, 46),  # small, between the sparse points: only the dense grid hits it
-    C: disc(48, 14, 9),  # found by sparse points, but not confident enough to cover
-    D: rect(4, 30, 20, 44),  # unstable (all logits inside the +/-1 band): filtered
-    E: rect(32, 28, 40, 38),  # low predicted IoU: filtered
-}
-SHAPES = {
-    A: Shape(iou=0.95),
-    B: Shape(iou=0.92),
-    C: Shape(iou=0.90, logit=5.0),
-    D: Shape(iou=0.97, logit=0.5),
-    E: Shape(iou=0.50),
-}
-
-
-def make_scene(
-    regions: dict[int, np.ndarray] = REGIONS, shapes: dict[int, Shape] = SHAPES
-) -> tuple[Predictor, SceneBackend, np.ndarray]:
-    image = paint(*next(iter(regions.values())).shape, regions) if regions else None
-    if image is None:
-        image = np.zeros((H, W, 3), np.uint8)
-    backend = SceneBackend(shapes)
-    predictor = Predictor(backend)
-    predictor.set_image(image)
-    return predictor, backend, image
-
-
-def masks_of(result: SegEveryResult) -> list[np.ndarray]:
-    return [rle_to_mask(i.rle) for i in result.instances]
-
-
-def labels_found(result: SegEveryResult, regions: dict[int, np.ndarray] = REGIONS) -> list[int]:
-    """The painted label each instance matches exactly, best instance first."""
-    found = []
-    for mask in masks_of(result):
-        match = [label for label, region in regions.items() if np.array_equal(mask, region)]
-        assert len(match) == 1, "every instance is exactly one painted shape"
-        found.append(match[0])
-    return found
-
-
-def summary(result: SegEveryResult) -> list[tuple]:
-    return [
-        (tuple(i.rle["counts"]), i.score, i.stability, i.area, tuple(i.box), tuple(i.prompt))
-        for i in result.instances
-    ]
-
-
-def check_instances(result: SegEveryResult, hw: tuple[int, int]) -> None:
-    """Every instance is well formed: RLE decodes to its box and area, fields typed."""
-    for inst in result.instances:
-        assert inst.rle["size"] == list(hw)
-        mask = rle_to_mask(inst.rle)
-        assert inst.area == rle_area(inst.rle) == mask.sum() > 0
-        assert inst.box.shape == (4,) and inst.box.dtype == np.float32
-        np.testing.assert_array_equal(inst.box, masks_to_boxes(mask[None])[0])
-        assert isinstance(inst.score, float) and isinstance(inst.stability, float)
-        assert inst.prompt.shape in ((2,), (4,))
-    scores = [i.score for i in result.instances]
-    assert scores == sorted(scores, reverse=True)
-
 
 # ---------------------------------------------------------------------- the point grid
 
@@ -233,121 +79,6 @@ def test_crop_boxes_cover_the_image_with_overlap() -> None:
         (0, 16, 40, 48),
         (24, 16, 64, 48),
     ]
-
-
-# ------------------------------------------------------------------ predictor low-res path
-
-
-def test_predict_low_res_then_upscale_equals_predict() -> None:
-    predictor, backend, _ = make_scene()
-    points = np.array([[[10.0, 10.0]], [[48.0, 43.0]], [[60.0, 2.0]]])
-    labels = np.ones((3, 1))
-    low_res, iou = predictor.predict_low_res(points, labels)
-    assert low_res.shape == (3, 3, 64, 64) and iou.shape == (3, 3)
-    full = predictor.predict(points, labels, return_logits=True)
-    np.testing.assert_array_equal(low_res, full.low_res_logits)
-    np.testing.assert_array_equal(iou, full.scores)
-    np.testing.assert_array_equal(predictor.upscale(low_res), full.masks)
-    np.testing.assert_array_equal(predictor.upscale(low_res[1, 0]), full.masks[1, 0])
-    # Unbatched calls drop the batch axis, as predict does.
-    single, single_iou = predictor.predict_low_res(points[0], labels[0], multimask_output=False)
-    assert single.shape == (1, 64, 64) and single_iou.shape == (1,)
-    empty, empty_iou = predictor.predict_low_res(np.zeros((0, 1, 2)), np.zeros((0, 1)))
-    assert empty.shape == (0, 3, 64, 64) and empty_iou.shape == (0, 3)
-    assert len(backend.decoded_points) == 3  # the empty batch never reached the backend
-    with pytest.raises(ValueError, match=r"expected low-res logits of shape \(\.\.\., 64, 64\)"):
-        predictor.upscale(np.zeros((2, 32, 32), np.float32))
-    predictor.reset_image()
-    with pytest.raises(ValueError, match="no image is set"):
-        predictor.upscale(low_res)
-    with pytest.raises(ValueError, match="no image is set"):
-        predictor.predict_low_res(points, labels)
-
-
-# ---------------------------------------------------------------- the decode pipeline
-
-
-def test_segment_prompts_filters_and_records_prompts() -> None:
-    predictor, backend, _ = make_scene()
-    points = np.array([[10.0, 10.0], [48.0, 43.0], [10.0, 35.0], [35.0, 30.0], [60.0, 46.0]])
-    timer = StageTimer()
-    out = segment_prompts(predictor, points=points, batch_size=2, timer=timer)
-    assert out.prompts_decoded == 5 and backend.num_decoded == 5
-    assert [len(p) for p in backend.decoded_points] == [2, 2, 1]
-    cands = out.candidates
-    # A and B pass; D is unstable, E has a low IoU, the background's whole-image mask too.
-    assert [np.array_equal(rle_to_mask(r), REGIONS[A]) for r in cands.rles] == [True, False]
-    np.testing.assert_array_equal(rle_to_mask(cands.rles[1]), REGIONS[B])
-    np.testing.assert_array_equal(cands.prompts, points[:2])
-    assert cands.scores.tolist() == pytest.approx([0.95, 0.92])
-    assert cands.stability.tolist() == [1.0, 1.0]
-    assert cands.areas.tolist() == [30 * 24, 8 * 6]
-    np.testing.assert_array_equal(cands.boxes, [[0, 0, 30, 24], [44, 40, 52, 46]])
-    assert out.high_confidence is None
-    assert set(timer.ms) == {"decoder", "postprocess"}
-
-
-def test_segment_prompts_thresholds_disable_at_zero() -> None:
-    predictor, _, _ = make_scene()
-    points = np.array([[10.0, 35.0], [60.0, 46.0]])  # on D (unstable), on the background
-    out = segment_prompts(predictor, points=points, stability_score_thresh=0.0)
-    assert out.candidates.stability.tolist() == [0.0]  # D's mask, kept without the filter
-    out = segment_prompts(predictor, points=points, pred_iou_thresh=0.0)
-    # Without the IoU filter the whole-image masks pass (twice); D's tokens stay unstable.
-    assert out.candidates.areas.tolist() == [H * W, H * W]
-
-
-def test_segment_prompts_with_boxes_and_high_confidence() -> None:
-    predictor, _, _ = make_scene()
-    boxes = np.array([[5.0, 5.0, 15.0, 15.0], [40.0, 5.0, 56.0, 23.0]])  # centres on A and C
-    out = segment_prompts(predictor, boxes=boxes, multimask_output=False, high_score_thresh=8.5)
-    assert out.candidates.prompts.shape == (2, 4)
-    np.testing.assert_array_equal(out.candidates.prompts, boxes)
-    np.testing.assert_array_equal(rle_to_mask(out.candidates.rles[1]), REGIONS[C])
-    # Only A's logits (10) exceed 8.5; C's (5) do not.
-    np.testing.assert_array_equal(out.high_confidence, REGIONS[A])
-
-
-def test_segment_prompts_bounds_the_upscale(monkeypatch: pytest.MonkeyPatch) -> None:
-    predictor, _, _ = make_scene()
-    sizes: list[int] = []
-    upscale = predictor.upscale
-
-    def spy(low_res: np.ndarray) -> np.ndarray:
-        sizes.append(len(low_res))
-        return upscale(low_res)
-
-    monkeypatch.setattr(predictor, "upscale", spy)
-    points = np.tile([[10.0, 10.0]], (40, 1))
-    budget = 16 * H * W  # pixels: 16 masks of this frame
-    segment_prompts(
-        predictor, points=points, batch_size=40, pred_iou_thresh=0.0, upscale_budget=budget
-    )
-    # 120 masks survive the (disabled) IoU filter; they are upscaled a few at a time.
-    assert sum(sizes) == 120 and max(sizes) == 16
-    sizes.clear()
-    segment_prompts(predictor, points=points, batch_size=40)
-    assert sum(sizes) == 40  # only token 1 passes the IoU filter: nothing else is upscaled
-
-
-def test_segment_prompts_errors() -> None:
-    predictor, _, _ = make_scene()
-    with pytest.raises(ValueError, match="exactly one of points"):
-        segment_prompts(predictor)
-    with pytest.raises(ValueError, match="exactly one of points"):
-        segment_prompts(predictor, points=np.zeros((1, 2)), boxes=np.zeros((1, 4)))
-    with pytest.raises(ValueError, match=r"expected points \(K, 2\), got shape \(3, 3\)"):
-        segment_prompts(predictor, points=np.zeros((3, 3)))
-    with pytest.raises(ValueError, match="image_hw"):
-        segment_prompts(predictor, points=np.zeros((1, 2)), crop_box=(0, 0, 64, 48))
-    with pytest.raises(ValueError, match=r"crop_box \[0, 0, 32, 48\] is 32x48"):
-        segment_prompts(
-            predictor, points=np.zeros((1, 2)), crop_box=(0, 0, 32, 48), image_hw=(48, 96)
-        )
-    empty = segment_prompts(predictor, points=np.zeros((0, 2)))
-    assert empty.prompts_decoded == 0 and len(empty.candidates) == 0
-    with pytest.raises(ValueError, match="no image is set"):
-        segment_prompts(Predictor(SceneBackend({})), points=np.zeros((1, 2)))
 
 
 # ------------------------------------------------------------------------ GridSegEvery

@@ -8,7 +8,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from test_segevery_grid import (
+from segevery_scene import (
     REGIONS,
     SHAPES,
     A,

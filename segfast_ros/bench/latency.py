@@ -23,11 +23,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..masks import predictor_image_hw
 from ..runtime.backend import Backend
 from ..runtime.predictor import Predictor
 from ..runtime.transforms import prepare_image
 from ..segevery.base import SegEvery
+from ..segevery.candidates import predictor_image_hw
 from ..segevery.detector import ObjectDetector
 from ..segevery.grid import PointGridParams
 from ..segevery.hierarchical import HierarchicalResult

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segfast_ros.masks import ParamRange
 from segfast_ros.segevery.registry import STRATEGIES
+from segfast_ros.segevery.settings import ParamRange
 
 #: Largest value ROS integer ranges accept (int64), used as "no upper bound".
 _INT_MAX = 2**63 - 1

@@ -52,3 +52,17 @@ class SegEvery(Protocol):
                 at pixels (object-aware), ignored by the others.
         """
         ...
+
+
+def require_image(image: np.ndarray | None, hw: tuple[int, int], why: str, what: str = "") -> None:
+    """A ValueError unless ``image`` has the ``(H, W)`` of the predictor's frame.
+
+    For strategies that look at pixels: ``why`` says what they need it for, ``what`` is added
+    after the expected shape (e.g. ``" uint8 RGB"``).
+    """
+    if image is None or tuple(np.shape(image)[:2]) != hw:
+        got = None if image is None else tuple(np.shape(image))
+        raise ValueError(
+            f"{why}: pass the frame set on the predictor as image (H, W, 3) = {(*hw, 3)}{what}, "
+            f"got {got}"
+        )

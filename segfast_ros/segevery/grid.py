@@ -15,20 +15,19 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..masks import (
+from ..masks import box_area
+from ..runtime.predictor import Predictor
+from .base import SegEveryResult, require_image
+from .candidates import (
+    CropFrame,
+    KeptLogits,
     MaskCandidates,
-    PromptMasks,
     StageTimer,
-    box_area,
     finish_candidates,
-    nms,
-    param,
     predictor_image_hw,
     segment_prompts,
-    validate_params,
 )
-from ..runtime.predictor import Predictor
-from .base import SegEveryResult
+from .settings import MaskFilter, param
 
 
 def build_point_grid(points_per_side: int) -> np.ndarray:
@@ -75,32 +74,27 @@ def generate_crop_boxes(
 
 
 @dataclass(frozen=True, kw_only=True)
-class PointGridParams:
-    """Keyword arguments shared by the point-grid strategies (grid and hierarchical).
+class PointGrid:
+    """The grid and its decoder batches (the point-grid strategies' first keyword arguments).
 
     Attributes:
         points_per_side: the grid has ``points_per_side**2`` points.
         points_per_batch: points decoded per decoder call (bounds the decoder's memory).
-        pred_iou_thresh: keep masks with predicted IoU ``>`` this (0 disables the filter).
-        stability_score_thresh: keep masks with stability ``>=`` this (0 disables the filter).
-        stability_score_offset: logit offset of the stability score.
-        box_nms_thresh: box IoU above which the lower-scored of two masks is dropped.
-        min_mask_region_area: if > 0, fill holes and drop islands smaller than this many pixels
-            in every kept mask, then NMS again (costly on big images: every kept RLE is decoded).
-        mask_threshold: logit above which a pixel is in the mask.
     """
 
     points_per_side: int = param(32, low=1)
     points_per_batch: int = param(64, low=1)
-    pred_iou_thresh: float = param(0.88, low=0.0, high=1.0)
-    stability_score_thresh: float = param(0.95, low=0.0, high=1.0)
-    stability_score_offset: float = param(1.0, low=0.0)
-    box_nms_thresh: float = param(0.7, low=0.0, high=1.0)
-    min_mask_region_area: int = param(0, low=0)
-    mask_threshold: float = param(0.0)
 
-    def __post_init__(self) -> None:
-        validate_params(self)
+
+# MaskFilter is named first so that PointGrid's fields come first (dataclass fields follow the
+# bases from the last one), as the keyword arguments and node parameters have always been.
+@dataclass(frozen=True, kw_only=True)
+class PointGridParams(MaskFilter, PointGrid):
+    """Keyword arguments shared by the point-grid strategies (grid and hierarchical).
+
+    The :class:`PointGrid` and the :class:`~.settings.MaskFilter` (SAM's defaults), checked on
+    construction.
+    """
 
     def _segment_points(
         self,
@@ -108,35 +102,19 @@ class PointGridParams:
         points: np.ndarray,
         timer: StageTimer,
         *,
-        crop_box: tuple[int, int, int, int] | None = None,
-        image_hw: tuple[int, int] | None = None,
-        crop_edge_tolerance: float = 20.0,
-        high_score_thresh: float | None = None,
-    ) -> PromptMasks:
-        """Decode and filter ``points`` (``(K, 2)`` pixels of the predictor's image) with
-        these thresholds; see :func:`~.masks.segment_prompts` for the other arguments."""
+        frame: CropFrame | None = None,
+        on_kept: KeptLogits | None = None,
+    ) -> MaskCandidates:
+        """Decode and filter ``points`` (``(K, 2)`` pixels of the predictor's image), 3 masks
+        each, with this filter; see :func:`~.candidates.segment_prompts` for the rest."""
         return segment_prompts(
             predictor,
+            self,
             points=points,
             multimask_output=True,
             batch_size=self.points_per_batch,
-            pred_iou_thresh=self.pred_iou_thresh,
-            stability_score_thresh=self.stability_score_thresh,
-            stability_score_offset=self.stability_score_offset,
-            mask_threshold=self.mask_threshold,
-            crop_box=crop_box,
-            image_hw=image_hw,
-            crop_edge_tolerance=crop_edge_tolerance,
-            high_score_thresh=high_score_thresh,
-            timer=timer,
-        )
-
-    def _finish(self, candidates: MaskCandidates, timer: StageTimer) -> MaskCandidates:
-        """Optional small-region clean-up, then best first."""
-        return finish_candidates(
-            candidates,
-            min_mask_region_area=self.min_mask_region_area,
-            box_nms_thresh=self.box_nms_thresh,
+            frame=frame,
+            on_kept=on_kept,
             timer=timer,
         )
 
@@ -187,56 +165,60 @@ class GridSegEvery(PointGridParams):
         start = time.perf_counter()
         timer = StageTimer()
         hw = predictor_image_hw(predictor)
-        if self.crop_n_layers > 0 and (image is None or tuple(np.shape(image)[:2]) != hw):
-            got = None if image is None else tuple(np.shape(image))
-            raise ValueError(
-                f"crop_n_layers={self.crop_n_layers} encodes crops of the image: pass the "
-                f"frame set on the predictor as image (H, W, 3) = {(*hw, 3)}, got {got}"
+        if self.crop_n_layers > 0:
+            require_image(
+                image, hw, f"crop_n_layers={self.crop_n_layers} encodes crops of the image"
             )
         crops = generate_crop_boxes(hw, self.crop_n_layers, self.crop_overlap_ratio)
-        per_crop: list[MaskCandidates] = []
-        crop_areas: list[np.ndarray] = []
-        decoded = 0
+        per_crop = []
         for box, layer in crops:
-            x0, y0, x1, y1 = box
-            crop_predictor = predictor
-            if layer > 0:
-                assert image is not None
-                # A fresh predictor on the same backend: the caller's keeps its embedding.
-                crop_predictor = Predictor(predictor.backend)
-                with timer.stage("encoder"):
-                    crop_predictor.set_image(np.ascontiguousarray(image[y0:y1, x0:x1]))
-            n = max(1, self.points_per_side // self.crop_n_points_downscale_factor**layer)
-            points = build_point_grid(n) * np.array([x1 - x0, y1 - y0], dtype=np.float64)
-            out = self._segment_points(
-                crop_predictor,
-                points,
-                timer,
-                crop_box=box,
-                image_hw=hw,
-                crop_edge_tolerance=self.crop_edge_tolerance,
-            )
-            decoded += out.prompts_decoded
-            with timer.stage("nms"):
-                found = out.candidates.nms(self.box_nms_thresh)
-            per_crop.append(found)
-            crop_areas.append(np.full(len(found), box_area([box])[0]))
-
-        merged = MaskCandidates.concat(per_crop)
-        if len(crops) > 1 and len(merged):
-            with timer.stage("nms"):
-                # Between crops, the mask from the smaller crop wins (then the higher score).
-                order = np.lexsort((-merged.scores.astype(np.float64), np.concatenate(crop_areas)))
-                priority = np.empty(len(order), dtype=np.float64)
-                priority[order] = -np.arange(len(order), dtype=np.float64)
-                merged = merged.take(nms(merged.boxes, priority, self.crop_nms_thresh))
-        merged = self._finish(merged, timer)
+            frame = CropFrame(box, hw, self.crop_edge_tolerance)
+            per_crop.append((frame, self._process_crop(predictor, image, frame, layer, timer)))
+        merged = finish_candidates(self._merge_crops(per_crop, timer), self, timer)
         timings = {"decoder": 0.0, "postprocess": 0.0, "nms": 0.0, **timer.ms}
         timings["total"] = 1e3 * (time.perf_counter() - start)
         return SegEveryResult(
             instances=merged.to_instances(),
             image_hw=hw,
             timings_ms=timings,
-            decoder_prompts=decoded,
+            decoder_prompts=sum(decoded for _, (_, decoded) in per_crop),
             strategy=self.name,
         )
+
+    def _process_crop(
+        self,
+        predictor: Predictor,
+        image: np.ndarray | None,
+        frame: CropFrame,
+        layer: int,
+        timer: StageTimer,
+    ) -> tuple[MaskCandidates, int]:
+        """One crop: encode it (layers > 0), decode its grid, NMS within the crop.
+
+        Returns:
+            The crop's candidates (full frame, best first) and the points decoded.
+        """
+        x0, y0, x1, y1 = frame.box
+        if layer > 0:
+            assert image is not None
+            # A fresh predictor on the same backend: the caller's keeps its embedding.
+            predictor = Predictor(predictor.backend)
+            with timer.stage("encoder"):
+                predictor.set_image(np.ascontiguousarray(image[y0:y1, x0:x1]))
+        n = max(1, self.points_per_side // self.crop_n_points_downscale_factor**layer)
+        points = build_point_grid(n) * np.array([x1 - x0, y1 - y0], dtype=np.float64)
+        found = self._segment_points(predictor, points, timer, frame=frame)
+        with timer.stage("nms"):
+            return found.nms(self.box_nms_thresh), len(points)
+
+    def _merge_crops(
+        self, per_crop: list[tuple[CropFrame, tuple[MaskCandidates, int]]], timer: StageTimer
+    ) -> MaskCandidates:
+        """All crops' candidates; with crop layers, an NMS between crops that prefers the mask
+        from the smaller crop (seen at a higher resolution), then the higher score."""
+        merged = MaskCandidates.concat([found for _, (found, _) in per_crop])
+        if len(per_crop) > 1 and len(merged):
+            areas = [np.full(len(found), box_area([f.box])[0]) for f, (found, _) in per_crop]
+            with timer.stage("nms"):
+                merged = merged.nms_preferring(np.concatenate(areas), self.crop_nms_thresh)
+        return merged

@@ -15,10 +15,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..masks import MaskCandidates, StageTimer, param, predictor_image_hw
 from ..runtime.predictor import Predictor
 from .base import SegEveryResult
+from .candidates import MaskCandidates, StageTimer, finish_candidates, predictor_image_hw
 from .grid import PointGridParams, build_point_grid
+from .settings import param
 
 
 @dataclass
@@ -34,6 +35,38 @@ class HierarchicalResult(SegEveryResult):
     round1_prompts: int = 0
     round2_prompts: int = 0
     skipped_prompts: int = 0
+
+
+class Coverage:
+    """TinySAM's "already covered" map: the confident pixels of the kept round-1 masks.
+
+    A :data:`~.candidates.KeptLogits` hook: the decode pipeline hands it each upscale group's
+    full-size logits, and the pixels of kept masks whose logit is above ``high_score_thresh``
+    join the map (exact, at full resolution, for one comparison per mask).
+
+    Args:
+        image_hw: ``(H, W)`` of the frame (the predictor's image: no crops).
+        high_score_thresh: logit above which a pixel counts as covered.
+    """
+
+    def __init__(self, image_hw: tuple[int, int], high_score_thresh: float) -> None:
+        self.covered = np.zeros(image_hw, dtype=bool)
+        self.high_score_thresh = high_score_thresh
+
+    def __call__(self, logits: np.ndarray, kept: np.ndarray) -> None:
+        """Add the confident pixels of ``logits[kept]`` (``(G, H, W)`` logits)."""
+        for i in kept:
+            self.covered |= logits[i] > self.high_score_thresh
+
+    def uncovered(self, points: np.ndarray) -> np.ndarray:
+        """The ``(K, 2)`` (X, Y) pixel points whose pixel is not covered.
+
+        Points on the far edge belong to the last pixel.
+        """
+        h, w = self.covered.shape
+        cols = np.minimum(points[:, 0].astype(np.int64), w - 1)
+        rows = np.minimum(points[:, 1].astype(np.int64), h - 1)
+        return points[~self.covered[rows, cols]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,25 +131,18 @@ class HierarchicalSegEvery(PointGridParams):
         round1, round2, timer = StageTimer(), StageTimer(), StageTimer()
 
         sparse = build_point_grid(self.points_per_side // 4) * scale
-        first = self._segment_points(
-            predictor, sparse, round1, high_score_thresh=self.high_score_thresh
-        )
+        coverage = Coverage(hw, self.high_score_thresh)
+        first = self._segment_points(predictor, sparse, round1, on_kept=coverage)
 
         with timer.stage("coverage"):
             dense = build_point_grid(self.points_per_side) * scale
-            covered = first.high_confidence
-            assert covered is not None
-            # The pixel under each point (points on the far edge belong to the last pixel).
-            cols = np.minimum(dense[:, 0].astype(np.int64), hw[1] - 1)
-            rows = np.minimum(dense[:, 1].astype(np.int64), hw[0] - 1)
-            todo = dense[~covered[rows, cols]]
+            todo = coverage.uncovered(dense)
 
         second = self._segment_points(predictor, todo, round2)
 
         with timer.stage("nms"):
-            merged = MaskCandidates.concat([first.candidates, second.candidates])
-            merged = merged.nms(self.box_nms_thresh)
-        merged = self._finish(merged, timer)
+            merged = MaskCandidates.concat([first, second]).nms(self.box_nms_thresh)
+        merged = finish_candidates(merged, self, timer)
 
         timings: dict[str, float] = {}
         for prefix, t in (("round1_", round1), ("round2_", round2)):
@@ -130,9 +156,9 @@ class HierarchicalSegEvery(PointGridParams):
             instances=merged.to_instances(),
             image_hw=hw,
             timings_ms=timings,
-            decoder_prompts=first.prompts_decoded + second.prompts_decoded,
+            decoder_prompts=len(sparse) + len(todo),
             strategy=self.name,
-            round1_prompts=first.prompts_decoded,
-            round2_prompts=second.prompts_decoded,
+            round1_prompts=len(sparse),
+            round2_prompts=len(todo),
             skipped_prompts=len(dense) - len(todo),
         )

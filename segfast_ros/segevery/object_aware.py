@@ -21,45 +21,49 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..masks import (
-    StageTimer,
-    finish_candidates,
-    param,
-    predictor_image_hw,
-    segment_prompts,
-    validate_params,
-)
 from ..runtime.predictor import Predictor
-from .base import SegEveryResult
+from .base import SegEveryResult, require_image
+from .candidates import StageTimer, finish_candidates, predictor_image_hw, segment_prompts
 from .detector import ObjectDetector
+from .settings import MaskFilter, mask_filter_defaults, param
 
 if TYPE_CHECKING:
     from ..runtime.onnx_backend import ProviderSpec
 
 
 @dataclass(frozen=True, kw_only=True)
-class ObjectAwareSegEvery:
+class BoxPrompts:
+    """The prompts of object-aware SegEvery (its first keyword arguments).
+
+    Attributes:
+        detector: an :class:`~.detector.ObjectDetector`, or the path of its ONNX file (then
+            built with the detector settings of :class:`ObjectAwareSegEvery`).
+        prompts_per_batch: boxes decoded per decoder call (MobileSAMv2: 320). The logits of
+            a call, ``(B, 4, 256, 256)`` float32 for MobileSAM (1 MiB per box), are held until
+            post-processed; results do not depend on it. A backend may split a call further
+            (ONNX Runtime on the CPU: 8 sets of full-size MobileSAM).
+    """
+
+    detector: ObjectDetector | str | Path
+    prompts_per_batch: int = param(64, low=1)
+
+
+# MaskFilter is named first so that BoxPrompts' fields come first (dataclass fields follow the
+# bases from the last one), as the keyword arguments and node parameters have always been.
+@dataclass(frozen=True, kw_only=True)
+@mask_filter_defaults(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+class ObjectAwareSegEvery(MaskFilter, BoxPrompts):
     """MobileSAMv2's "segment everything": one box prompt per detected object.
 
     The configuration is immutable and every call keeps its state in locals, so one instance
     may serve many frames. The ONNX Runtime session of the detector is shared.
 
+    Keyword arguments: the :class:`BoxPrompts`, then the :class:`~.settings.MaskFilter` with
+    MobileSAMv2's defaults, which keep every mask: ``pred_iou_thresh`` 0 and
+    ``stability_score_thresh`` 0 (no filter), ``box_nms_thresh`` 1.0 (no NMS; below 1 an NMS
+    runs, and again after the clean-up of ``min_mask_region_area``). Then:
+
     Attributes:
-        detector: an :class:`~.detector.ObjectDetector`, or the path of its ONNX file (then
-            built with ``conf``, ``iou``, ``max_det``, ``border_snap_px`` and ``providers``).
-        prompts_per_batch: boxes decoded per decoder call (MobileSAMv2: 320). The logits of
-            a call, ``(B, 4, 256, 256)`` float32 for MobileSAM (1 MiB per box), are held until
-            post-processed; results do not depend on it. A backend may split a call further
-            (ONNX Runtime on the CPU: 8 sets of full-size MobileSAM).
-        pred_iou_thresh: keep masks with predicted IoU ``>`` this; 0 (MobileSAMv2) keeps all.
-        stability_score_thresh: keep masks with stability ``>=`` this; 0 (MobileSAMv2) keeps
-            all.
-        stability_score_offset: logit offset of the stability score.
-        box_nms_thresh: drop the lower-scored of two masks whose boxes overlap with IoU ``>``
-            this; 1.0 (MobileSAMv2) disables the NMS.
-        min_mask_region_area: if > 0, fill holes and drop islands smaller than this many
-            pixels in every mask, then NMS at ``box_nms_thresh``.
-        mask_threshold: logit above which a pixel is in the mask.
         multimask_output: decode SAM's 3 ambiguity-aware masks per box instead of the single
             mask (MobileSAMv2 uses the single mask; its decoder was trained for it).
         conf: detector confidence threshold, only with a path (None: the detector's 0.4).
@@ -75,14 +79,6 @@ class ObjectAwareSegEvery:
 
     name: ClassVar[str] = "object_aware"
 
-    detector: ObjectDetector | str | Path
-    prompts_per_batch: int = param(64, low=1)
-    pred_iou_thresh: float = param(0.0, low=0.0, high=1.0)
-    stability_score_thresh: float = param(0.0, low=0.0, high=1.0)
-    stability_score_offset: float = param(1.0, low=0.0)
-    box_nms_thresh: float = param(1.0, low=0.0, high=1.0)
-    min_mask_region_area: int = param(0, low=0)
-    mask_threshold: float = param(0.0)
     multimask_output: bool = False
     conf: float | None = None
     iou: float | None = None
@@ -91,7 +87,7 @@ class ObjectAwareSegEvery:
     providers: Sequence[ProviderSpec] | None = None
 
     def __post_init__(self) -> None:
-        validate_params(self)
+        super().__post_init__()
         settings = {
             "conf": self.conf,
             "iou": self.iou,
@@ -134,44 +130,30 @@ class ObjectAwareSegEvery:
         """
         start = time.perf_counter()
         hw = predictor_image_hw(predictor)
-        if image is None or tuple(np.shape(image)[:2]) != hw:
-            got = None if image is None else tuple(np.shape(image))
-            raise ValueError(
-                "object_aware runs a detector on the frame: pass the frame set on the predictor "
-                f"as image (H, W, 3) = {(*hw, 3)} uint8 RGB, got {got}"
-            )
+        require_image(image, hw, "object_aware runs a detector on the frame", " uint8 RGB")
         detector = self.detector
         assert isinstance(detector, ObjectDetector)
         timer = StageTimer()
         with timer.stage("detector"):
             found = detector(image)
-        out = segment_prompts(
+        candidates = segment_prompts(
             predictor,
+            self,
             boxes=found.boxes,
             multimask_output=self.multimask_output,
             batch_size=self.prompts_per_batch,
-            pred_iou_thresh=self.pred_iou_thresh,
-            stability_score_thresh=self.stability_score_thresh,
-            stability_score_offset=self.stability_score_offset,
-            mask_threshold=self.mask_threshold,
             timer=timer,
         )
-        candidates = out.candidates
         if self.box_nms_thresh < 1.0:
             with timer.stage("nms"):
                 candidates = candidates.nms(self.box_nms_thresh)
-        candidates = finish_candidates(
-            candidates,
-            min_mask_region_area=self.min_mask_region_area,
-            box_nms_thresh=self.box_nms_thresh,
-            timer=timer,
-        )
+        candidates = finish_candidates(candidates, self, timer)
         timings = {"detector": 0.0, "decoder": 0.0, "postprocess": 0.0, "nms": 0.0, **timer.ms}
         timings["total"] = 1e3 * (time.perf_counter() - start)
         return SegEveryResult(
             instances=candidates.to_instances(),
             image_hw=hw,
             timings_ms=timings,
-            decoder_prompts=out.prompts_decoded,
+            decoder_prompts=len(found.boxes),
             strategy=self.name,
         )
