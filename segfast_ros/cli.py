@@ -10,9 +10,8 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -26,13 +25,9 @@ from .bench.backend_args import (
     ensure_onnx,
     image_files,
     make_backend,
-    strategy_options,
 )
-from .runtime.backend import Backend
+from .demo.run import demo_command, replay_command
 from .runtime.images import read_rgb
-
-if TYPE_CHECKING:
-    from .segevery.base import SegEvery
 
 log = logging.getLogger("segfast")
 
@@ -175,299 +170,26 @@ def cmd_quant_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    """Replay a bag; exit 0 when complete, 3 on a corrupt input part-way, 130 on Ctrl-C.
-
-    Without a model option the shipped demo model runs (as the node's ``model_dir:=demo``),
-    with its SegEvery settings and detector; the summary says so.
-    """
-    import json
-
-    from .replay import ReplayOptions, load_prompts, replay
-    from .runtime.predictor import Predictor
-
-    demo = _replay_demo_model(args)
-    detector = args.detector or (demo.detector if demo else None)
-    segevery, settings, source = _build_segevery(
-        args.mode,
-        detector,
-        demo=demo is not None,
-        overrides=strategy_options(args.set),
-        detector_source="--detector" if args.detector else "the demo model's",
-    )
-    options = ReplayOptions(
-        topic=args.topic,
-        every=args.every,
-        rate_hz=args.rate,
-        segevery_rate_hz=args.segevery_rate,
-        namespace=args.namespace,
-        copy_input=args.copy_input,
-        overlay_topic=args.overlay_topic,
-        storage=args.storage,
-        overwrite=args.overwrite,
-        prompts=load_prompts(args.prompts) if args.prompts else (),
-        coco=Path(args.coco) if args.coco else None,
-        overlay_video=Path(args.overlay_video) if args.overlay_video else None,
-        contact_sheet=Path(args.contact_sheet) if args.contact_sheet else None,
-        progress=not args.no_progress and sys.stderr.isatty(),
-        segevery_settings=settings,
-        segevery_settings_source=source,
-    )
-    options.check()
-    if demo is not None:
-        backend = make_backend_from_dir(demo.onnx_dir, args)
-        options.model = f"{_graph_files(backend)}: {demo.label}"
-    else:
-        backend = make_backend(args, args.precision)
-        given = [
-            f"--{k.replace('_', '-')} {v}"
-            for k in ("model", "checkpoint", "onnx_dir")
-            if (v := getattr(args, k))
-        ]
-        options.model = f"{_graph_files(backend)} ({', '.join(given)})"
-    summary = replay(args.input, args.output, Predictor(backend), segevery, options)
-    print(summary.format())
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary.to_json(), indent=2))
-    if summary.error:
-        print(f"segfast replay: error: {summary.error}", file=sys.stderr)
-    if summary.interrupted:
-        return 130
-    return 3 if summary.error else 0
-
-
-def _replay_demo_model(args: argparse.Namespace) -> ModelChoice | None:
-    """The shipped demo model when no model option (``--model``, ``--checkpoint``,
-    ``--onnx-dir``) is given, as the node's ``model_dir:=demo``; None otherwise."""
-    if args.model or args.checkpoint or args.onnx_dir:
-        return None
-    from .runtime.paths import DEMO_MODEL, model_candidates
-
-    folder = shipped_demo_dir()
-    if folder is None:
-        searched = ", ".join(str(c) for c in model_candidates(DEMO_MODEL))
-        raise FileNotFoundError(
-            "no --model, --checkpoint or --onnx-dir given, and the shipped demo model is "
-            f"missing (no encoder.fp32.onnx in {searched}); pass --onnx-dir with exported graphs"
-        )
-    detector = folder / "detector.onnx"
-    return ModelChoice(
-        folder,
-        detector if detector.is_file() else None,
-        "no --model, --checkpoint or --onnx-dir given, so the shipped demo model runs (as the "
-        "node's model_dir:=demo; trained on synthetic scenes only)",
-        demo=True,
-    )
-
-
-def _graph_files(backend: Backend) -> str:
-    """``DIR/encoder.X.onnx + decoder.Y.onnx`` of an ONNX Runtime backend (its class else)."""
-    encoder = getattr(backend, "encoder_path", None)
-    decoder = getattr(backend, "decoder_path", None)
-    if encoder is None or decoder is None:
-        return type(backend).__name__
-    return f"{Path(encoder)} + {Path(decoder).name}"
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on a fresh machine: a generated bag, replayed with the demo model."""
-    import shutil
-
-    from .bench.scenes import generate_sequence
-    from .replay import ReplayOptions, replay
-    from .replay.bags import write_image_bag
-    from .runtime.predictor import Predictor
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    frames = generate_sequence(args.seed, args.frames, (args.height, args.width))
-    bag = out / "sample_bag"
-    shutil.rmtree(bag, ignore_errors=True)
-    write_image_bag(bag, (f.image for f in frames))
-    print(
-        f"1/3 generated {len(frames)} frames ({args.width}x{args.height}, seed {args.seed}): {bag}"
-    )
-
-    choice = _demo_model(args, frames[0].image, out)
-    print(f"2/3 model: {choice.label}")
-    backend = make_backend_from_dir(choice.onnx_dir, args)
-    segevery, settings, source = _build_segevery(
-        args.mode,
-        choice.detector,
-        demo=choice.demo,
-        detector_source="--detector" if args.detector else "found in models/",
-    )
-    options = ReplayOptions(
-        overwrite=True,
-        coco=out / "coco.json",
-        contact_sheet=out / "contact_sheet.png",
-        progress=sys.stderr.isatty(),
-        model=f"{_graph_files(backend)}: {choice.label}",
-        segevery_settings=settings,
-        segevery_settings_source=source,
-    )
-    predictor = Predictor(backend)
-    summary = replay(bag, out / "segmented_bag", predictor, segevery, options)
-    print("3/3 replayed:")
-    print(summary.format())
-    recall, truth = _demo_recall(out / "coco.json", frames)
-    print(
-        f"demo: {summary.processed} frames, {summary.instances} instances; {recall:.2f} of the "
-        f"{truth} generated objects found (mask IoU >= 0.5 with the generator's ground truth)"
-    )
-    print(f"demo: look at {out / 'contact_sheet.png'}; results in {out / 'coco.json'}")
-    return 0 if summary.complete else 3
-
-
-def make_backend_from_dir(model_dir: Path, args: argparse.Namespace) -> Backend:
-    """ONNX Runtime on ``model_dir`` at ``--precision``; the fp32 graphs when that precision's
-    encoder is missing, said on stderr (the missing file and what runs instead)."""
-    from .runtime.onnx_backend import OnnxRuntimeBackend, onnx_file_names
-
-    precision = args.precision
-    wanted = model_dir / onnx_file_names(precision)[0]
-    if precision != "fp32" and not wanted.is_file():
-        fp32 = " + ".join(onnx_file_names("fp32"))
-        print(
-            f"segfast {args.command}: {wanted} not found; running the fp32 graphs ({fp32}) "
-            f"instead of --precision {precision}",
-            file=sys.stderr,
-        )
-        precision = "fp32"
-    return OnnxRuntimeBackend.from_dir(
-        model_dir, precision, providers=args.providers, intra_op_threads=args.threads
-    )
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    """The model a command runs when it picks one itself, and why.
-
-    Attributes:
-        onnx_dir: folder of the exported graphs.
-        detector: object-discovery detector ONNX (YOLOv8 layout) for object_aware, or None.
-        label: what the model is and why it was chosen, for the user.
-        demo: it is the shipped demo model, so its SegEvery settings apply.
-    """
-
-    onnx_dir: Path
-    detector: Path | None
-    label: str
-    demo: bool = False
-
-
-def shipped_demo_dir() -> Path | None:
-    """The first folder of ``models/demo``'s candidates that holds the demo model, or None
-    (not any folder that happens to be called "demo")."""
-    from .runtime.paths import DEMO_MODEL, model_candidates
-
-    return next(
-        (c for c in model_candidates(DEMO_MODEL) if (c / "encoder.fp32.onnx").is_file()), None
-    )
-
-
-def _demo_model(args: argparse.Namespace, calib_rgb: np.ndarray, out: Path) -> ModelChoice:
-    """The model ``segfast demo`` runs.
-
-    ``--onnx-dir`` first; else official MobileSAM weights in ``models/`` (exported once to
-    ONNX, calibrated on a generated frame); else the project's demo model.
-    """
-    from .runtime.paths import DEMO_MODEL, resolve_model_path
-
-    demo = shipped_demo_dir()
-    official_detector = resolve_model_path("object_aware.onnx")
-    candidates = [official_detector] + ([demo / "detector.onnx"] if demo else [])
-    found = next((d for d in candidates if d.is_file()), None)
-    detector = Path(args.detector) if args.detector else found
-    if args.onnx_dir:
-        return ModelChoice(Path(args.onnx_dir), detector, f"{args.onnx_dir} (--onnx-dir)")
-    checkpoint = resolve_model_path("mobile_sam.pt")
-    if checkpoint.is_file():
-        import cv2
-
-        calib = out / "calibration_frame.png"
-        cv2.imwrite(str(calib), cv2.cvtColor(calib_rgb, cv2.COLOR_RGB2BGR))
-        onnx_dir = default_onnx_dir("mobile_sam", str(checkpoint))
-        ensure_onnx(
-            onnx_dir,
-            args.precision,
-            model="mobile_sam",
-            checkpoint=str(checkpoint),
-            calibration=[calib],
-        )
-        label = f"official MobileSAM ({checkpoint}), exported to {onnx_dir}"
-        return ModelChoice(onnx_dir, detector, label)
-    if demo is None:
-        raise FileNotFoundError(
-            f"no model: models/{DEMO_MODEL} (the demo model) is missing and no official "
-            "checkpoint is in models/ (see models/README.md); pass --onnx-dir"
-        )
-    label = f"the demo model in {demo} (trained on synthetic scenes only)"
-    return ModelChoice(demo, detector, label, demo=True)
-
-
-def _build_segevery(
-    mode: str,
-    detector: str | Path | None,
-    *,
-    demo: bool,
-    overrides: Sequence[tuple[str, object]] = (),
-    detector_source: str = "--detector",
-) -> tuple[SegEvery, dict[str, Any], str]:
-    """The SegEvery strategy ``mode``, the settings it was given, and where they come from.
-
-    With ``demo`` (the shipped demo model runs) the demo's settings (``DEMO_SEGEVERY_PARAMS``:
-    its IoU head is not calibrated for SAM's thresholds) replace the strategy's defaults;
-    ``overrides`` (``--set``) win over both. ``detector`` is object_aware's.
-    """
-    from .segevery.presets import DEMO_SEGEVERY_PARAMS
-    from .segevery.registry import build_segevery
-
-    kwargs: dict[str, Any] = dict(DEMO_SEGEVERY_PARAMS[mode]) if demo else {}
-    sources = ["DEMO_SEGEVERY_PARAMS, the shipped demo model's settings"] if demo else []
-    if mode == "object_aware":
-        if detector is None:
-            missing = "; the demo model's detector.onnx is missing" if demo else ""
-            raise ValueError(
-                "--mode object_aware needs a detector: pass --detector DETECTOR.onnx (YOLOv8 "
-                f"output layout) or another --mode{missing}"
-            )
-        kwargs["detector"] = str(detector)
-        sources.append(f"detector: {detector_source}")
-    if overrides:
-        kwargs.update(overrides)
-        sources.append("--set " + ", ".join(k for k, _ in overrides))
-    sources.append("the rest: the strategy's defaults")
-    return build_segevery(mode, **kwargs), kwargs, "; ".join(sources)
-
-
-def _demo_recall(coco_path: Path, frames: Sequence) -> tuple[float, int]:
-    """Fraction of the generated objects some written mask matches (IoU >= 0.5)."""
-    import json
-
-    from .demo.evaluate import recall_at
-    from .masks import rle_to_mask
-
-    doc = json.loads(coco_path.read_text())
-    by_image: dict[int, list[np.ndarray]] = {}
-    for ann in doc["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(rle_to_mask(ann["segmentation"]))
-    hits = []
-    for image, frame in zip(doc["images"], frames, strict=False):
-        found = by_image.get(image["id"], [])
-        hw = frame.masks.shape[1:]
-        stack = np.stack(found) if found else np.zeros((0, *hw), dtype=bool)
-        hits.append(recall_at(stack, frame.masks))
-    all_hits = np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
-    return (float(all_hits.mean()) if all_hits.size else 0.0), int(all_hits.size)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The ``segfast`` parser: one subcommand each, listed in this order by ``--help``; each
+    subcommand's ``func`` runs it."""
     parser = argparse.ArgumentParser(prog="segfast", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_segment_parser(sub)
+    _add_export_parser(sub)
+    _add_quant_report_parser(sub)
+    bench_commands.add_parsers(sub)
+    _add_replay_parser(sub)
+    bench_commands.add_replay_parser(sub)
+    _add_demo_parser(sub)
+    from .export.tensorrt_build import add_build_engine_parser
 
+    add_build_engine_parser(sub)
+    return parser
+
+
+def _add_segment_parser(sub: Any) -> None:
     p = sub.add_parser("segment", help="masks for point/box prompts on one image")
     add_backend_args(p)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
@@ -483,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .npz (masks, scores, low_res_logits)")
     p.set_defaults(func=cmd_segment)
 
+
+def _add_export_parser(sub: Any) -> None:
     p = sub.add_parser("export", help="export encoder/decoder to ONNX (fp32, fp16, int8)")
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--checkpoint", help="official checkpoint; random weights without it")
@@ -495,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17)
     p.set_defaults(func=cmd_export)
 
+
+def _add_quant_report_parser(sub: Any) -> None:
     p = sub.add_parser("quant-report", help="fp32 vs int8: embedding cosine, mask IoU, speed")
     add_backend_args(p, backend=False)
     p.add_argument("--images", nargs="+", required=True, help="images or folders to evaluate")
@@ -509,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the report as JSON")
     p.set_defaults(func=cmd_quant_report)
 
-    bench_commands.add_parsers(sub)
 
+def _add_replay_parser(sub: Any) -> None:
     p = sub.add_parser(
         "replay",
         help="segment every selected frame of a rosbag2 (mcap/sqlite3) into an output bag",
@@ -532,6 +258,24 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument(
         "--rate", type=float, help="process at most HZ frames per second of bag time"
     )
+    _add_replay_segevery_args(p)
+    p.add_argument("--prompts", help="YAML file of scripted SegAny calls (points/boxes at times)")
+    p.add_argument("--copy-input", action="store_true", help="copy all input topics through")
+    p.add_argument("--overlay-topic", action="store_true", help="also write <ns>/overlay images")
+    p.add_argument("--namespace", default="/segfast", help="output topic prefix (the node's)")
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
+    p.add_argument("--coco", help="write COCO results JSON (RLE masks) here")
+    p.add_argument("--overlay-video", help="write an mp4 of the overlays here")
+    p.add_argument("--contact-sheet", help="write a PNG contact sheet of overlays here")
+    p.add_argument("--json", help="write the summary (counts, per-stage timings) as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress line")
+    p.set_defaults(func=replay_command, backend="onnxruntime")
+
+
+def _add_replay_segevery_args(p: argparse.ArgumentParser) -> None:
+    """``segfast replay``'s SegEvery flags: ``--mode``, ``--detector``, ``--segevery-rate``,
+    ``--set``."""
     p.add_argument(
         "--mode",
         choices=MODES,
@@ -555,21 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="SegEvery strategy option, e.g. points_per_side=16 (repeatable)",
     )
-    p.add_argument("--prompts", help="YAML file of scripted SegAny calls (points/boxes at times)")
-    p.add_argument("--copy-input", action="store_true", help="copy all input topics through")
-    p.add_argument("--overlay-topic", action="store_true", help="also write <ns>/overlay images")
-    p.add_argument("--namespace", default="/segfast", help="output topic prefix (the node's)")
-    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
-    p.add_argument("--coco", help="write COCO results JSON (RLE masks) here")
-    p.add_argument("--overlay-video", help="write an mp4 of the overlays here")
-    p.add_argument("--contact-sheet", help="write a PNG contact sheet of overlays here")
-    p.add_argument("--json", help="write the summary (counts, per-stage timings) as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress line")
-    p.set_defaults(func=cmd_replay, backend="onnxruntime")
 
-    bench_commands.add_replay_parser(sub)
 
+def _add_demo_parser(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
         help="the main job: generate a sample bag and replay it with the demo model",
@@ -585,12 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", help="object-discovery detector ONNX (default: the demo one)")
     p.add_argument("--providers", nargs="+", default=None, help="onnxruntime providers")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
-    p.set_defaults(func=cmd_demo)
-
-    from .export.tensorrt_build import add_build_engine_parser
-
-    add_build_engine_parser(sub)
-    return parser
+    p.set_defaults(func=demo_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

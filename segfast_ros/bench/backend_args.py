@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -98,10 +99,25 @@ def default_onnx_dir(model: str | None, checkpoint: str | None) -> Path:
 
 
 def make_backend(
-    args: argparse.Namespace, precision: str, *, allow_random: bool = False
+    args: argparse.Namespace,
+    precision: str,
+    *,
+    allow_random: bool = False,
+    model_dir: Path | None = None,
 ) -> Backend:
-    """The backend a subcommand asked for (``--backend``, ``--onnx-dir``, ``--threads``)."""
-    if args.backend == "torch":
+    """The backend a subcommand asked for (``--backend``, ``--onnx-dir``, ``--threads``).
+
+    Args:
+        args: the command's flags.
+        precision: fp32, fp16 or int8.
+        allow_random: a missing ``--checkpoint`` only warns (benchmarks: timings only).
+        model_dir: a folder the command picked itself (the demo model, say) instead of the
+            model flags: ONNX Runtime on it, with nothing exported; when ``precision``'s
+            encoder is not there, the fp32 graphs run and stderr says so (the missing file and
+            what runs instead).
+    """
+    kind = "onnxruntime" if model_dir is not None else args.backend
+    if kind == "torch":
         if precision != "fp32":
             raise ValueError(f"the torch backend runs fp32 only, not {precision}")
         check_weights(args.checkpoint, allow_random)
@@ -112,8 +128,11 @@ def make_backend(
         if args.threads:
             torch.set_num_threads(args.threads)
         return TorchBackend.from_registry(args.model, args.checkpoint)
-    onnx_dir = onnx_dir_for(args, precision, allow_random=allow_random)
-    if args.backend == "tensorrt":
+    if model_dir is None:
+        onnx_dir = onnx_dir_for(args, precision, allow_random=allow_random)
+    else:
+        onnx_dir, precision = Path(model_dir), _precision_in(Path(model_dir), precision, args)
+    if kind == "tensorrt":
         from ..runtime import load_backend
 
         # Engines are built (or taken from <onnx_dir>/engines) on the first use.
@@ -123,6 +142,22 @@ def make_backend(
     return OnnxRuntimeBackend.from_dir(
         onnx_dir, precision, providers=args.providers, intra_op_threads=args.threads
     )
+
+
+def _precision_in(model_dir: Path, precision: str, args: argparse.Namespace) -> str:
+    """``precision`` when ``model_dir`` has its encoder, else fp32, said on stderr."""
+    from ..runtime.onnx_backend import onnx_file_names
+
+    wanted = model_dir / onnx_file_names(precision)[0]
+    if precision == "fp32" or wanted.is_file():
+        return precision
+    fp32 = " + ".join(onnx_file_names("fp32"))
+    print(
+        f"segfast {args.command}: {wanted} not found; running the fp32 graphs ({fp32}) "
+        f"instead of --precision {precision}",
+        file=sys.stderr,
+    )
+    return "fp32"
 
 
 def onnx_dir_for(args: argparse.Namespace, precision: str, *, allow_random: bool) -> Path:
