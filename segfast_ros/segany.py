@@ -72,24 +72,51 @@ def prompt_kwargs(
         ValueError: mismatched lengths or groupings, no prompt, or more than ``max_sets``
             prompt sets, saying what was expected.
     """
+    coords, labels = _points_and_labels(points, labels)
+    box_array = _boxes(boxes)
+    per_set = _points_per_set(points_per_set, len(coords))
+    num_sets = _count_sets(len(coords), per_set, len(box_array), max_sets)
+    kwargs: dict[str, Any] = {"multimask_output": bool(multimask)}
+    kwargs.update(_point_kwargs(coords, labels, per_set, num_sets))
+    if len(box_array):
+        kwargs["box"] = box_array
+    elif not len(coords):
+        raise ValueError("no prompt: expected points with labels, or boxes")
+    mask = _mask_input(mask_input, low_res_size, num_sets)
+    if mask is not None:
+        kwargs["mask_input"] = mask
+    return kwargs
+
+
+def _points_and_labels(
+    points: npt.ArrayLike, labels: npt.ArrayLike
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, 2)`` float64 points from pairs or a flat list, and their ``(N,)`` labels."""
     coords = np.asarray(points, dtype=np.float64).reshape(-1)
     if coords.size % 2:
         raise ValueError(f"points: expected (x, y) pairs, got {coords.size} values")
     coords = coords.reshape(-1, 2)
-    n_points = len(coords)
-    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
-    if len(labels) != n_points:
+    flat_labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    if len(flat_labels) != len(coords):
         raise ValueError(
-            f"labels: expected one label per point ({n_points} points), got {len(labels)}"
+            f"labels: expected one label per point ({len(coords)} points), got {len(flat_labels)}"
         )
-    boxes_flat = np.asarray(boxes, dtype=np.float64).reshape(-1)
-    if boxes_flat.size % 4:
+    return coords, flat_labels
+
+
+def _boxes(boxes: npt.ArrayLike) -> np.ndarray:
+    """``(M, 4)`` float64 XYXY boxes from groups of 4 or a flat list."""
+    flat = np.asarray(boxes, dtype=np.float64).reshape(-1)
+    if flat.size % 4:
         raise ValueError(
             f"boxes: expected a flat list of [x1, y1, x2, y2] groups (a multiple of 4 values), "
-            f"got {boxes_flat.size} values"
+            f"got {flat.size} values"
         )
-    box_array = boxes_flat.reshape(-1, 4)
+    return flat.reshape(-1, 4)
 
+
+def _points_per_set(points_per_set: int, n_points: int) -> int:
+    """``points_per_set`` as an int that divides the number of points (0: one shared set)."""
     per_set = int(points_per_set)
     if per_set < 0:
         raise ValueError(f"points_per_set must be >= 0, got {per_set}")
@@ -97,50 +124,64 @@ def prompt_kwargs(
         raise ValueError(
             f"points_per_set={per_set}: expected a multiple of {per_set} points, got {n_points}"
         )
+    return per_set
+
+
+def _count_sets(n_points: int, per_set: int, n_boxes: int, max_sets: int | None) -> int:
+    """Prompt sets of the request: one per box, else one per point group, else one.
+
+    Raises:
+        ValueError: point groups that do not pair with the boxes, or more than ``max_sets``.
+    """
     point_sets = n_points // per_set if per_set else None
-    if point_sets is not None and len(box_array) and point_sets != len(box_array):
+    if point_sets is not None and n_boxes and point_sets != n_boxes:
         raise ValueError(
-            f"{point_sets} point groups (points_per_set={per_set}) and {len(box_array)} boxes: "
+            f"{point_sets} point groups (points_per_set={per_set}) and {n_boxes} boxes: "
             "with both, each box needs one group of points (or set points_per_set=0 to share "
             "the points with every box)"
         )
-    num_sets = len(box_array) or point_sets or 1
+    num_sets = n_boxes or point_sets or 1
     if max_sets is not None and num_sets > max_sets:
         raise ValueError(
             f"{num_sets} prompt sets in one request; this node answers at most {max_sets} "
             "(parameter max_prompt_sets): split the request"
         )
+    return num_sets
 
-    kwargs: dict[str, Any] = {"multimask_output": bool(multimask)}
-    if n_points:
-        if per_set:
-            kwargs["point_coords"] = coords.reshape(-1, per_set, 2)
-            kwargs["point_labels"] = labels.reshape(-1, per_set)
-        else:
-            # Shared points: repeat them per set, so that every call is batched.
-            kwargs["point_coords"] = np.broadcast_to(coords, (num_sets, n_points, 2))
-            kwargs["point_labels"] = np.broadcast_to(labels, (num_sets, n_points))
-    if len(box_array):
-        kwargs["box"] = box_array
-    elif not n_points:
-        raise ValueError("no prompt: expected points with labels, or boxes")
 
+def _point_kwargs(
+    coords: np.ndarray, labels: np.ndarray, per_set: int, num_sets: int
+) -> dict[str, np.ndarray]:
+    """``point_coords`` ``(B, n, 2)`` and ``point_labels`` ``(B, n)``; none without points."""
+    if not len(coords):
+        return {}
+    if per_set:
+        return {
+            "point_coords": coords.reshape(-1, per_set, 2),
+            "point_labels": labels.reshape(-1, per_set),
+        }
+    # Shared points: repeat them per set, so that every call is batched.
+    return {
+        "point_coords": np.broadcast_to(coords, (num_sets, len(coords), 2)),
+        "point_labels": np.broadcast_to(labels, (num_sets, len(coords))),
+    }
+
+
+def _mask_input(mask_input: npt.ArrayLike, low_res_size: int, num_sets: int) -> np.ndarray | None:
+    """``(B, 1, L, L)`` float32 low-res logits, shared or one block per set; None if empty."""
     mask = np.asarray(mask_input, dtype=np.float32)
-    if mask.size:
-        lr = int(low_res_size)
-        block = lr * lr
-        if mask.size == block:
-            kwargs["mask_input"] = np.broadcast_to(
-                mask.reshape(1, 1, lr, lr), (num_sets, 1, lr, lr)
-            )
-        elif mask.size == num_sets * block:
-            kwargs["mask_input"] = mask.reshape(num_sets, 1, lr, lr)
-        else:
-            raise ValueError(
-                f"mask_input: expected {block} values ({lr}x{lr} low-res logits, shared) or "
-                f"{num_sets} x {block} (one block per prompt set), got {mask.size}"
-            )
-    return kwargs
+    if not mask.size:
+        return None
+    lr = int(low_res_size)
+    block = lr * lr
+    if mask.size == block:
+        return np.broadcast_to(mask.reshape(1, 1, lr, lr), (num_sets, 1, lr, lr))
+    if mask.size == num_sets * block:
+        return mask.reshape(num_sets, 1, lr, lr)
+    raise ValueError(
+        f"mask_input: expected {block} values ({lr}x{lr} low-res logits, shared) or "
+        f"{num_sets} x {block} (one block per prompt set), got {mask.size}"
+    )
 
 
 def decode_prompt_sets(
