@@ -1,5 +1,11 @@
 """The ``segfast`` command: segment, export, quantization report and benchmarks.
 
+The parser, one function per subcommand, and the dispatch (each subcommand's ``func``). The
+commands run where their work is: ``segment``, ``export`` and ``quant-report`` here (a few
+lines each over the runtime and the exporter), the benchmarks in :mod:`segfast_ros.bench.commands`,
+``replay`` and ``demo`` in :mod:`segfast_ros.demo.run` (both may pick the demo model
+themselves); the model flags and the backend they give in :mod:`segfast_ros.bench.backend_args`.
+
 Heavy imports (torch, onnxruntime) happen inside the subcommands that need them, so
 ``segfast --help`` is instant and the onnxruntime paths never load torch.
 """
