@@ -1,16 +1,16 @@
-"""Small synthetic frames for the ROS tests."""
+"""Small generated frames for the ROS and replay tests: :func:`segfast_ros.bench.scenes.frame`
+at the size the tests assert on (96x128: mono8 mask images, the empty-frame warning)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from segfast_ros.bench.scenes import frame
 
-def synthetic_scene(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
-    """An RGB frame with a few flat-coloured shapes on a textured background."""
-    rng = np.random.default_rng(seed)
-    img = (rng.random((h, w, 3)) * 40 + 100).astype(np.uint8)
-    img[10:50, 15:60] = (220, 30, 30)
-    yy, xx = np.mgrid[:h, :w]
-    img[(yy - 60) ** 2 + (xx - 90) ** 2 < 20**2] = (30, 200, 40)
-    img[70:90, 10:40] = (40, 40, 210)
-    return img
+#: ``(H, W)`` of the tests' frames.
+SIZE = (96, 128)
+
+
+def synthetic_scene(seed: int = 0) -> np.ndarray:
+    """The generated ``SIZE`` frame of ``seed`` (``(H, W, 3)`` uint8 RGB)."""
+    return frame(SIZE, seed)

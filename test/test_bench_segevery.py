@@ -18,9 +18,9 @@ from segfast_ros.bench.latency import (
     bench_segevery,
     format_segevery_table,
     segevery_notes,
-    synthetic_scene,
-    write_json,
 )
+from segfast_ros.bench.report import write_rows_json
+from segfast_ros.bench.scenes import frame
 from segfast_ros.bench.synthetic_detector import spread_boxes, write_detector_for_image
 from segfast_ros.cli import main
 from segfast_ros.masks import box_iou
@@ -40,7 +40,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ckpt = root / "tinyvit_random.pt"
     torch.save(build_sam("tinyvit_s256").state_dict(), ckpt)
     image = root / "scene.png"
-    cv2.imwrite(str(image), cv2.cvtColor(synthetic_scene(HW), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(image), cv2.cvtColor(frame(HW), cv2.COLOR_RGB2BGR))
     return {"ckpt": ckpt, "image": image, "root": root}
 
 
@@ -96,7 +96,7 @@ def test_library_rows_for_every_strategy(
     assert any(n.startswith("hierarchical vs grid") for n in notes)
     assert not any(n.startswith("target") for n in notes)  # the target is against grid-32
     path = tmp_path / "out" / "bench.json"
-    write_json(rows, path, notes=notes)
+    write_rows_json(rows, path, notes=notes)
     doc = json.loads(path.read_text())
     assert doc["context"]["notes"] == notes
     _check_rows(doc["rows"])

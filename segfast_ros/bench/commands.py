@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,47 +26,53 @@ from .backend_args import (
     onnx_dir_for,
     strategy_options,
 )
+from .report import write_json, write_rows_json
+from .scenes import frame
+
+#: ``(H, W)`` of the generated benchmark frame (769x770 WxH: not a multiple of anything).
+BENCH_HW = (770, 769)
 
 
 def bench_image(
     args: argparse.Namespace, tmp: str, hw: tuple[int, int] | None = None
 ) -> np.ndarray:
-    """The benchmark frame: ``--image``, or a generated scene (of size ``hw``) written to ``tmp``.
+    """The benchmark frame: ``--image``, or a generated scene (:func:`~.scenes.frame`, of size
+    ``hw``, default :data:`BENCH_HW`) written to ``tmp``.
 
     Without ``--calib``, an INT8 export calibrates on that same frame.
     """
-    from .latency import synthetic_scene
-
     if getattr(args, "image", None):
         image = read_rgb(args.image)
         if args.calib is None:
             args.calib = [args.image]
         return image
-    image = synthetic_scene() if hw is None else synthetic_scene(hw)
+    image = frame(hw or BENCH_HW)
     if args.calib is None:
-        import cv2
-
+        _write_png(image, Path(tmp) / "scene.png")
         args.calib = [str(Path(tmp) / "scene.png")]
-        cv2.imwrite(args.calib[0], cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     return image
 
 
+def _write_png(image: np.ndarray, path: Path) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .latency import bench_backend, format_table, write_json
+    """Encoder and decoder latency per backend and precision: table and JSON."""
+    from .latency import bench_backend, format_table
 
     if args.image:
         if args.calib is None:
             args.calib = [args.image]
         image = read_rgb(args.image)
     else:
-        import cv2
-
-        image = np.random.default_rng(0).integers(0, 256, (770, 769, 3), dtype=np.uint8)
-        image = cv2.GaussianBlur(image, (0, 0), 3)  # some spatial structure for calibration
+        image = frame(BENCH_HW)
         if args.calib is None:
             args.calib = [Path("out") / "bench_image.png"]
-            Path(args.calib[0]).parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(args.calib[0]), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            _write_png(image, args.calib[0])
     rows = []
     for backend_name in args.backends:
         precisions = ["fp32"] if backend_name == "torch" else args.precisions
@@ -75,34 +82,50 @@ def cmd_bench(args: argparse.Namespace) -> int:
             rows += bench_backend(
                 backend, image, precision=precision, runs=args.runs, decoder_runs=args.decoder_runs
             )
-    print(format_table(rows))
-    if args.json:
-        write_json(
-            rows,
-            args.json,
-            model=args.model,
-            threads=args.threads,
-            image_hw=list(image.shape[:2]),
-            cpu_count=os.cpu_count(),
-        )
-        print(f"wrote {args.json}")
+    _print_and_write(
+        args,
+        format_table(rows),
+        rows,
+        model=args.model,
+        threads=args.threads,
+        image_hw=list(image.shape[:2]),
+        cpu_count=os.cpu_count(),
+    )
     return 0
+
+
+def _print_and_write(
+    args: argparse.Namespace,
+    table: str,
+    rows: Sequence[Any],
+    *,
+    notes: Sequence[str] | None = None,
+    **context: object,
+) -> None:
+    """Print the table and its notes; with ``--json``, write the rows, the run's context and
+    the notes (a ``notes`` key only when ``notes`` is given)."""
+    print(table)
+    for note in notes or ():
+        print(f"note: {note}")
+    if args.json:
+        extra = {} if notes is None else {"notes": list(notes)}
+        write_rows_json(rows, args.json, **context, **extra)
+        print(f"wrote {args.json}")
 
 
 def cmd_bench_segevery(args: argparse.Namespace) -> int:
     """Every SegEvery strategy on one embedding (the encoder runs once): table, notes, JSON."""
     import tempfile
-    import time
 
     from ..runtime.predictor import Predictor
-    from .latency import bench_segevery, format_segevery_table, segevery_notes, write_json
+    from .latency import bench_segevery, format_segevery_table, segevery_notes
+    from .timing import time_ms
 
     with tempfile.TemporaryDirectory(prefix="segfast_bench_segevery_") as tmp:
         image = bench_image(args, tmp)
         predictor = Predictor(make_backend(args, args.precision, allow_random=True))
-        start = time.perf_counter()
-        predictor.set_image(image)  # the only encoder run: every strategy shares it
-        encoder_ms = 1e3 * (time.perf_counter() - start)
+        # The only encoder run: every strategy shares it.
+        _, encoder_ms = time_ms(lambda: predictor.set_image(image))
         rows = bench_segevery(
             predictor,
             image,
@@ -123,27 +146,23 @@ def cmd_bench_segevery(args: argparse.Namespace) -> int:
         f"threads {args.threads or 'all'}; shared encoder (set_image, once): {encoder_ms:.0f} "
         f"ms, not in the rows; runs per strategy: {args.runs} (medians)"
     )
-    print(format_segevery_table(rows))
-    for note in notes:
-        print(f"note: {note}")
-    if args.json:
-        write_json(
-            rows,
-            args.json,
-            model=args.model,
-            checkpoint=args.checkpoint,
-            backend=args.backend,
-            precision=args.precision,
-            threads=args.threads,
-            image=args.image or "generated (bench.synthetic_scene)",
-            image_hw=[h, w],
-            encoder_ms=encoder_ms,
-            points_per_side=args.points_per_side,
-            detector=args.detector or "synthetic fixed boxes",
-            cpu_count=os.cpu_count(),
-            notes=notes,
-        )
-        print(f"wrote {args.json}")
+    _print_and_write(
+        args,
+        format_segevery_table(rows),
+        rows,
+        notes=notes,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        backend=args.backend,
+        precision=args.precision,
+        threads=args.threads,
+        image=args.image or "generated (bench.scenes.frame)",
+        image_hw=[h, w],
+        encoder_ms=encoder_ms,
+        points_per_side=args.points_per_side,
+        detector=args.detector or "synthetic fixed boxes",
+        cpu_count=os.cpu_count(),
+    )
     return 0
 
 
@@ -162,14 +181,22 @@ def cmd_bench_node(args: argparse.Namespace) -> int:
     """The node against the library: ~/segment vs predict, frame-to-embedding vs set_image."""
     import tempfile
 
-    from .latency import format_table, write_json
+    from .latency import format_table
     from .node import bench_node
 
     with tempfile.TemporaryDirectory(prefix="segfast_bench_node_") as tmp:
         image = bench_image(args, tmp)
         onnx_dir = onnx_dir_for(args, args.precision, allow_random=True)
+    h, w = image.shape[:2]
+    head = f"{onnx_dir} {args.precision}, image {w}x{h} (WxH), threads {args.threads or 'all'}, "
+    run = {
+        "onnx_dir": str(onnx_dir),
+        "precision": args.precision,
+        "image_hw": [h, w],
+        "threads": args.threads,
+    }
     if args.concurrent:
-        return _bench_node_concurrent(args, onnx_dir, image)
+        return _bench_node_concurrent(args, onnx_dir, image, head, run)
     result = bench_node(
         onnx_dir,
         args.precision,
@@ -179,35 +206,24 @@ def cmd_bench_node(args: argparse.Namespace) -> int:
         providers=tuple(args.providers or ("cpu",)),
         threads=args.threads,
     )
-    h, w = image.shape[:2]
-    print(
-        f"{onnx_dir} {args.precision}, image {w}x{h} (WxH), threads {args.threads or 'all'}, "
-        f"{args.calls} service calls, {args.frames} frames"
+    print(f"{head}{args.calls} service calls, {args.frames} frames")
+    _print_and_write(
+        args,
+        format_table(result.rows),
+        result.rows,
+        notes=result.notes(),
+        **run,
+        cpu_count=os.cpu_count(),
+        service_overhead_ms=result.service_overhead_ms,
+        node_overhead_pct=result.node_overhead_pct,
     )
-    print(format_table(result.rows))
-    notes = result.notes()
-    for note in notes:
-        print(f"note: {note}")
-    if args.json:
-        write_json(
-            result.rows,
-            args.json,
-            onnx_dir=str(onnx_dir),
-            precision=args.precision,
-            image_hw=[h, w],
-            threads=args.threads,
-            cpu_count=os.cpu_count(),
-            service_overhead_ms=result.service_overhead_ms,
-            node_overhead_pct=result.node_overhead_pct,
-            notes=notes,
-        )
-        print(f"wrote {args.json}")
     return 0
 
 
-def _bench_node_concurrent(args: argparse.Namespace, onnx_dir: Path, image: np.ndarray) -> int:
+def _bench_node_concurrent(
+    args: argparse.Namespace, onnx_dir: Path, image: np.ndarray, head: str, run: dict[str, Any]
+) -> int:
     """``segfast bench-node --concurrent N ...``: the service under N calls at once."""
-    from .latency import write_json
     from .node import bench_concurrent, format_concurrency
 
     rows = bench_concurrent(
@@ -220,43 +236,35 @@ def _bench_node_concurrent(args: argparse.Namespace, onnx_dir: Path, image: np.n
         providers=tuple(args.providers or ("cpu",)),
         threads=args.threads,
     )
-    h, w = image.shape[:2]
     print(
-        f"{onnx_dir} {args.precision}, image {w}x{h} (WxH), threads {args.threads or 'all'}, "
-        f"segment.queue_depth {args.queue_depth}, segment.workers {args.workers}; one point, "
-        "3 masks per call; latency from sending the calls to each answer"
+        f"{head}segment.queue_depth {args.queue_depth}, segment.workers {args.workers}; one "
+        "point, 3 masks per call; latency from sending the calls to each answer"
     )
-    print(format_concurrency(rows))
-    if args.json:
-        write_json(
-            rows,
-            args.json,
-            onnx_dir=str(onnx_dir),
-            precision=args.precision,
-            image_hw=[h, w],
-            threads=args.threads,
-            queue_depth=args.queue_depth,
-            workers=args.workers,
-            cpu_count=os.cpu_count(),
-        )
-        print(f"wrote {args.json}")
+    _print_and_write(
+        args,
+        format_concurrency(rows),
+        rows,
+        **run,
+        queue_depth=args.queue_depth,
+        workers=args.workers,
+        cpu_count=os.cpu_count(),
+    )
     return 0
 
 
 def cmd_bench_replay(args: argparse.Namespace) -> int:
     """Replay throughput vs the encoder-bound limit: raw and JPEG bags, SegEvery off and on."""
-    import json
     import tempfile
 
     from ..runtime.predictor import Predictor
     from ..segevery.registry import build_segevery
-    from .latency import synthetic_box_detector, synthetic_scene
-    from .replay import bench_replay, format_replay_table, rows_json
+    from .latency import synthetic_box_detector
+    from .replay import bench_replay, format_replay_table
 
     hw = (args.height, args.width)
     with tempfile.TemporaryDirectory(prefix="segfast_bench_replay_") as tmp:
         first = bench_image(args, tmp, hw)  # also the int8 calibration frame without --calib
-        images = [first] + [synthetic_scene(hw, seed=i) for i in range(1, args.frames)]
+        images = [first] + [frame(hw, seed=i) for i in range(1, args.frames)]
         predictor = Predictor(make_backend(args, args.precision, allow_random=True))
         if args.mode == "object_aware":
             detector = args.detector or synthetic_box_detector(Path(tmp), hw, args.boxes)
@@ -270,7 +278,6 @@ def cmd_bench_replay(args: argparse.Namespace) -> int:
     )
     print(format_replay_table(rows))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         doc = {
             "model": args.model or args.onnx_dir,
             "precision": args.precision,
@@ -279,9 +286,9 @@ def cmd_bench_replay(args: argparse.Namespace) -> int:
             "image_hw": list(hw),
             "mode": args.mode,
             "cpu_count": os.cpu_count(),
-            "rows": rows_json(rows),
+            "rows": rows,
         }
-        Path(args.json).write_text(json.dumps(doc, indent=2))
+        write_json(args.json, doc)
         print(f"wrote {args.json}")
     return 0
 

@@ -11,16 +11,11 @@ between runs.
 
 from __future__ import annotations
 
-import json
-import platform
 import tempfile
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-import cv2
 import numpy as np
 
 from ..runtime.backend import Backend
@@ -33,6 +28,8 @@ from ..segevery.grid import PointGridParams
 from ..segevery.hierarchical import HierarchicalResult
 from ..segevery.object_aware import ObjectAwareSegEvery
 from ..segevery.registry import STRATEGIES, build_segevery
+from .report import format_columns
+from .timing import p50_p95, percentile, sample_ms
 
 
 @dataclass(frozen=True)
@@ -47,16 +44,10 @@ class BenchRow:
     runs: int
 
 
-def time_call(fn: Callable[[], object], runs: int, warmup: int) -> tuple[float, float]:
-    """Median and 95th percentile of ``fn``'s wall time, in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    times = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        fn()
-        times[i] = (time.perf_counter() - start) * 1e3
-    return float(np.median(times)), float(np.percentile(times, 95))
+def bench_row(backend: str, precision: str, stage: str, samples: Sequence[float]) -> BenchRow:
+    """A row from a stage's timed samples (ms): their median and 95th percentile."""
+    med, p95 = p50_p95(samples)
+    return BenchRow(backend, precision, stage, med, p95, len(samples))
 
 
 def bench_backend(
@@ -84,8 +75,7 @@ def bench_backend(
     rows: list[BenchRow] = []
 
     def add(stage: str, fn: Callable[[], object], n: int) -> None:
-        med, p95 = time_call(fn, n, warmup)
-        rows.append(BenchRow(backend.name, precision, stage, med, p95, n))
+        rows.append(bench_row(backend.name, precision, stage, sample_ms(fn, n, warmup=warmup)))
 
     add("encoder", lambda: backend.encode(tensor), runs)
     add("set_image", lambda: predictor.set_image(image), runs)
@@ -110,42 +100,16 @@ def bench_backend(
 
 def format_table(rows: Sequence[BenchRow]) -> str:
     """A fixed-width table of the rows."""
-    header = f"{'backend':<12} {'precision':<9} {'stage':<16} {'median ms':>10} {'p95 ms':>9}"
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(
-            f"{r.backend:<12} {r.precision:<9} {r.stage:<16} {r.median_ms:>10.2f} {r.p95_ms:>9.2f}"
-        )
-    return "\n".join(lines)
-
-
-def format_columns(rows: Sequence[Any], columns: Sequence[tuple[str, str, str]]) -> str:
-    """A fixed-width table of dataclass rows, one column per ``(title, attribute, spec)``.
-
-    ``spec`` is a format spec for the value (``">9.1f"``); the title gets the same alignment
-    and width.
-    """
-    specs = [
-        (title, attr, spec, spec.rstrip("dfs%").split(".")[0]) for title, attr, spec in columns
-    ]
-    header = " ".join(f"{title:{width}}" for title, _, _, width in specs)
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(" ".join(f"{getattr(r, attr):{spec}}" for _, attr, spec, _ in specs))
-    return "\n".join(lines)
-
-
-def write_json(
-    rows: Sequence[BenchRow] | Sequence[SegEveryBenchRow], path: str | Path, **context: object
-) -> None:
-    """Write the rows and the run's context (machine, threads, model...) as JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "context": {"machine": platform.machine(), "python": platform.python_version(), **context},
-        "rows": [asdict(r) for r in rows],
-    }
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return format_columns(
+        rows,
+        [
+            ("backend", "backend", "<12"),
+            ("precision", "precision", "<9"),
+            ("stage", "stage", "<16"),
+            ("median ms", "median_ms", ">10.2f"),
+            ("p95 ms", "p95_ms", ">9.2f"),
+        ],
+    )
 
 
 # ------------------------------------------------------------------ SegEvery strategies
@@ -191,30 +155,6 @@ class SegEveryBenchRow:
     def label(self) -> str:
         """``strategy`` plus the box count of a synthetic detector, e.g. ``object_aware[50]``."""
         return self.strategy if self.boxes is None else f"{self.strategy}[{self.boxes}]"
-
-
-def synthetic_scene(hw: tuple[int, int] = (770, 769), *, seed: int = 0) -> np.ndarray:
-    """A generated test image: flat-coloured rectangles and discs on a smooth gradient.
-
-    Objects with sharp edges give a trained model something to segment, unlike noise.
-
-    Returns:
-        ``(H, W, 3)`` uint8 RGB.
-    """
-    h, w = hw
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    image = np.stack([60 + 80 * xx / w, 70 + 60 * yy / h, 90 + 40 * (xx + yy) / (h + w)], -1)
-    image = image.astype(np.uint8)
-    for _ in range(40):
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        cx, cy = int(rng.uniform(0, w)), int(rng.uniform(0, h))
-        r = int(rng.uniform(0.02, 0.12) * min(h, w))
-        if rng.random() < 0.5:
-            cv2.rectangle(image, (cx - r, cy - r // 2), (cx + r, cy + r), colour, -1)
-        else:
-            cv2.circle(image, (cx, cy), r, colour, -1)
-    return image
 
 
 def bench_segevery(
@@ -265,6 +205,29 @@ def bench_segevery(
             below 1, or ``points_per_side`` out of a strategy's range.
         RuntimeError: a synthetic detector returned another number of boxes than it emits.
     """
+    hw = _check_request(predictor, image, strategies, runs, detector, box_counts)
+    with tempfile.TemporaryDirectory(prefix="segfast_bench_") as tmp:
+        folder = Path(work_dir) if work_dir is not None else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        plan = _plan(
+            strategies, points_per_side, detector, box_counts, folder, hw, detector_threads
+        )
+        # Warm-up is outside every timed call, and the detector sessions (in ``plan``) are
+        # used only inside this block, where their graph files still exist.
+        _warm_up_decoder(predictor, image, plan)
+        rows = [_time_step(predictor, image, step, runs) for step in plan]
+    return _with_grid_ratios(rows)
+
+
+def _check_request(
+    predictor: Predictor,
+    image: np.ndarray,
+    strategies: Sequence[str],
+    runs: int,
+    detector: str | Path | None,
+    box_counts: Sequence[int],
+) -> tuple[int, int]:
+    """The frame's ``(H, W)``, once :func:`bench_segevery`'s arguments are known good."""
     hw = predictor_image_hw(predictor)
     if tuple(np.shape(image)[:2]) != hw:
         raise ValueError(
@@ -280,31 +243,38 @@ def bench_segevery(
     synthetic = "object_aware" in strategies and detector is None
     if synthetic and (not box_counts or min(box_counts) < 1):
         raise ValueError(f"box counts must be >= 1, got {list(box_counts)}")
+    return hw
 
-    with tempfile.TemporaryDirectory(prefix="segfast_bench_") as tmp:
-        folder = Path(work_dir) if work_dir is not None else Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        plan: list[_Step] = []
-        for name in strategies:
-            if name != "object_aware":
-                grid_like = build_segevery(name, points_per_side=points_per_side)
-                plan.append(_Step(name, None, grid_like, ""))
-            elif detector is not None:
-                det = ObjectDetector(detector, intra_op_threads=detector_threads)
-                plan.append(_Step(name, None, build_segevery(name, detector=det), det.path.name))
-            else:
-                for n in box_counts:
-                    path = synthetic_box_detector(folder, hw, n)
-                    # max_det: the detector's default (300) must not cut a larger count.
-                    det = ObjectDetector(
-                        path, max_det=max(300, n), intra_op_threads=detector_threads
-                    )
-                    plan.append(_Step(name, n, build_segevery(name, detector=det), "synthetic"))
-        # Warm-up is outside every timed call, and the detector sessions (in ``plan``) are
-        # used only inside this block, where their graph files still exist.
-        _warm_up_decoder(predictor, image, plan)
-        rows = [_time_step(predictor, image, step, runs) for step in plan]
 
+def _plan(
+    strategies: Sequence[str],
+    points_per_side: int,
+    detector: str | Path | None,
+    box_counts: Sequence[int],
+    folder: Path,
+    hw: tuple[int, int],
+    detector_threads: int,
+) -> list[_Step]:
+    """Each strategy configured to time (object-aware once per synthetic box count)."""
+    plan: list[_Step] = []
+    for name in strategies:
+        if name != "object_aware":
+            grid_like = build_segevery(name, points_per_side=points_per_side)
+            plan.append(_Step(name, None, grid_like, ""))
+        elif detector is not None:
+            det = ObjectDetector(detector, intra_op_threads=detector_threads)
+            plan.append(_Step(name, None, build_segevery(name, detector=det), det.path.name))
+        else:
+            for n in box_counts:
+                path = synthetic_box_detector(folder, hw, n)
+                # max_det: the detector's default (300) must not cut a larger count.
+                det = ObjectDetector(path, max_det=max(300, n), intra_op_threads=detector_threads)
+                plan.append(_Step(name, n, build_segevery(name, detector=det), "synthetic"))
+    return plan
+
+
+def _with_grid_ratios(rows: list[SegEveryBenchRow]) -> list[SegEveryBenchRow]:
+    """The rows with grid's times over each row's filled in (unchanged without a grid row)."""
     grid = next((r for r in rows if r.strategy == "grid"), None)
     if grid is None:
         return rows
@@ -374,7 +344,7 @@ def _time_step(
     last = results[-1]
 
     def median(stage: str) -> float:
-        return float(np.median([r.timings_ms.get(stage, 0.0) for r in results]))
+        return percentile([r.timings_ms.get(stage, 0.0) for r in results], 50)
 
     if step.boxes is not None and last.decoder_prompts != step.boxes:
         raise RuntimeError(
@@ -409,23 +379,25 @@ def _ratio(reference_ms: float, ms: float) -> float | None:
 
 def format_segevery_table(rows: Sequence[SegEveryBenchRow]) -> str:
     """A fixed-width table of the rows; ``grid/x`` columns are grid's time over the row's."""
-    header = (
-        f"{'strategy':<18} {'prompts':>7} {'decoder ms':>10} {'post ms':>9} {'det ms':>7} "
-        f"{'e2e ms':>9} {'instances':>9} {'grid/x dec':>10} {'grid/x e2e':>10}  note"
+
+    def ratio(attr: str) -> Callable[[SegEveryBenchRow], str | None]:
+        return lambda r: None if getattr(r, attr) is None else f"{getattr(r, attr):.2f}x"
+
+    return format_columns(
+        rows,
+        [
+            ("strategy", "label", "<18"),
+            ("prompts", "decoder_prompts", ">7d"),
+            ("decoder ms", "decoder_ms", ">10.1f"),
+            ("post ms", "postprocess_ms", ">9.1f"),
+            ("det ms", "detector_ms", ">7.1f"),
+            ("e2e ms", "end_to_end_ms", ">9.1f"),
+            ("instances", "instances", ">9d"),
+            ("grid/x dec", ratio("grid_decoder_ratio"), ">10"),
+            ("grid/x e2e", ratio("grid_end_to_end_ratio"), ">10"),
+            (" note", lambda r: f" {r.note}", ""),
+        ],
     )
-    lines = [header, "-" * len(header)]
-
-    def ratio(value: float | None) -> str:
-        return f"{value:>9.2f}x" if value is not None else f"{'-':>10}"
-
-    for r in rows:
-        lines.append(
-            f"{r.label:<18} {r.decoder_prompts:>7d} {r.decoder_ms:>10.1f} "
-            f"{r.postprocess_ms:>9.1f} {r.detector_ms:>7.1f} {r.end_to_end_ms:>9.1f} "
-            f"{r.instances:>9d} {ratio(r.grid_decoder_ratio)} {ratio(r.grid_end_to_end_ratio)}"
-            f"  {r.note}".rstrip()
-        )
-    return "\n".join(lines)
 
 
 def segevery_notes(

@@ -21,7 +21,6 @@ answered, and the p50/p95 time from sending to the answer.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +33,9 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point
 from sensor_msgs.msg import Image
 
-from segfast_ros.bench.latency import BenchRow, format_columns
+from segfast_ros.bench.latency import BenchRow, bench_row
+from segfast_ros.bench.report import format_columns
+from segfast_ros.bench.timing import percentile, time_ms
 from segfast_ros.ros.harness import Client, NodeProcess, free_domain_id, image_msg
 from segfast_ros.ros.node import SERVICE_QOS
 from segfast_ros.runtime import Predictor
@@ -70,14 +71,6 @@ class NodeBenchResult:
             f"frames sent again after a transport loss: {self.frames_resent} (best-effort "
             "delivery of large frames; not part of the figures above)",
         ]
-
-
-def _p(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q))
-
-
-def _row(backend: str, precision: str, stage: str, values: list[float]) -> BenchRow:
-    return BenchRow(backend, precision, stage, _p(values, 50), _p(values, 95), len(values))
 
 
 def bench_node(
@@ -119,56 +112,18 @@ def bench_node(
     with _running_node(model_dir, node_args, log_path) as (node, client, pub, segment):
         diagnostics: list[Any] = []
         client.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
-
-        # Frames: one at a time; the direct encoder runs while the node is idle.
-        direct_encode: list[float] = []
-        resent = 0
-        for i in range(1, frames + warmup + 1):
-            msg = image_msg(image, i * 1_000_000_000, encoding="rgb8")
-            for _ in range(30):
-                # Best-effort delivery of a large frame can be lost in transport (UDP
-                # fragments over a small socket buffer); send it again after a second.
-                pub.publish(msg)
-                try:
-                    client.spin_until(lambda i=i: _encoded(diagnostics) >= i, 1.0, "encoded")
-                    break
-                except AssertionError:
-                    resent += 1
-            else:
-                raise RuntimeError(f"frame {i} was never encoded; node log:\n{node.log()}")
-            start = time.perf_counter()
-            direct.set_image(image)
-            if i > warmup:
-                direct_encode.append((time.perf_counter() - start) * 1e3)
+        direct_encode, resent = _time_frames(
+            node, client, pub, diagnostics, direct, image, frames, warmup
+        )
         # The node's own windows (last 100 frames) hold the timed frames and the warm-up ones;
         # the warm-up is small, and medians are robust to it.
-        diagnostics.clear()
-        client.spin_until(lambda: _encoded(diagnostics) > 0, 5, "diagnostics")
-        values = _values(diagnostics[-1]) or {}
-
-        # SegAny: alternate service and direct calls on the same frame and prompt.
-        h, w = image.shape[:2]
-        req = Segment.Request(points=[Point(x=0.45 * w, y=0.5 * h)], labels=[1])
-        req.stamp.sec = frames + warmup
-        point = np.array([[0.45 * w, 0.5 * h]])
-        service_ms: list[float] = []
-        predict_ms: list[float] = []
-        for i in range(calls + warmup):
-            start = time.perf_counter()
-            resp = client.call(segment, req)
-            elapsed = (time.perf_counter() - start) * 1e3
-            if not resp.success:
-                raise RuntimeError(f"~/segment failed: {resp.message}")
-            start = time.perf_counter()
-            direct.predict(point, np.array([1]), multimask_output=False)
-            direct_elapsed = (time.perf_counter() - start) * 1e3
-            if i >= warmup:
-                service_ms.append(elapsed)
-                predict_ms.append(direct_elapsed)
+        values = _latest_values(client, diagnostics)
+        # The request names the last frame sent, which is in the node's cache.
+        service_ms, predict_ms = _time_calls(
+            client, segment, direct, image, frames + warmup, calls, warmup
+        )
         # The node's own view of the calls: time inside the service handler.
-        diagnostics.clear()
-        client.spin_until(lambda: _encoded(diagnostics) > 0, 5, "diagnostics")
-        handler = _values(diagnostics[-1]) or {}
+        handler = _latest_values(client, diagnostics)
 
     def node_row(stage: str, values: dict[str, str], key: str, runs: int) -> BenchRow:
         """A row from the node's own p50/p95 of ``key`` in its diagnostics."""
@@ -176,22 +131,94 @@ def bench_node(
         return BenchRow("node", precision, stage, p50, p95, runs)
 
     rows = [
-        _row("direct", precision, "set_image", direct_encode),
+        bench_row("direct", precision, "set_image", direct_encode),
         node_row("encoder (in node)", values, "encoder_ms", frames),
         node_row("frame->embedding", values, "frame_to_embedding_ms", frames),
-        _row("direct", precision, "predict (1 pt)", predict_ms),
+        bench_row("direct", precision, "predict (1 pt)", predict_ms),
         node_row("segment handler", handler, "segment_ms", calls),
-        _row("node", precision, "~/segment (1 pt)", service_ms),
+        bench_row("node", precision, "~/segment (1 pt)", service_ms),
     ]
-    encode_med = statistics.median(direct_encode)
+    encode_med = percentile(direct_encode, 50)
     return NodeBenchResult(
         rows=rows,
-        service_overhead_ms=statistics.median(service_ms) - statistics.median(predict_ms),
+        service_overhead_ms=percentile(service_ms, 50) - percentile(predict_ms, 50),
         node_overhead_pct=(float(values["frame_to_embedding_ms_p50"]) - encode_med)
         / encode_med
         * 100.0,
         frames_resent=resent,
     )
+
+
+def _time_frames(
+    node: NodeProcess,
+    client: Client,
+    pub: Any,
+    diagnostics: list[Any],
+    direct: Predictor,
+    image: np.ndarray,
+    frames: int,
+    warmup: int,
+) -> tuple[list[float], int]:
+    """Send frames one at a time, each until the node has encoded it; time the direct
+    ``set_image`` while the node is idle. Returns the direct times (ms, after the warm-up) and
+    how many frames had to be sent again."""
+    direct_encode: list[float] = []
+    resent = 0
+    for i in range(1, frames + warmup + 1):
+        msg = image_msg(image, i * 1_000_000_000, encoding="rgb8")
+        for _ in range(30):
+            # Best-effort delivery of a large frame can be lost in transport (UDP
+            # fragments over a small socket buffer); send it again after a second.
+            pub.publish(msg)
+            try:
+                client.spin_until(lambda i=i: _encoded(diagnostics) >= i, 1.0, "encoded")
+                break
+            except AssertionError:
+                resent += 1
+        else:
+            raise RuntimeError(f"frame {i} was never encoded; node log:\n{node.log()}")
+        _, elapsed = time_ms(lambda: direct.set_image(image))
+        if i > warmup:
+            direct_encode.append(elapsed)
+    return direct_encode, resent
+
+
+def _time_calls(
+    client: Client,
+    segment: Any,
+    direct: Predictor,
+    image: np.ndarray,
+    stamp_sec: int,
+    calls: int,
+    warmup: int,
+) -> tuple[list[float], list[float]]:
+    """Alternate ``~/segment`` calls (one point, one mask, on the frame of ``stamp_sec``) and
+    the same ``predict`` here, so both see the same machine load. Returns both times (ms,
+    after the warm-up)."""
+    h, w = image.shape[:2]
+    req = Segment.Request(points=[Point(x=0.45 * w, y=0.5 * h)], labels=[1])
+    req.stamp.sec = stamp_sec
+    point = np.array([[0.45 * w, 0.5 * h]])
+    service_ms: list[float] = []
+    predict_ms: list[float] = []
+    for i in range(calls + warmup):
+        resp, elapsed = time_ms(lambda: client.call(segment, req))
+        if not resp.success:
+            raise RuntimeError(f"~/segment failed: {resp.message}")
+        _, direct_elapsed = time_ms(
+            lambda: direct.predict(point, np.array([1]), multimask_output=False)
+        )
+        if i >= warmup:
+            service_ms.append(elapsed)
+            predict_ms.append(direct_elapsed)
+    return service_ms, predict_ms
+
+
+def _latest_values(client: Client, diagnostics: list[Any]) -> dict[str, str]:
+    """The node's diagnostic values from its next ``/diagnostics`` message."""
+    diagnostics.clear()
+    client.spin_until(lambda: _encoded(diagnostics) > 0, 5, "diagnostics")
+    return _values(diagnostics[-1]) or {}
 
 
 @contextmanager
@@ -304,52 +331,59 @@ def bench_concurrent(
         "-p", f"segment.queue_depth:={queue_depth}",
         "-p", f"segment.workers:={workers}",
     ]  # fmt: skip
-    rows = []
     with _running_node(model_dir, args, log_path, SERVICE_QOS) as (node, client, pub, segment):
         h, w = image.shape[:2]
         req = Segment.Request(
             points=[Point(x=0.45 * w, y=0.5 * h)], labels=[1], multimask=multimask
         )
         req.stamp.sec = 1
-        msg = image_msg(image, 1_000_000_000, encoding="rgb8")
-        deadline = time.monotonic() + 60
-        while not client.call(segment, req).success:  # until the frame is encoded
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the frame was never encoded; node log:\n{node.log()}")
-            pub.publish(msg)  # best effort: a large frame can be lost, so send it again
-            pause = time.monotonic() + 0.5
-            while time.monotonic() < pause:
-                client.executor.spin_once(timeout_sec=0.05)
-        for count in in_flight:
-            start = time.perf_counter()
-            futures = [segment.call_async(req) for _ in range(count)]
-            answered_at: dict[int, float] = {}
-            end = time.monotonic() + timeout_s
-            while len(answered_at) < count and time.monotonic() < end:
-                client.executor.spin_once(timeout_sec=0.01)
-                now = time.perf_counter()
-                for i, f in enumerate(futures):
-                    if i not in answered_at and f.done():
-                        answered_at[i] = now
-            responses = [futures[i].result() for i in answered_at]
-            latencies = [(t - start) * 1e3 for t in answered_at.values()] or [float("nan")]
-            rows.append(
-                ConcurrencyRow(
-                    in_flight=count,
-                    answered=len(responses),
-                    with_masks=sum(r.success for r in responses),
-                    busy=sum(not r.success and r.message.startswith("busy:") for r in responses),
-                    unanswered=count - len(responses),
-                    p50_ms=_p(latencies, 50),
-                    p95_ms=_p(latencies, 95),
-                    max_ms=max(latencies),
-                    wall_s=(max(answered_at.values(), default=start) - start),
-                )
-            )
-            for f in futures:  # a lost call must not be answered into the next round
-                if not f.done():
-                    segment.remove_pending_request(f)
-    return rows
+        _send_until_encoded(node, client, pub, segment, req, image)
+        return [_burst(client, segment, req, count, timeout_s) for count in in_flight]
+
+
+def _send_until_encoded(
+    node: NodeProcess, client: Client, pub: Any, segment: Any, req: Any, image: np.ndarray
+) -> None:
+    """Publish ``image`` (stamp 1 s) until ``req`` on it succeeds."""
+    msg = image_msg(image, 1_000_000_000, encoding="rgb8")
+    deadline = time.monotonic() + 60
+    while not client.call(segment, req).success:  # until the frame is encoded
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the frame was never encoded; node log:\n{node.log()}")
+        pub.publish(msg)  # best effort: a large frame can be lost, so send it again
+        pause = time.monotonic() + 0.5
+        while time.monotonic() < pause:
+            client.executor.spin_once(timeout_sec=0.05)
+
+
+def _burst(client: Client, segment: Any, req: Any, count: int, timeout_s: float) -> ConcurrencyRow:
+    """``count`` calls of ``req`` at once: what came back within ``timeout_s``, and when."""
+    start = time.perf_counter()
+    futures = [segment.call_async(req) for _ in range(count)]
+    answered_at: dict[int, float] = {}
+    end = time.monotonic() + timeout_s
+    while len(answered_at) < count and time.monotonic() < end:
+        client.executor.spin_once(timeout_sec=0.01)
+        now = time.perf_counter()
+        for i, f in enumerate(futures):
+            if i not in answered_at and f.done():
+                answered_at[i] = now
+    responses = [futures[i].result() for i in answered_at]
+    latencies = [(t - start) * 1e3 for t in answered_at.values()] or [float("nan")]
+    for f in futures:  # a lost call must not be answered into the next round
+        if not f.done():
+            segment.remove_pending_request(f)
+    return ConcurrencyRow(
+        in_flight=count,
+        answered=len(responses),
+        with_masks=sum(r.success for r in responses),
+        busy=sum(not r.success and r.message.startswith("busy:") for r in responses),
+        unanswered=count - len(responses),
+        p50_ms=percentile(latencies, 50),
+        p95_ms=percentile(latencies, 95),
+        max_ms=max(latencies),
+        wall_s=(max(answered_at.values(), default=start) - start),
+    )
 
 
 def _values(msg: Any) -> dict[str, str] | None:

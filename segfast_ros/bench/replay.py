@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 import shutil
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,8 @@ from ..replay import bags
 from ..replay.pipeline import ReplayOptions, replay
 from ..runtime.predictor import Predictor
 from ..segevery.base import SegEvery
+from .report import format_columns
+from .timing import percentile, time_ms
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,8 @@ class ReplayBenchRow:
 def encoder_bound_fps(predictor: Predictor, images: Sequence[np.ndarray]) -> float:
     """1 / median ``set_image`` time over ``images`` (after one warm-up call)."""
     predictor.set_image(images[0])
-    times = []
-    for image in images:
-        start = time.perf_counter()
-        predictor.set_image(image)
-        times.append(time.perf_counter() - start)
-    return 1.0 / float(np.median(times))
+    times = [time_ms(lambda image=image: predictor.set_image(image))[1] for image in images]
+    return 1e3 / percentile(times, 50)
 
 
 def bench_replay(
@@ -107,18 +104,18 @@ def bench_replay(
 
 
 def format_replay_table(rows: Sequence[ReplayBenchRow]) -> str:
-    head = (
-        f"{'config':<28}{'frames':>7}{'replay fps':>11}{'enc-bound':>10}{'ratio':>7}"
-        f"{'infer-bound':>12}{'serial':>8}{'instances':>10}"
+    """A fixed-width table of :func:`bench_replay`'s rows."""
+    return format_columns(
+        rows,
+        [
+            ("config", "config", "<28"),
+            ("frames", "frames", ">7"),
+            ("replay fps", "fps", ">11.2f"),
+            ("enc-bound", "encoder_bound_fps", ">10.2f"),
+            ("ratio", "ratio", ">7.2f"),
+            ("infer-bound", "inference_bound_fps", ">12.2f"),
+            ("serial", "serial_fps", ">8.2f"),
+            ("instances", "instances", ">10"),
+        ],
+        sep="",
     )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r.config:<28}{r.frames:>7}{r.fps:>11.2f}{r.encoder_bound_fps:>10.2f}"
-            f"{r.ratio:>7.2f}{r.inference_bound_fps:>12.2f}{r.serial_fps:>8.2f}{r.instances:>10}"
-        )
-    return "\n".join(lines)
-
-
-def rows_json(rows: Sequence[ReplayBenchRow]) -> list[dict]:
-    return [asdict(r) for r in rows]
