@@ -22,19 +22,8 @@ What the reference does, and what we do (MobileSAMv2 ``Inference.py`` calls its
   Note that MobileSAMv2's ``Inference.py`` hands ultralytics an RGB *numpy* image, which
   ultralytics takes for BGR and flips, so the reference demo feeds the detector BGR by
   accident. ``input_channel_order="bgr"`` reproduces it bit for bit.
-* **Decoding.** Output 0 is ``[1, 4 + nc + nm, anchors]``: box centre and size (cx, cy, w, h)
-  in letterbox pixels, ``nc`` class scores (already sigmoid), then ``nm`` mask coefficients
-  (32 for YOLOv8-seg, 0 for detection), which are ignored. A segmentation export has a second
-  output, the prototypes ``(1, 32, 160, 160)``, also ignored. MobileSAMv2's fork drops the
-  prototype branch, so its export has one output with ``nm = 32``.
-* **NMS**, as ultralytics' ``non_max_suppression``: keep anchors whose best class score is
-  ``> conf``. Keep at most ``max_nms`` of them by score. Suppress boxes whose IoU with a
-  better-scored box is ``> iou``. Keep at most ``max_det``. We run it with
-  ``cv2.dnn.NMSBoxes`` (float IoU, strict ``>``, the same as torchvision's ``nms``).
-  ultralytics' default is per-class NMS (``agnostic_nms=False``). The MobileSAMv2 detector has
-  one class, so per-class and class-agnostic NMS agree; we default to class-agnostic
-  (``agnostic_nms=True``), so that a multi-class detector never gives SAM two prompts for one
-  object.
+* **Decoding and NMS** of output 0, as ultralytics' ``non_max_suppression``: see
+  :mod:`~.yolo`.
 * **Border snap.** ``PromptModelPredictor.adjust_bboxes_to_image_border`` runs after NMS in the
   *letterbox* frame, before the boxes are scaled back. It sets ``x1 < 20 -> 0``,
   ``y1 < 20 -> 0``, ``x2 > W - 20 -> W`` and ``y2 > H - 20 -> H``, where ``W x H`` is the
@@ -52,7 +41,6 @@ What the reference does, and what we do (MobileSAMv2 ``Inference.py`` calls its
 from __future__ import annotations
 
 import ast
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,18 +50,13 @@ import cv2
 import numpy as np
 
 from ..runtime.transforms import validate_rgb_image
+from .yolo import YOLO_LAYOUT, decode_yolo, resolve_layout, static_dim
 
 if TYPE_CHECKING:
     from ..runtime.onnx_backend import ProviderSpec
 
-#: The output layout the detector must emit, as quoted in error messages.
-YOLO_LAYOUT = "[1, 4 + nc (+ 32 mask coefficients), anchors]"
-
 #: Gray that ultralytics pads letterboxed images with.
 LETTERBOX_PAD_VALUE = 114
-
-#: Mask coefficients of a YOLOv8-seg head (``Segment(nm=32)``), also without the proto branch.
-YOLOV8_SEG_COEFFICIENTS = 32
 
 
 @dataclass(frozen=True)
@@ -212,25 +195,6 @@ class Detections:
         return len(self.boxes)
 
 
-def _static(dim: Any) -> int | None:
-    return dim if isinstance(dim, int) and dim > 0 else None
-
-
-def _num_classes_from_metadata(meta: dict[str, str]) -> int | None:
-    """``nc`` from ultralytics' ``names`` metadata (a dict literal ``{0: 'object'}``)."""
-    text = meta.get("names")
-    if not text:
-        return None
-    try:
-        names = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        try:
-            names = json.loads(text)
-        except ValueError:
-            return None
-    return len(names) if isinstance(names, (dict, list, tuple)) and names else None
-
-
 class ObjectDetector:
     """A YOLOv8 detector from ONNX: letterbox, run, decode, NMS, back to original pixels.
 
@@ -281,82 +245,64 @@ class ObjectDetector:
         providers: Sequence[ProviderSpec] | None = None,
         intra_op_threads: int = 0,
     ) -> None:
-        # onnxruntime loads on first use, as in the runtime: importing this module is cheap.
-        from ..runtime.onnx_backend import (
-            ProviderUnavailableError,
-            create_session,
-            resolve_providers,
-        )
-
         path = Path(onnx_path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"object detector ONNX file not found: {path} (convert MobileSAMv2's "
-                "ObjectAwareModel.pt once with segfast_ros.export.convert_object_aware, or "
-                f"export any YOLOv8 model to ONNX; its output must be {YOLO_LAYOUT})"
-            )
-        if not 0.0 <= conf < 1.0:
-            raise ValueError(f"conf must be in [0, 1), got {conf}")
-        if not 0.0 < iou <= 1.0:
-            raise ValueError(f"iou must be in (0, 1], got {iou}")
-        if max_det < 1 or max_nms < 1:
-            raise ValueError(f"max_det and max_nms must be >= 1, got {max_det} and {max_nms}")
-        if stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
-        if border_snap_px < 0:
-            raise ValueError(f"border_snap_px must be >= 0, got {border_snap_px}")
-        if input_channel_order not in ("rgb", "bgr"):
-            raise ValueError(
-                f"input_channel_order must be 'rgb' or 'bgr', got {input_channel_order!r}"
-            )
-        if intra_op_threads < 0:
-            raise ValueError(f"intra_op_threads must be >= 0, got {intra_op_threads}")
+        _check_settings(
+            path,
+            conf=conf,
+            iou=iou,
+            max_det=max_det,
+            max_nms=max_nms,
+            stride=stride,
+            border_snap_px=border_snap_px,
+            input_channel_order=input_channel_order,
+            intra_op_threads=intra_op_threads,
+        )
         self.path = path
         self.conf, self.iou = float(conf), float(iou)
         self.max_det, self.max_nms, self.stride = int(max_det), int(max_nms), int(stride)
         self.border_snap_px = float(border_snap_px)
         self.agnostic_nms = agnostic_nms
         self.input_channel_order = input_channel_order
-
-        resolved = resolve_providers(providers)
-        try:
-            self.session = create_session(path, resolved, intra_op_threads)
-        except ProviderUnavailableError:
-            raise  # a GPU library problem, not a broken file
-        except Exception as exc:  # onnxruntime raises several types for a broken file
-            raise ValueError(f"{path} is not a loadable ONNX model: {exc}") from exc
+        self.session = _open_session(path, providers, intra_op_threads)
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        self._read_input(imgsz, rect, meta)
+        self._read_output(num_classes, meta)
 
+    # ---------------------------------------------------------------- load-time checks
+
+    def _read_input(self, imgsz: int | None, rect: bool | None, meta: dict[str, str]) -> None:
+        """The input's name, ``imgsz``, target size and padding mode, or a ValueError."""
         inputs = self.session.get_inputs()
         shape = inputs[0].shape if len(inputs) == 1 else []
-        if len(shape) != 4 or _static(shape[1]) not in (3, None):
+        if len(shape) != 4 or static_dim(shape[1]) not in (3, None):
             found = [(i.name, i.shape) for i in inputs]
             raise ValueError(
-                f"{path}: expected one image input (1, 3, H, W) float32 RGB in 0..1 and output "
-                f"0 {YOLO_LAYOUT}; found inputs {found}"
+                f"{self.path}: expected one image input (1, 3, H, W) float32 RGB in 0..1 and "
+                f"output 0 {YOLO_LAYOUT}; found inputs {found}"
             )
         self.input_name = inputs[0].name
-        in_h, in_w = _static(inputs[0].shape[2]), _static(inputs[0].shape[3])
+        in_h, in_w = static_dim(shape[2]), static_dim(shape[3])
         static_hw = (in_h, in_w) if in_h is not None and in_w is not None else None
         self.imgsz = self._resolve_imgsz(imgsz, static_hw, meta)
         self.target_hw = static_hw or (self.imgsz, self.imgsz)
         if rect and static_hw is not None:
             raise ValueError(
-                f"{path} has a static input {static_hw}; rect=True (stride padding) needs "
+                f"{self.path} has a static input {static_hw}; rect=True (stride padding) needs "
                 "dynamic height and width; use rect=None or False"
             )
         self.rect = static_hw is None if rect is None else rect
 
+    def _read_output(self, num_classes: int | None, meta: dict[str, str]) -> None:
+        """Output 0's name and layout (channels, ``nc``, ``nm``), or a ValueError."""
         outputs = self.session.get_outputs()
         self.output_name = outputs[0].name
         protos_nm = None
         if len(outputs) > 1 and len(outputs[1].shape) == 4:
-            protos_nm = _static(outputs[1].shape[1])
-        self.num_channels, self.num_classes, self.num_coefficients = self._resolve_layout(
-            outputs[0].shape, [(o.name, o.shape) for o in outputs], num_classes, protos_nm, meta
+            protos_nm = static_dim(outputs[1].shape[1])
+        found = [(o.name, o.shape) for o in outputs]
+        self.num_channels, self.num_classes, self.num_coefficients = resolve_layout(
+            self.path, outputs[0].shape, found, num_classes, protos_nm, meta
         )
-
-    # ---------------------------------------------------------------- load-time checks
 
     def _resolve_imgsz(
         self,
@@ -382,62 +328,6 @@ class ObjectDetector:
         if isinstance(sizes, (list, tuple)) and sizes and all(isinstance(s, int) for s in sizes):
             return int(max(sizes))
         return 1024
-
-    def _resolve_layout(
-        self,
-        shape: list[Any],
-        found: list[tuple[str, list[Any]]],
-        num_classes: int | None,
-        protos_nm: int | None,
-        meta: dict[str, str],
-    ) -> tuple[int, int, int]:
-        """``(4 + nc + nm, nc, nm)`` of output 0, or a ValueError naming the layout."""
-
-        def bad(why: str) -> ValueError:
-            return ValueError(
-                f"{self.path}: output 0 must be {YOLO_LAYOUT} (YOLOv8 layout: box cx, cy, w, h "
-                f"in letterbox pixels, then nc class scores, then optional mask coefficients); "
-                f"{why}; found outputs {found}"
-            )
-
-        if len(shape) != 3:
-            raise bad(f"it has rank {len(shape)}, not 3")
-        channels, anchors = _static(shape[1]), _static(shape[2])
-        if channels is None:
-            raise bad("its channel dimension (axis 1) is not static")
-        if anchors is not None and anchors < channels:
-            raise bad(
-                f"axis 1 ({channels}) is larger than axis 2 ({anchors}): this looks like the "
-                "transposed [1, anchors, 4 + nc] layout"
-            )
-        if channels < 5:
-            raise bad(f"{channels} channels leave no room for 4 box values and a class score")
-
-        nc = num_classes if num_classes is not None else _num_classes_from_metadata(meta)
-        if nc is None:
-            if protos_nm is not None:
-                nc = channels - 4 - protos_nm
-            elif channels - 4 - YOLOV8_SEG_COEFFICIENTS < 1:
-                nc = channels - 4  # too few channels for mask coefficients
-            else:
-                raise bad(
-                    f"{channels} channels could be nc={channels - 4} classes or "
-                    f"nc={channels - 4 - YOLOV8_SEG_COEFFICIENTS} classes plus 32 mask "
-                    "coefficients, and the file has no ultralytics 'names' metadata; pass "
-                    "num_classes"
-                )
-        if nc < 1:
-            raise bad(f"nc must be >= 1, got {nc}")
-        nm = channels - 4 - nc
-        if nm < 0:
-            raise bad(f"{channels} channels are fewer than 4 + nc = {4 + nc}")
-        allowed = {0, YOLOV8_SEG_COEFFICIENTS} | ({protos_nm} if protos_nm else set())
-        if nm not in allowed:
-            raise bad(
-                f"{channels} channels = 4 + nc {nc} + {nm}, but mask coefficients must number "
-                f"{sorted(allowed)}"
-            )
-        return channels, nc, nm
 
     # ---------------------------------------------------------------- inference
 
@@ -496,43 +386,20 @@ class ObjectDetector:
                 f"{self.num_channels} channels (nc={self.num_classes}, "
                 f"nm={self.num_coefficients}), got shape {raw.shape}"
             )
-        pred = raw[0]
-        nc = self.num_classes
-        # Work on score rows first: most anchors fail the threshold, so only the survivors'
-        # columns are ever gathered (the mask coefficients never are).
-        if nc == 1:
-            scores = pred[4]
-            classes = None
-        else:
-            class_rows = pred[4 : 4 + nc]
-            classes = class_rows.argmax(axis=0)
-            scores = np.take_along_axis(class_rows, classes[None], axis=0)[0]
-        keep = np.flatnonzero(scores > np.float32(self.conf))
-        if len(keep) > self.max_nms:
-            keep = keep[np.argsort(-scores[keep], kind="stable")[: self.max_nms]]
-        if len(keep) == 0:
-            return _empty(geometry)
-        cxcywh = pred[:4, keep].T.astype(np.float64)
-        kept_scores = scores[keep].astype(np.float32)
-        kept_classes = (
-            np.zeros(len(keep), np.int64) if classes is None else classes[keep].astype(np.int64)
+        xyxy, scores, classes = decode_yolo(
+            raw[0],
+            self.num_classes,
+            conf=self.conf,
+            iou=self.iou,
+            max_nms=self.max_nms,
+            max_det=self.max_det,
+            agnostic_nms=self.agnostic_nms,
         )
-        xywh = cxcywh.copy()  # top-left corner and size: what cv2's NMS takes
-        xywh[:, :2] -= cxcywh[:, 2:] / 2
-        if self.agnostic_nms or nc == 1:
-            chosen = cv2.dnn.NMSBoxes(xywh, kept_scores, self.conf, self.iou)
-        else:
-            chosen = cv2.dnn.NMSBoxesBatched(
-                xywh, kept_scores, kept_classes.astype(np.int32), self.conf, self.iou
-            )
-        chosen = np.asarray(chosen, dtype=np.int64).reshape(-1)[: self.max_det]
-        xyxy = np.concatenate([xywh[chosen, :2], xywh[chosen, :2] + xywh[chosen, 2:]], axis=1)
+        if len(xyxy) == 0:
+            return _empty(geometry)
         boxes = self._snap_and_unletterbox(xyxy, geometry)
         return Detections(
-            boxes=boxes.astype(np.float32),
-            scores=kept_scores[chosen],
-            classes=kept_classes[chosen],
-            letterbox=geometry,
+            boxes=boxes.astype(np.float32), scores=scores, classes=classes, letterbox=geometry
         )
 
     def _snap_and_unletterbox(self, xyxy: np.ndarray, geometry: Letterbox) -> np.ndarray:
@@ -555,6 +422,63 @@ class ObjectDetector:
         out[in_ref[:, 2] > ref_w - t, 2] = w
         out[in_ref[:, 3] > ref_h - t, 3] = h
         return out
+
+
+def _check_settings(
+    path: Path,
+    *,
+    conf: float,
+    iou: float,
+    max_det: int,
+    max_nms: int,
+    stride: int,
+    border_snap_px: float,
+    input_channel_order: str,
+    intra_op_threads: int,
+) -> None:
+    """A FileNotFoundError or ValueError for a missing file or an out-of-range setting."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"object detector ONNX file not found: {path} (convert MobileSAMv2's "
+            "ObjectAwareModel.pt once with segfast_ros.export.convert_object_aware, or "
+            f"export any YOLOv8 model to ONNX; its output must be {YOLO_LAYOUT})"
+        )
+    if not 0.0 <= conf < 1.0:
+        raise ValueError(f"conf must be in [0, 1), got {conf}")
+    if not 0.0 < iou <= 1.0:
+        raise ValueError(f"iou must be in (0, 1], got {iou}")
+    if max_det < 1 or max_nms < 1:
+        raise ValueError(f"max_det and max_nms must be >= 1, got {max_det} and {max_nms}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if border_snap_px < 0:
+        raise ValueError(f"border_snap_px must be >= 0, got {border_snap_px}")
+    if input_channel_order not in ("rgb", "bgr"):
+        raise ValueError(
+            f"input_channel_order must be 'rgb' or 'bgr', got {input_channel_order!r}"
+        )
+    if intra_op_threads < 0:
+        raise ValueError(f"intra_op_threads must be >= 0, got {intra_op_threads}")
+
+
+def _open_session(
+    path: Path, providers: Sequence[ProviderSpec] | None, intra_op_threads: int
+) -> Any:
+    """The ONNX Runtime session of the graph; a ValueError for a file it cannot load."""
+    # onnxruntime loads on first use, as in the runtime: importing this module is cheap.
+    from ..runtime.onnx_backend import (
+        ProviderUnavailableError,
+        create_session,
+        resolve_providers,
+    )
+
+    resolved = resolve_providers(providers)
+    try:
+        return create_session(path, resolved, intra_op_threads)
+    except ProviderUnavailableError:
+        raise  # a GPU library problem, not a broken file
+    except Exception as exc:  # onnxruntime raises several types for a broken file
+        raise ValueError(f"{path} is not a loadable ONNX model: {exc}") from exc
 
 
 def _empty(geometry: Letterbox) -> Detections:
