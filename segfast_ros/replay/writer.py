@@ -35,11 +35,17 @@ from .summary import ReplaySummary
 
 
 class OutputWriter:
-    """Drains ``queues.results`` into the output bag and the side files, on its own thread.
+    """The writer thread: it opens the output bag, drains ``queues.results`` into it and into
+    the side files, and closes it.
 
+    Everything but :meth:`start`, :meth:`join` and reading :attr:`error` runs on that thread.
     A write that fails (disk full, a codec failure) sets :attr:`error` and the stop flag; the
     thread keeps draining the queue, so that the caller never blocks on a full one, and still
     closes the bag.
+
+    Output topics (``<ns>`` is ``opts.namespace``): ``<ns>/instances``,
+    ``<ns>/instances/label``, ``<ns>/segment`` and, with ``overlay_topic``, ``<ns>/overlay``;
+    see :func:`~segfast_ros.replay.pipeline.replay`.
 
     Args:
         path: the output bag folder (prepared: it does not exist).
@@ -66,10 +72,11 @@ class OutputWriter:
     ) -> None:
         self.path, self.store, self.opts, self.summary = path, store, opts, summary
         self.expected, self.fps, self.copied, self.queues = expected, fps, copied, queues
+        self.topic = summary.topic
         self.error: str | None = None
         self._ready = threading.Event()
         self._setup_error: BaseException | None = None
-        self._thread = threading.Thread(target=self._write, name="replay-write", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="replay-write", daemon=True)
 
     def start(self) -> None:
         """Start the thread and wait until it has opened the output.
@@ -85,12 +92,9 @@ class OutputWriter:
     def join(self) -> None:
         self._thread.join()
 
-    def _write(self) -> None:
+    def _run(self) -> None:
         try:
-            writer = bags.open_writer(self.path, self.opts.storage)
-            out = BagOutputs(
-                writer, self.store, self.opts, self.summary, self.expected, self.fps, self.copied
-            )
+            self._open()
         except BaseException as err:
             self._setup_error = err
             return
@@ -101,37 +105,21 @@ class OutputWriter:
                 if self.error is not None:
                     continue  # keep draining, so that the caller never blocks on a full queue
                 try:
-                    out.write(item)
+                    self._write_item(item)
                 except Exception as err:  # disk full, a codec failure: stop, keep the bag
                     self.error = f"writing the output failed: {type(err).__name__}: {err}"
                     self.queues.stop.set()
         finally:
             try:
-                out.finish()
+                self._finish()
             finally:
-                writer.close()
+                self.writer.close()
 
-
-class BagOutputs:
-    """The writer thread's side: messages into the bag, and the optional files.
-
-    Output topics (``<ns>`` is ``opts.namespace``): ``<ns>/instances``,
-    ``<ns>/instances/label``, ``<ns>/segment`` and, with ``overlay_topic``, ``<ns>/overlay``;
-    see :func:`~segfast_ros.replay.pipeline.replay`.
-    """
-
-    def __init__(
-        self,
-        writer: Any,
-        store: Any,
-        opts: ReplayOptions,
-        summary: ReplaySummary,
-        expected: int,
-        fps: float,
-        copied: Sequence[Any] = (),
-    ) -> None:
-        self.writer, self.store, self.opts, self.summary = writer, store, opts, summary
-        self.topic = summary.topic
+    def _open(self) -> None:
+        """Open the bag (on this thread: sqlite3 objects must stay on their thread), add its
+        connections, and set up the side files."""
+        store, opts = self.store, self.opts
+        self.writer = writer = bags.open_writer(self.path, opts.storage)
         self.types = {n: store.types[bags.msg_type(n)] for n in ("Instance", "InstanceArray")}
         self.image_type = store.types[bags.IMAGE]
         self.roi_type = store.types["sensor_msgs/msg/RegionOfInterest"]
@@ -148,10 +136,10 @@ class BagOutputs:
             key: writer.add_connection(name, msgtype, typestore=store)
             for key, (name, msgtype) in self.topics.items()
         }
-        self.copies = {c.id: bags.copy_connection(writer, c) for c in copied}
-        self.coco = CocoResults({"description": f"segfast replay of {summary.input}"})
-        self.sheet = ContactSheet(expected) if opts.contact_sheet else None
-        self.video = OverlayVideo(opts.overlay_video, fps) if opts.overlay_video else None
+        self.copies = {c.id: bags.copy_connection(writer, c) for c in self.copied}
+        self.coco = CocoResults({"description": f"segfast replay of {self.summary.input}"})
+        self.sheet = ContactSheet(self.expected) if opts.contact_sheet else None
+        self.video = OverlayVideo(opts.overlay_video, self.fps) if opts.overlay_video else None
 
     def _write(self, key: str, msg: Any, bag_time: int) -> None:
         name, msgtype = self.topics[key]
@@ -183,7 +171,7 @@ class BagOutputs:
             segevery_ms=ms,
         )
 
-    def write(self, item: Any) -> None:
+    def _write_item(self, item: Any) -> None:
         """Write one item of the results queue."""
         if isinstance(item, CopiedMessage):
             self.writer.write(self.copies[item.conn.id], item.bag_time, item.raw)
@@ -232,7 +220,7 @@ class BagOutputs:
     def _image(self, header: Any, pixels: np.ndarray, encoding: str) -> Any:
         return self.image_type(header=header, **image_fields(pixels, encoding))
 
-    def finish(self) -> None:
+    def _finish(self) -> None:
         """Write the side files with what was processed (also after an error)."""
         files = self.summary.files
         if self.opts.coco:
