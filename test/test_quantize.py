@@ -30,16 +30,13 @@ from segfast_ros.export import (
     read_metadata,
     write_report_json,
 )
+from segfast_ros.export.embedding_cosine import embedding_cosines
+from segfast_ros.export.quant_graph import attention_matmuls, ort_kernel_summary, qdq_summary
+from segfast_ros.export.quant_targets import QUANT_TARGETS, resolve_target
 from segfast_ros.export.quantize import (
-    QUANT_TARGETS,
     QUANTIZATION_KEY,
     ImageFolderReader,
-    attention_matmuls,
-    embedding_cosines,
-    ort_kernel_summary,
-    qdq_summary,
     quantization_settings,
-    resolve_target,
 )
 from segfast_ros.modeling import build_sam
 from segfast_ros.runtime import onnx_backend

@@ -66,7 +66,6 @@ import json
 import logging
 import tempfile
 import warnings
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,15 +73,22 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-from onnx import helper, numpy_helper, version_converter
 
 from ..runtime.cpu_features import CpuFeatures, detect_cpu_features, saturates_on
 from ..runtime.images import CalibrationError, list_images, read_rgb
 from ..runtime.transforms import prepare_image
-from ..spec import ENCODER_INPUTS, ENCODER_OUTPUTS, QUANTIZATION_KEY, ModelInfo
-from .fp16 import drop_unused_initializers
+from ..spec import ENCODER_INPUTS, QUANTIZATION_KEY, ModelInfo
+from .embedding_cosine import embedding_cosines
 from .metadata import read_metadata, save_model, set_metadata
+from .quant_graph import attention_matmuls, drop_unused_opsets, fuse_erf_gelu
+from .quant_targets import (
+    AUTO_TARGETS,
+    QUANT_TARGETS,
+    QuantRecipe,
+    QuantTarget,
+    QuantTypeName,
+    resolve_target,
+)
 
 __all__ = [
     "AUTO_TARGETS",
@@ -92,87 +98,15 @@ __all__ = [
     "ImageFolderReader",
     "QuantRecipe",
     "QuantizationError",
-    "attention_matmuls",
-    "embedding_cosines",
-    "fuse_erf_gelu",
-    "ort_kernel_summary",
-    "qdq_summary",
     "quantization_settings",
     "quantize_encoder",
     "resolve_target",
 ]
 
-QuantTarget = Literal["cpu", "cpu-vnni", "cpu-avx2", "arm", "tensorrt", "auto"]
 CalibrationMethodName = Literal["minmax", "percentile", "entropy"]
-QuantTypeName = Literal["uint8", "int8"]
-
-
-@dataclass(frozen=True)
-class QuantRecipe:
-    """The quantization types of one target (see the module docstring for why).
-
-    Attributes:
-        activation_type: ``"uint8"`` or ``"int8"``.
-        weight_type: ``"int8"`` (symmetric) or ``"uint8"`` (asymmetric), per output channel.
-        activation_symmetric: zero point 0 for activations (TensorRT's requirement).
-        reduce_range: 7-bit weights, so ORT's x86 U8S8 kernels cannot saturate.
-        for_onnxruntime: ORT's layout (GELU fused at opset 20, ``Conv`` outputs and biases
-            quantized); False: TensorRT's (opset 17, QDQ on weighted ops' inputs only).
-        use: where the file is meant to run (help texts, reports).
-    """
-
-    activation_type: QuantTypeName
-    weight_type: QuantTypeName
-    activation_symmetric: bool
-    reduce_range: bool
-    for_onnxruntime: bool
-    use: str
-
-    def describe(self) -> str:
-        """e.g. ``uint8 x int8 (7-bit)``."""
-        bits = ", 7-bit" if self.reduce_range else ""
-        sym = " symmetric" if self.activation_symmetric else ""
-        return f"{self.activation_type}{sym} activations x {self.weight_type} weights{bits}"
-
-
-#: The quantization targets (``"auto"`` resolves to one of them, :func:`resolve_target`).
-QUANT_TARGETS: dict[str, QuantRecipe] = {
-    "cpu": QuantRecipe(
-        "uint8", "int8", False, True, True, "any CPU (x86 with or without VNNI, ARM)"
-    ),
-    "cpu-vnni": QuantRecipe(
-        "uint8", "int8", False, False, True, "x86 with AVX-512 VNNI or AVX-VNNI, and ARM"
-    ),
-    "cpu-avx2": QuantRecipe("uint8", "uint8", False, False, True, "x86 without VNNI"),
-    "arm": QuantRecipe("int8", "int8", False, False, True, "ARM64 CPUs (Jetson)"),
-    "tensorrt": QuantRecipe("int8", "int8", True, False, False, "TensorRT (Jetson GPU)"),
-}
-
-#: ``"auto"``: the target for the building machine's CPU kind; any other kind (x86 without
-#: VNNI included) gets ``"cpu"``, whose 7-bit weights run ORT's fast U8S8 kernels unsaturated.
-AUTO_TARGETS: dict[str, str] = {"x86-vnni": "cpu-vnni", "arm64": "arm"}
-
-
-def resolve_target(target: str, cpu: CpuFeatures | None = None) -> str:
-    """The concrete target name: ``target`` itself, or for ``"auto"`` the one for ``cpu``
-    (default: this machine's CPU; ``"cpu"`` where its kind is unknown).
-
-    Raises:
-        ValueError: unknown target.
-    """
-    if target == "auto":
-        cpu = cpu or detect_cpu_features()
-        return AUTO_TARGETS.get(cpu.kind, "cpu")
-    if target not in QUANT_TARGETS:
-        raise ValueError(f"unknown target {target!r}; expected one of {[*QUANT_TARGETS, 'auto']}")
-    return target
-
 
 #: Op types whose weight inputs are quantized.
 QUANTIZED_OP_TYPES: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
-
-#: Opset of the "cpu" target: the first with a ``Gelu`` op.
-_GELU_OPSET = 20
 
 
 class QuantizationError(RuntimeError):
@@ -224,105 +158,6 @@ class ImageFolderReader:
             yield item
 
 
-# ----------------------------------------------------------------------------- graph rewrites
-
-
-def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
-
-
-def _is_scalar(values: dict[str, np.ndarray], name: str, expected: float) -> bool:
-    value = values.get(name)
-    return value is not None and value.size == 1 and abs(float(value) - expected) < 1e-4
-
-
-def fuse_erf_gelu(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """Replace every ``0.5 * x * (1 + erf(x / sqrt(2)))`` chain with one ``Gelu`` node.
-
-    The model is converted to opset 20 (the first with ``Gelu``). Matches the chain the
-    exporters write for ``F.gelu`` (``Div`` by sqrt(2) or ``Mul`` by 1/sqrt(2), ``Erf``,
-    ``Add`` 1, ``Mul`` by ``x``, ``Mul`` by 0.5, in either operand order).
-
-    Returns:
-        The new model and the number of fused chains.
-    """
-    model = version_converter.convert_version(model, _GELU_OPSET)
-    # The converter keeps the IR version, but opset 20 needs IR >= 9 (ORT would accept 8,
-    # onnx.checker and stricter readers do not).
-    model.ir_version = max(
-        model.ir_version,
-        helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True),
-    )
-    graph = model.graph
-    values = _constant_values(model)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-
-    def only_consumer(node: onnx.NodeProto, op_type: str) -> onnx.NodeProto | None:
-        users = consumers.get(node.output[0], [])
-        return users[0] if len(users) == 1 and users[0].op_type == op_type else None
-
-    def other_input(node: onnx.NodeProto, name: str) -> str | None:
-        rest = [i for i in node.input if i != name]
-        return rest[0] if len(rest) == 1 else None
-
-    replaced: dict[int, onnx.NodeProto] = {}  # id of the chain's last node -> Gelu
-    dropped: set[int] = set()
-    for scale in graph.node:
-        if scale.op_type not in ("Div", "Mul") or len(scale.input) != 2:
-            continue
-        x = scale.input[0]
-        factor = 2**0.5 if scale.op_type == "Div" else 2**-0.5
-        if not _is_scalar(values, scale.input[1], factor):
-            continue
-        erf = only_consumer(scale, "Erf")
-        add = erf and only_consumer(erf, "Add")
-        mul_x = add and only_consumer(add, "Mul")
-        if not (add and mul_x and _is_scalar(values, other_input(add, erf.output[0]) or "", 1)):
-            continue
-        if other_input(mul_x, add.output[0]) != x:
-            continue
-        half = only_consumer(mul_x, "Mul")
-        if half is None or not _is_scalar(values, other_input(half, mul_x.output[0]) or "", 0.5):
-            continue
-        chain = (scale, erf, add, mul_x, half)
-        dropped.update(id(n) for n in chain)
-        replaced[id(half)] = helper.make_node(
-            "Gelu", [x], [half.output[0]], name=f"{erf.name or half.output[0]}/Gelu"
-        )
-    nodes = [
-        replaced.get(id(n), n) for n in graph.node if id(n) not in dropped or id(n) in replaced
-    ]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    drop_unused_initializers(graph)  # the sqrt(2), 1 and 0.5 constants
-    return model, len(replaced)
-
-
-def _drop_unused_opsets(model: onnx.ModelProto) -> None:
-    """Remove opset imports no node uses (ORT's pre-processing adds a handful)."""
-    used = {n.domain for n in model.graph.node} | {""}
-    kept = [o for o in model.opset_import if o.domain in used]
-    del model.opset_import[:]
-    model.opset_import.extend(kept)
-
-
-def attention_matmuls(model: onnx.ModelProto) -> list[str]:
-    """Names of the ``MatMul`` nodes whose inputs are both activations (q @ k^T, attn @ v)."""
-    consts = set(_constant_values(model))
-    return [
-        n.name
-        for n in model.graph.node
-        if n.op_type == "MatMul" and not any(i in consts for i in n.input)
-    ]
-
-
 # ----------------------------------------------------------------------------- quantization
 
 
@@ -343,42 +178,6 @@ def _calibration_method(name: CalibrationMethodName) -> Any:
     if name not in methods:
         raise ValueError(f"unknown calibration method {name!r}; expected one of {list(methods)}")
     return methods[name]
-
-
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def embedding_cosines(
-    fp32_path: str | Path,
-    int8_path: str | Path,
-    inputs: Sequence[np.ndarray],
-    *,
-    threads: int = 0,
-) -> list[float]:
-    """Cosine similarity of the fp32 and int8 encoders' embeddings, one per input.
-
-    Args:
-        inputs: ``(1, 3, S, S)`` float32 preprocessed images.
-        threads: ORT intra-op threads (0: all cores).
-    """
-    a, b = _session(Path(fp32_path), threads), _session(Path(int8_path), threads)
-    cosines = []
-    for x in inputs:
-        (ref,) = a.run(list(ENCODER_OUTPUTS), {ENCODER_INPUTS[0]: x})
-        (got,) = b.run(list(ENCODER_OUTPUTS), {ENCODER_INPUTS[0]: x})
-        cosines.append(cosine_similarity(ref, got))
-    return cosines
-
-
-def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine of two arrays of the same size, flattened, in float64 (0.0 if either is zero)."""
-    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    denom = np.linalg.norm(a64) * np.linalg.norm(b64)
-    return float(a64 @ b64 / denom) if denom > 0 else 0.0
 
 
 def quantize_encoder(
@@ -434,45 +233,145 @@ def quantize_encoder(
             written); the message names this machine's CPU features.
         ValueError: unknown target or calibration method.
     """
-    from onnxruntime.quantization import QuantFormat, quant_pre_process, quantize_static
-
-    cpu = detect_cpu_features()
-    target_name = resolve_target(target, cpu)
-    recipe = QUANT_TARGETS[target_name]
-    method = _calibration_method(calibration_method)
+    job = _Job.start(
+        target, calibration_method, percentile, quantize_attention_matmuls, preprocess
+    )
     fp32_path, out_path = Path(fp32_path), Path(out_path)
+    info = _fp32_encoder_info(fp32_path)
+    reader = _calibration_reader(calibration_images, info, max_images)
+    with tempfile.TemporaryDirectory(prefix="segfast_quant_") as tmp_dir:
+        tmp = Path(tmp_dir)
+        model, settings = job.quantize(fp32_path, tmp, reader, info)
+        if validate:  # before the file takes its final name, so a bad one never lands there
+            candidate = save_model(model, tmp / "candidate.onnx")
+            settings["validation"] = job.validate(
+                fp32_path, candidate, out_path, reader, settings, min_cosine, validation_images
+            )
+        model.metadata_props.add(key=QUANTIZATION_KEY, value=json.dumps(settings, sort_keys=True))
+        # int8 weights are a quarter of fp32's: even SAM ViT-H's stay inline (< 2 GiB), so
+        # saving again after the check is cheap and never splits off a data file.
+        save_model(model, out_path)
+    return out_path
+
+
+def _fp32_encoder_info(fp32_path: Path) -> ModelInfo:
+    """The model facts of an fp32 encoder file; ValueError for any other file."""
     meta = read_metadata(fp32_path)
     if meta.role != "encoder" or meta.precision != "fp32":
         raise ValueError(
             f"{fp32_path} is a {meta.precision} {meta.role}; quantize_encoder needs the fp32 "
             "encoder"
         )
-    paths = list_images(calibration_images, max_images=max_images)
-    for path in paths:  # fail now, not after minutes of calibration
-        read_rgb(path)
-    reader = ImageFolderReader(paths, meta.info)
+    return meta.info
 
-    with tempfile.TemporaryDirectory(prefix="segfast_quant_") as tmp_dir:
-        tmp = Path(tmp_dir)
+
+def _calibration_reader(
+    images: str | Path | Sequence[str | Path], info: ModelInfo, max_images: int | None
+) -> ImageFolderReader:
+    """The calibration images, every one read once now, not after minutes of calibration."""
+    paths = list_images(images, max_images=max_images)
+    for path in paths:
+        read_rgb(path)
+    return ImageFolderReader(paths, info)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One :func:`quantize_encoder` call: its target and calibration, in stages.
+
+    :meth:`quantize` prepares the graph and runs ORT's static quantizer; :meth:`validate`
+    compares the result with the fp32 encoder.
+    """
+
+    target: str
+    recipe: QuantRecipe
+    cpu: CpuFeatures
+    calibration_method: CalibrationMethodName
+    method: Any  # ORT's CalibrationMethod
+    percentile: float
+    quantize_attention_matmuls: bool
+    preprocess: bool
+
+    @classmethod
+    def start(
+        cls,
+        target: QuantTarget,
+        calibration_method: CalibrationMethodName,
+        percentile: float,
+        quantize_attention_matmuls: bool,
+        preprocess: bool,
+    ) -> _Job:
+        """Resolve the target on this machine's CPU and check the calibration method.
+
+        Raises:
+            ValueError: unknown target or calibration method.
+        """
+        cpu = detect_cpu_features()
+        name = resolve_target(target, cpu)
+        method = _calibration_method(calibration_method)
+        return cls(
+            name, QUANT_TARGETS[name], cpu, calibration_method, method, percentile,
+            quantize_attention_matmuls, preprocess,
+        )  # fmt: skip
+
+    def quantize(
+        self, fp32_path: Path, tmp: Path, reader: ImageFolderReader, info: ModelInfo
+    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+        """The int8 model (segfast metadata set) and its quantization settings so far."""
+        ready, model, gelus = self._prepare(fp32_path, tmp)
+        excluded = [] if self.quantize_attention_matmuls else attention_matmuls(model)
+        model = self._quantize_static(ready, tmp / "int8.onnx", reader, excluded)
+        set_metadata(model, info, "encoder", "int8")
+        settings: dict[str, Any] = {
+            "target": self.target,
+            "activation_type": self.recipe.activation_type,
+            "weight_type": self.recipe.weight_type,
+            "activation_symmetric": self.recipe.activation_symmetric,
+            "reduce_range": self.recipe.reduce_range,
+            "built_on": self.cpu.to_dict(),
+            "calibration_method": self.calibration_method,
+            "calibration_images": len(reader),
+            "quantize_attention_matmuls": self.quantize_attention_matmuls,
+            "gelu_fused": gelus,
+            "preprocess": self.preprocess,
+        }
+        model.graph.doc_string = f"segfast {info.name} encoder (int8, {self.target})"
+        return model, settings
+
+    def _prepare(self, fp32_path: Path, tmp: Path) -> tuple[Path, onnx.ModelProto, int]:
+        """The graph the quantizer reads: pre-processed, GELU fused for ONNX Runtime, saved.
+
+        Returns:
+            ``(saved path, the graph, fused GELU chains)``.
+        """
+        from onnxruntime.quantization import quant_pre_process
+
         source = fp32_path
-        if preprocess:
+        if self.preprocess:
             source = tmp / "pre.onnx"
             quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=False)
         model = onnx.load(str(source))
         gelus = 0
-        if recipe.for_onnxruntime:
+        if self.recipe.for_onnxruntime:
             model, gelus = fuse_erf_gelu(model)
             if gelus == 0 and any(n.op_type == "Erf" for n in model.graph.node):
                 warnings.warn(
                     "no erf-GELU chain matched; GELU stays decomposed and the int8 encoder "
                     "will be slower",
-                    stacklevel=2,
+                    stacklevel=4,  # quantize_encoder's caller
                 )
-        _drop_unused_opsets(model)
+        drop_unused_opsets(model)
         ready = tmp / "ready.onnx"
         onnx.save(model, str(ready))
+        return ready, model, gelus
 
-        excluded = [] if quantize_attention_matmuls else attention_matmuls(model)
+    def _quantize_static(
+        self, ready: Path, quantized: Path, reader: ImageFolderReader, excluded: list[str]
+    ) -> onnx.ModelProto:
+        """Run ORT's QDQ static quantizer on ``ready`` into ``quantized`` and load the result."""
+        from onnxruntime.quantization import QuantFormat, quantize_static
+
+        recipe = self.recipe
         # Which op outputs get a Q/DQ pair: see the module docstring for the targets.
         no_output_q = ["Gemm", "MatMul"] + ([] if recipe.for_onnxruntime else ["Conv"])
         extra: dict[str, Any] = {
@@ -485,12 +384,11 @@ def quantize_encoder(
             # them itself); ORT's int8 kernels want the int32 bias.
             "QuantizeBias": recipe.for_onnxruntime,
         }
-        if calibration_method != "minmax":
+        if self.calibration_method != "minmax":
             # Histogram calibrators keep every activation of every image until the reader is
             # exhausted (OOM at 24 GB with 16 MobileSAM images); strides of one image bound it.
             extra["CalibStridedMinMax"] = 1
-            extra["CalibPercentile"] = percentile
-        quantized = tmp / "int8.onnx"
+            extra["CalibPercentile"] = self.percentile
         ort_logger = logging.getLogger()
         level = ort_logger.level
         ort_logger.setLevel(logging.ERROR)  # ORT's quantizer logs every tensor it skips
@@ -506,60 +404,53 @@ def quantize_encoder(
                 reduce_range=recipe.reduce_range,
                 op_types_to_quantize=list(QUANTIZED_OP_TYPES),
                 nodes_to_exclude=excluded,
-                calibrate_method=method,
+                calibrate_method=self.method,
                 extra_options=extra,
             )
         finally:
             ort_logger.setLevel(level)
         model = onnx.load(str(quantized))
-        _drop_unused_opsets(model)
-        set_metadata(model, meta.info, "encoder", "int8")
-        settings: dict[str, Any] = {
-            "target": target_name,
-            "activation_type": recipe.activation_type,
-            "weight_type": recipe.weight_type,
-            "activation_symmetric": recipe.activation_symmetric,
-            "reduce_range": recipe.reduce_range,
-            "built_on": cpu.to_dict(),
-            "calibration_method": calibration_method,
-            "calibration_images": len(paths),
-            "quantize_attention_matmuls": quantize_attention_matmuls,
-            "gelu_fused": gelus,
-            "preprocess": preprocess,
-        }
-        model.graph.doc_string = f"segfast {meta.info.name} encoder (int8, {target_name})"
+        drop_unused_opsets(model)
+        return model
 
-        if validate:  # before the file takes its final name, so a bad one never lands there
-            candidate = save_model(model, tmp / "candidate.onnx")
-            inputs = [
-                item[reader.input_name]
-                for item, _ in zip(reader, range(validation_images), strict=False)
-            ]
-            cosines = embedding_cosines(fp32_path, candidate, inputs)
-            if float(np.mean(cosines)) < min_cosine:
-                hint = (
-                    f"this CPU saturates {target_name!r} files: use target 'cpu' or 'cpu-avx2'"
-                    if saturates_on(settings, cpu)
-                    else "try more or more representative calibration images, or "
-                    "calibration_method='percentile'"
-                )
-                raise QuantizationError(
-                    f"int8 encoder for {out_path} (target {target_name}: {recipe.describe()}) "
-                    f"drifts from fp32 on {cpu.describe()}: embedding cosine "
-                    f"{[round(c, 4) for c in cosines]} (mean {np.mean(cosines):.4f}) < "
-                    f"min_cosine {min_cosine}; {hint}"
-                )
-            settings["validation"] = {
-                "mean_cosine": round(float(np.mean(cosines)), 5),
-                "min_cosine": round(float(np.min(cosines)), 5),
-                "images": len(cosines),
-                "cpu": cpu.describe(),
-            }
-        model.metadata_props.add(key=QUANTIZATION_KEY, value=json.dumps(settings, sort_keys=True))
-        # int8 weights are a quarter of fp32's: even SAM ViT-H's stay inline (< 2 GiB), so
-        # saving again after the check is cheap and never splits off a data file.
-        save_model(model, out_path)
-    return out_path
+    def validate(
+        self,
+        fp32_path: Path,
+        candidate: Path,
+        out_path: Path,
+        reader: ImageFolderReader,
+        settings: dict[str, Any],
+        min_cosine: float,
+        images: int,
+    ) -> dict[str, Any]:
+        """The embedding cosines of ``candidate`` (with these ``settings``) vs fp32 on the first
+        ``images`` images.
+
+        Raises:
+            QuantizationError: their mean is below ``min_cosine``; the message names this
+                machine's CPU and what to try.
+        """
+        inputs = [item[reader.input_name] for item, _ in zip(reader, range(images), strict=False)]
+        cosines = embedding_cosines(fp32_path, candidate, inputs)
+        if float(np.mean(cosines)) < min_cosine:
+            hint = (
+                f"this CPU saturates {self.target!r} files: use target 'cpu' or 'cpu-avx2'"
+                if saturates_on(settings, self.cpu)
+                else "try more or more representative calibration images, or "
+                "calibration_method='percentile'"
+            )
+            raise QuantizationError(
+                f"int8 encoder for {out_path} (target {self.target}: "
+                f"{self.recipe.describe()}) drifts from fp32 on {self.cpu.describe()}: "
+                f"embedding cosine {[round(c, 4) for c in cosines]} (mean "
+                f"{np.mean(cosines):.4f}) < min_cosine {min_cosine}; {hint}"
+            )
+        return {
+            "mean_cosine": round(float(np.mean(cosines)), 5),
+            "min_cosine": round(float(np.min(cosines)), 5),
+            "images": len(cosines),
+            "cpu": self.cpu.describe(),
+        }
 
 
 def quantization_settings(path: str | Path) -> dict[str, Any] | None:
@@ -567,41 +458,3 @@ def quantization_settings(path: str | Path) -> dict[str, Any] | None:
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     text = props.get(QUANTIZATION_KEY)
     return json.loads(text) if text else None
-
-
-# ----------------------------------------------------------------------------- inspection
-
-
-def ort_kernel_summary(path: str | Path) -> Counter[str]:
-    """Op types ONNX Runtime's CPU EP actually runs for ``path`` after its graph fusions.
-
-    ``QLinearConv``, ``QGemm``, ``MatMulIntegerToFloat``, ... are int8 kernels; ``Gelu``,
-    ``LayerNormalization``, ``Softmax`` left as such run in float. Keys are
-    ``"domain:op"`` for non-default domains, else ``"op"``.
-    """
-    with tempfile.TemporaryDirectory(prefix="segfast_ort_") as tmp:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        model = onnx.load(options.optimized_model_filepath)
-    return Counter(f"{n.domain}:{n.op_type}" if n.domain else n.op_type for n in model.graph.node)
-
-
-def qdq_summary(path: str | Path) -> dict[str, dict[str, int]]:
-    """Per op type, how many nodes read a dequantized tensor (``"dq_input"``) or not.
-
-    Quantize/Dequantize nodes themselves are left out. A weighted op with ``dq_input`` is
-    quantized; a float op (LayerNorm, Softmax, GELU) may read a dequantized activation but
-    is never given quantized weights.
-    """
-    model = onnx.load(str(path))
-    dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
-    summary: dict[str, dict[str, int]] = {}
-    for node in model.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        kind = "dq_input" if any(i in dq_outputs for i in node.input) else "float"
-        counts = summary.setdefault(node.op_type, {})
-        counts[kind] = counts.get(kind, 0) + 1
-    return summary

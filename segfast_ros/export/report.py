@@ -34,7 +34,7 @@ from ..runtime.images import list_images, read_rgb
 from ..runtime.onnx_backend import OnnxRuntimeBackend, onnx_file_names
 from ..runtime.predictor import Predictor
 from ..runtime.transforms import prepare_image
-from .quantize import cosine_similarity
+from .embedding_cosine import cosine_similarity
 
 
 @dataclass(frozen=True)
