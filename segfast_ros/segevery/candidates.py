@@ -1,16 +1,18 @@
 """From prompts to mask candidates, in small stages around one container.
 
 The stages follow SAM's automatic mask generator (``MaskData``, ``_process_batch``,
-``_process_crop``, ``postprocess_small_regions``), with all masks in bounded memory:
+``postprocess_small_regions``; its ``_process_crop`` is the grid strategy's), with all masks in
+bounded memory:
 
 * :func:`segment_prompts` validates the prompts and runs them batch by batch.
 * Per batch (:meth:`_Decode.batch`): one decoder call at low resolution (:func:`decode_prompts`),
   then the predicted-IoU filter, before the expensive upscale.
 * Per upscale group of the survivors (:meth:`_Decode.group`), at most ``upscale_budget`` pixels
-  of float32 logits: upscale to the predictor's image, threshold with stability and area,
-  the stability and empty-mask filters, boxes, then RLE in the full frame. A group is reduced to
-  RLE before the next is upscaled, so memory is bounded by the budget (about 5 bytes per budget
-  pixel: the logits and their masks) whatever the frame size and the number of prompts.
+  of float32 logits: upscale to the predictor's image, threshold (stability and area in the same
+  pass), boxes, the empty-mask, stability and crop-edge filters, the strategy's look at the
+  logits, then RLE in the full frame. A group is reduced to RLE before the next is upscaled, so
+  memory is bounded by the budget (about 5 bytes per budget pixel: the logits and their masks)
+  whatever the frame size and the number of prompts.
 * :func:`finish_candidates`: the optional small-region clean-up (:func:`clean_small_regions`),
   then best first.
 
