@@ -13,7 +13,7 @@ from typing import Any
 #: With SAM's defaults (pred_iou_thresh 0.88, stability 0.95) the demo model keeps almost no
 #: mask: its IoU head is trained but its masks are not good enough to be predicted that high.
 #: The thresholds and the detector's conf are the picks of
-#: :func:`segfast_ros.demo.evaluate.tune_segevery` on validation scenes
+#: :func:`segfast_ros.demo.tune.tune_segevery` on validation scenes
 #: (``python -m segfast_ros.demo.evaluate --tune``; MobileSAMv2 uses conf 0.4, at which the demo
 #: detector finds too few objects). The detector runs at 256 px instead of 1024, so its border
 #: snap (20 letterbox px) is scaled by 256 / 1024.
