@@ -193,6 +193,15 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         read_only=True,
     ),
     ParamSpec(
+        "executor.threads",
+        4,
+        "Threads of the node's executor: image callbacks, ~/segment admission, timers and "
+        "lifecycle transitions run on them (decoding runs on segment.workers). At least 2: a "
+        "deactivate waits on one for the admitted ~/segment calls, which another answers.",
+        range=_num(4, 2, 64),
+        read_only=True,
+    ),
+    ParamSpec(
         f"{SEGEVERY}.rate",
         1.0,
         "SegEvery publications per second on ~/instances (at most one per encoded frame); "
@@ -301,6 +310,7 @@ class NodeConfig:
     use_compressed: bool
     cache_size: int
     diagnostics_period: float
+    executor_threads: int
     segevery_rate: float
     segevery_strategy: str
 
@@ -324,6 +334,7 @@ class NodeConfig:
             use_compressed=bool(values["use_compressed"]),
             cache_size=int(values["cache_size"]),
             diagnostics_period=float(values["diagnostics_period"]),
+            executor_threads=int(values["executor.threads"]),
             segevery_rate=float(values[f"{SEGEVERY}.rate"]),
             segevery_strategy=str(values[f"{SEGEVERY}.strategy"]),
         )
