@@ -18,32 +18,30 @@ from .metadata import OnnxMetadata, read_metadata, save_model, set_metadata
 from .quantize import QuantizationError, quantize_encoder
 
 if TYPE_CHECKING:
-    from .onnx_export import (
-        DecoderCase,
-        ExportValidationError,
-        Tolerance,
-        ValidationResult,
-        export_decoder,
-        export_encoder,
-        export_model,
-        validate_export,
-    )
+    from .onnx_export import export_decoder, export_encoder, export_model
     from .report import (
         format_int8_report,
         int8_report,
         int8_report_from_dir,
         write_report_json,
     )
+    from .validation import (
+        DecoderCase,
+        ExportValidationError,
+        Tolerance,
+        ValidationResult,
+        validate_export,
+    )
 
 _LAZY = {
-    "DecoderCase": "onnx_export",
-    "ExportValidationError": "onnx_export",
-    "Tolerance": "onnx_export",
-    "ValidationResult": "onnx_export",
+    "DecoderCase": "validation",
+    "ExportValidationError": "validation",
+    "Tolerance": "validation",
+    "ValidationResult": "validation",
     "export_decoder": "onnx_export",
     "export_encoder": "onnx_export",
     "export_model": "onnx_export",
-    "validate_export": "onnx_export",
+    "validate_export": "validation",
     # Lazy too, so that `python -m segfast_ros.export.report` does not import itself twice.
     "format_int8_report": "report",
     "int8_report": "report",

@@ -122,42 +122,9 @@ def convert_to_fp16(
     floats = _float_tensor_names(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    graph = out.graph
     keep_ops, keep_nodes = frozenset(keep_fp32_ops), frozenset(keep_fp32_nodes)
-
-    initializers = {t.name: t for t in graph.initializer}
-    graph_inputs = {i.name for i in graph.input}
-    # Current element type of every float tensor after conversion (inputs stay float32).
-    dtype: dict[str, int] = {name: _FLOAT for name in graph_inputs if name in floats}
-    half_inits: dict[str, str] = {}  # fp32 initializer name -> its fp16 copy
-    casts: dict[tuple[str, int], str] = {}  # (tensor, to) -> name of the cast tensor
-    new_nodes: list[onnx.NodeProto] = []
-
-    def as_type(name: str, to: int) -> str:
-        if name in initializers and name not in graph_inputs:
-            if to == _FLOAT:
-                return name
-            if name not in half_inits:
-                half = numpy_helper.from_array(
-                    _to_half(numpy_helper.to_array(initializers[name])), f"{name}__fp16"
-                )
-                graph.initializer.append(half)
-                half_inits[name] = half.name
-            return half_inits[name]
-        if dtype.get(name, _FLOAT) == to:
-            return name
-        key = (name, to)
-        if key not in casts:
-            suffix = "fp16" if to == _HALF else "fp32"
-            casts[key] = f"{name}__{suffix}"
-            new_nodes.append(
-                helper.make_node(
-                    "Cast", [name], [casts[key]], name=f"{name}__cast_{suffix}", to=to
-                )
-            )
-        return casts[key]
-
-    for node in graph.node:
+    rewrite = _Fp16Rewrite(out.graph, floats)
+    for node in out.graph.node:
         # A node computes in fp16 when it makes float tensors; nodes that only read them
         # (Equal, Cast to int) read float32, which is exact for the labels and sizes they see.
         half = (
@@ -165,10 +132,59 @@ def convert_to_fp16(
             and node.op_type not in keep_ops
             and node.name not in keep_nodes
         )
+        rewrite.add(node, half)
+    rewrite.finish()
+    return out
+
+
+class _Fp16Rewrite:
+    """The node list of :func:`convert_to_fp16` as it is rewritten, with the Casts it needs.
+
+    Each Cast goes right before the first node that reads it, so the node order stays
+    topological; a tensor is cast at most once per target type.
+    """
+
+    def __init__(self, graph: onnx.GraphProto, floats: set[str]) -> None:
+        self.graph, self.floats = graph, floats
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.graph_inputs = {i.name for i in graph.input}
+        # Current element type of every float tensor after conversion (inputs stay float32).
+        self.dtype: dict[str, int] = {n: _FLOAT for n in self.graph_inputs if n in floats}
+        self.half_inits: dict[str, str] = {}  # fp32 initializer name -> its fp16 copy
+        self.casts: dict[tuple[str, int], str] = {}  # (tensor, to) -> name of the cast tensor
+        self.nodes: list[onnx.NodeProto] = []
+
+    def as_type(self, name: str, to: int) -> str:
+        """The name under which tensor ``name`` reads as type ``to`` (a Cast or fp16 copy)."""
+        if name in self.initializers and name not in self.graph_inputs:
+            if to == _FLOAT:
+                return name
+            if name not in self.half_inits:
+                half = numpy_helper.from_array(
+                    _to_half(numpy_helper.to_array(self.initializers[name])), f"{name}__fp16"
+                )
+                self.graph.initializer.append(half)
+                self.half_inits[name] = half.name
+            return self.half_inits[name]
+        if self.dtype.get(name, _FLOAT) == to:
+            return name
+        key = (name, to)
+        if key not in self.casts:
+            suffix = "fp16" if to == _HALF else "fp32"
+            self.casts[key] = f"{name}__{suffix}"
+            self.nodes.append(
+                helper.make_node(
+                    "Cast", [name], [self.casts[key]], name=f"{name}__cast_{suffix}", to=to
+                )
+            )
+        return self.casts[key]
+
+    def add(self, node: onnx.NodeProto, half: bool) -> None:
+        """Append ``node``, computing in fp16 if ``half``, its inputs cast to match."""
         for i, name in enumerate(node.input):
-            if name in floats and node.op_type not in _TYPE_AGNOSTIC:
+            if name in self.floats and node.op_type not in _TYPE_AGNOSTIC:
                 fp32_only = (node.op_type, i) in _FLOAT32_ONLY_INPUTS
-                node.input[i] = as_type(name, _HALF if half and not fp32_only else _FLOAT)
+                node.input[i] = self.as_type(name, _HALF if half and not fp32_only else _FLOAT)
         if half:
             for attr in node.attribute:
                 if attr.name == "to" and attr.i == _FLOAT:  # Cast to float now means fp16
@@ -181,31 +197,33 @@ def convert_to_fp16(
                         )
                     )
         for name in node.output:
-            if name in floats:
-                dtype[name] = _HALF if half else _FLOAT
-        new_nodes.append(node)
+            if name in self.floats:
+                self.dtype[name] = _HALF if half else _FLOAT
+        self.nodes.append(node)
 
-    # Outputs computed in fp16 get a final Cast back to the float32 name the runtime expects.
-    renames: dict[str, str] = {}
-    for output in graph.output:
-        if output.name in floats and dtype.get(output.name) == _HALF:
-            renames[output.name] = f"{output.name}__fp16"
-    for node in new_nodes:
-        for seq in (node.input, node.output):
-            for i, name in enumerate(seq):
-                if name in renames:
-                    seq[i] = renames[name]
-    for name, half_name in renames.items():
-        new_nodes.append(
-            helper.make_node("Cast", [half_name], [name], name=f"{name}__cast_out", to=_FLOAT)
-        )
-
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    drop_unused_initializers(graph)
-    # Intermediate type annotations are stale now; consumers re-infer them.
-    del graph.value_info[:]
-    return out
+    def finish(self) -> None:
+        """Cast fp16 outputs back to float32 and put the new node list into the graph."""
+        # Outputs computed in fp16 get a final Cast back to the float32 name the runtime
+        # expects.
+        renames: dict[str, str] = {}
+        for output in self.graph.output:
+            if output.name in self.floats and self.dtype.get(output.name) == _HALF:
+                renames[output.name] = f"{output.name}__fp16"
+        for node in self.nodes:
+            for seq in (node.input, node.output):
+                for i, name in enumerate(seq):
+                    if name in renames:
+                        seq[i] = renames[name]
+        for name, half_name in renames.items():
+            self.nodes.append(
+                helper.make_node("Cast", [half_name], [name], name=f"{name}__cast_out", to=_FLOAT)
+            )
+        graph = self.graph
+        del graph.node[:]
+        graph.node.extend(self.nodes)
+        drop_unused_initializers(graph)
+        # Intermediate type annotations are stale now; consumers re-infer them.
+        del graph.value_info[:]
 
 
 def export_fp16(

@@ -29,13 +29,10 @@ from __future__ import annotations
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -54,97 +51,14 @@ from ..spec import (
     ModelInfo,
 )
 from .fp16 import export_fp16
-from .metadata import MAX_INLINE_WEIGHT_BYTES, Role, read_metadata, save_model, set_metadata
+from .metadata import MAX_INLINE_WEIGHT_BYTES, Role, save_model, set_metadata
 from .quantize import quantize_encoder
+from .validation import TOLERANCES, ExportValidationError, validate_export
 
 Exporter = Literal["torchscript", "dynamo"]
 
 #: Names of the decoder's dynamic dimensions in the ONNX files.
 DYNAMIC_DIMS = {"prompts": "B", "points": "N", "mask_batch": "B_mask"}
-
-
-class ExportValidationError(RuntimeError):
-    """An exported graph does not compute what the torch model computes."""
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Pass criteria of one output: ``max|diff| <= atol + rtol * max|ref|`` and cosine.
-
-    Attributes:
-        atol: absolute part of the allowed max difference.
-        rtol: part of the allowed max difference relative to the reference's max magnitude
-            (logit scales differ a lot between models and checkpoints).
-        min_cosine: lowest cosine similarity of the flattened outputs.
-    """
-
-    atol: float
-    rtol: float
-    min_cosine: float
-
-
-#: ORT CPU fp32 vs torch fp32: only summation order differs (measured max |diff| ~1e-5 on the
-#: full-size encoder).
-FP32_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-4, min_cosine=0.99999)
-#: fp16 graph vs torch fp32 (measured on the full-size MobileSAM with the fixture weights:
-#: cosine >= 0.999995, max |diff| <= 0.33% of the output range, encoder and decoder).
-FP16_TOLERANCE = Tolerance(atol=1e-2, rtol=3e-2, min_cosine=0.999)
-TOLERANCES: dict[str, Tolerance] = {"fp32": FP32_TOLERANCE, "fp16": FP16_TOLERANCE}
-
-
-@dataclass(frozen=True)
-class DecoderCase:
-    """One decoder input configuration to check.
-
-    Attributes:
-        num_prompts: prompt sets ``B``.
-        num_points: points per set ``N`` (a box counts as 2 points).
-        mask: ``"off"`` (``has_mask_input`` 0), ``"shared"`` (one ``(1, 1, L, L)`` mask for
-            every set) or ``"per_prompt"`` (``(B, 1, L, L)``).
-        box: the first two points of every set are box corners (labels 2, 3).
-        pad: the last point of every set is padding (label -1), as SAM adds without a box.
-    """
-
-    num_prompts: int
-    num_points: int
-    mask: Literal["off", "shared", "per_prompt"] = "off"
-    box: bool = False
-    pad: bool = False
-
-    def __str__(self) -> str:
-        extra = "".join(f" {k}" for k in ("box", "pad") if getattr(self, k))
-        return f"B={self.num_prompts} N={self.num_points} mask={self.mask}{extra}"
-
-
-DEFAULT_DECODER_CASES: tuple[DecoderCase, ...] = (
-    DecoderCase(1, 1),
-    DecoderCase(1, 2, pad=True),
-    DecoderCase(1, 3, mask="shared", box=True),
-    DecoderCase(3, 2, mask="per_prompt"),
-    DecoderCase(16, 2),
-    DecoderCase(16, 2, mask="shared", box=True),
-)
-
-
-@dataclass(frozen=True)
-class ValidationResult:
-    """ORT vs torch on one output of one input configuration."""
-
-    graph: str
-    case: str
-    output: str
-    max_abs_diff: float
-    ref_max_abs: float
-    cosine: float
-    passed: bool
-
-    def __str__(self) -> str:
-        verdict = "ok" if self.passed else "FAIL"
-        return (
-            f"{self.graph:8s} {self.case:34s} {self.output:17s} max|diff| "
-            f"{self.max_abs_diff:.3g} (ref max {self.ref_max_abs:.3g}) cosine "
-            f"{self.cosine:.7f} {verdict}"
-        )
 
 
 class EncoderGraph(nn.Module):
@@ -206,9 +120,6 @@ def _torch_export(
     exporter: Exporter,
 ) -> onnx.ModelProto:
     """Run ``torch.onnx.export`` into a temporary folder and load the result (weights too)."""
-    input_names = list(ENCODER_INPUTS if role == "encoder" else DECODER_INPUTS)
-    output_names = list(ENCODER_OUTPUTS if role == "encoder" else DECODER_OUTPUTS)
-    b, n, mb = DYNAMIC_DIMS["prompts"], DYNAMIC_DIMS["points"], DYNAMIC_DIMS["mask_batch"]
     module = module.eval()
     with tempfile.TemporaryDirectory(prefix="segfast_export_") as tmp:
         raw = Path(tmp) / f"{role}.onnx"
@@ -220,53 +131,9 @@ def _torch_export(
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
             if exporter == "torchscript":
-                dynamic_axes = None
-                if role == "decoder":
-                    dynamic_axes = {
-                        "point_coords": {0: b, 1: n},
-                        "point_labels": {0: b, 1: n},
-                        "mask_input": {0: mb},
-                        "low_res_masks": {0: b},
-                        "iou_predictions": {0: b},
-                    }
-                torch.onnx.export(
-                    module,
-                    args,
-                    str(raw),
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=input_names,
-                    output_names=output_names,
-                    dynamic_axes=dynamic_axes,
-                    do_constant_folding=True,
-                )
+                _torchscript_export(module, args, raw, role, opset)
             elif exporter == "dynamo":
-                dynamic_shapes = None
-                if role == "decoder":
-                    prompts = torch.export.Dim(b, min=1)
-                    points = torch.export.Dim(n, min=1)
-                    # AUTO, not a named Dim: a named one is specialised to the traced size,
-                    # and "1 or B" cannot be written as a Dim relation.
-                    dynamic_shapes = {
-                        "image_embeddings": None,
-                        "point_coords": {0: prompts, 1: points},
-                        "point_labels": {0: prompts, 1: points},
-                        "mask_input": {0: torch.export.Dim.AUTO},
-                        "has_mask_input": None,
-                    }
-                torch.onnx.export(
-                    module,
-                    args,
-                    str(raw),
-                    dynamo=True,
-                    opset_version=opset,
-                    input_names=input_names,
-                    output_names=output_names,
-                    dynamic_shapes=dynamic_shapes,
-                    external_data=True,
-                    optimize=True,
-                    verbose=False,
-                )
+                _dynamo_export(module, args, raw, role, opset)
             else:
                 raise ValueError(
                     f"unknown exporter {exporter!r}; expected 'torchscript' or 'dynamo'"
@@ -276,11 +143,80 @@ def _torch_export(
         # The exporters leave the reshaped outputs' trailing dims symbolic (and the dynamo one
         # names the mask batch after an internal symbol); every consumer, TensorRT's profile
         # builder first, is better off with the real sizes and the documented names.
+        b, mb = DYNAMIC_DIMS["prompts"], DYNAMIC_DIMS["mask_batch"]
         m, lr = info.num_mask_tokens, info.low_res_size
         _set_dims(model.graph.input, "mask_input", [mb, 1, lr, lr])
         _set_dims(model.graph.output, "low_res_masks", [b, m, lr, lr])
         _set_dims(model.graph.output, "iou_predictions", [b, m])
     return model
+
+
+def _run_exporter(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    raw: Path,
+    role: Role,
+    opset: int,
+    **options: Any,
+) -> None:
+    """``torch.onnx.export`` into ``raw`` with the graph's input and output names."""
+    if role == "encoder":
+        input_names, output_names = list(ENCODER_INPUTS), list(ENCODER_OUTPUTS)
+    else:
+        input_names, output_names = list(DECODER_INPUTS), list(DECODER_OUTPUTS)
+    torch.onnx.export(
+        module,
+        args,
+        str(raw),
+        opset_version=opset,
+        input_names=input_names,
+        output_names=output_names,
+        **options,
+    )
+
+
+def _torchscript_export(
+    module: nn.Module, args: tuple[torch.Tensor, ...], raw: Path, role: Role, opset: int
+) -> None:
+    """The TorchScript exporter, with the decoder's named dynamic axes."""
+    b, n, mb = DYNAMIC_DIMS["prompts"], DYNAMIC_DIMS["points"], DYNAMIC_DIMS["mask_batch"]
+    dynamic_axes = None
+    if role == "decoder":
+        dynamic_axes = {
+            "point_coords": {0: b, 1: n},
+            "point_labels": {0: b, 1: n},
+            "mask_input": {0: mb},
+            "low_res_masks": {0: b},
+            "iou_predictions": {0: b},
+        }
+    _run_exporter(
+        module, args, raw, role, opset,
+        dynamo=False, dynamic_axes=dynamic_axes, do_constant_folding=True,
+    )  # fmt: skip
+
+
+def _dynamo_export(
+    module: nn.Module, args: tuple[torch.Tensor, ...], raw: Path, role: Role, opset: int
+) -> None:
+    """The dynamo exporter, with the decoder's dynamic shapes (weights as external data)."""
+    dynamic_shapes = None
+    if role == "decoder":
+        prompts = torch.export.Dim(DYNAMIC_DIMS["prompts"], min=1)
+        points = torch.export.Dim(DYNAMIC_DIMS["points"], min=1)
+        # AUTO, not a named Dim: a named one is specialised to the traced size,
+        # and "1 or B" cannot be written as a Dim relation.
+        dynamic_shapes = {
+            "image_embeddings": None,
+            "point_coords": {0: prompts, 1: points},
+            "point_labels": {0: prompts, 1: points},
+            "mask_input": {0: torch.export.Dim.AUTO},
+            "has_mask_input": None,
+        }
+    _run_exporter(
+        module, args, raw, role, opset,
+        dynamo=True, dynamic_shapes=dynamic_shapes, external_data=True, optimize=True,
+        verbose=False,
+    )  # fmt: skip
 
 
 def _set_dims(
@@ -405,130 +341,6 @@ def export_decoder(
     return path
 
 
-# ----------------------------------------------------------------------------- validation
-
-
-def _session(path: Path, providers: Sequence[str]) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # the fp16 graphs make ORT CPU log every upcast it inserts
-    return ort.InferenceSession(str(path), options, providers=list(providers))
-
-
-def _compare(
-    graph: str, case: str, name: str, got: np.ndarray, ref: np.ndarray, tol: Tolerance
-) -> ValidationResult:
-    if got.shape != ref.shape:
-        return ValidationResult(graph, case, name, float("inf"), 0.0, 0.0, False)
-    got64, ref64 = got.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
-    diff = float(np.abs(got64 - ref64).max()) if got64.size else 0.0
-    ref_max = float(np.abs(ref64).max()) if ref64.size else 0.0
-    denom = np.linalg.norm(got64) * np.linalg.norm(ref64)
-    cosine = float(got64 @ ref64 / denom) if denom > 0 else float(diff == 0.0)
-    finite = bool(np.isfinite(got64).all())
-    passed = finite and diff <= tol.atol + tol.rtol * ref_max and cosine >= tol.min_cosine
-    return ValidationResult(graph, case, name, diff, ref_max, cosine, passed)
-
-
-def _decoder_inputs(
-    case: DecoderCase, embedding: np.ndarray, info: ModelInfo, rng: np.random.Generator
-) -> dict[str, np.ndarray]:
-    b, n, s, lr = case.num_prompts, case.num_points, info.image_size, info.low_res_size
-    coords = rng.uniform(0, s, size=(b, n, 2)).astype(np.float32)
-    labels = rng.integers(LABEL_BG, LABEL_FG + 1, size=(b, n)).astype(np.float32)
-    if case.box:
-        if n < 2:
-            raise ValueError(f"a box needs 2 points, case {case} has {n}")
-        labels[:, :2] = (LABEL_BOX_TL, LABEL_BOX_BR)
-        coords[:, :2].sort(axis=1)  # top-left corner first
-    if case.pad:
-        labels[:, -1] = LABEL_PAD
-        coords[:, -1] = 0.0
-    mask_batch = b if case.mask == "per_prompt" else 1
-    # Logit-scaled masks, as the decoder's own low-res output would be.
-    mask = (rng.standard_normal((mask_batch, 1, lr, lr)) * 8).astype(np.float32)
-    has_mask = np.array([0.0 if case.mask == "off" else 1.0], dtype=np.float32)
-    return dict(zip(DECODER_INPUTS, (embedding, coords, labels, mask, has_mask), strict=True))
-
-
-def validate_export(
-    sam: Sam,
-    encoder_path: str | Path | None = None,
-    decoder_path: str | Path | None = None,
-    *,
-    image: np.ndarray | None = None,
-    decoder_cases: Sequence[DecoderCase] = DEFAULT_DECODER_CASES,
-    tolerance: Tolerance | None = None,
-    providers: Sequence[str] = ("CPUExecutionProvider",),
-    seed: int = 0,
-    raise_on_failure: bool = True,
-) -> list[ValidationResult]:
-    """Run exported graphs in ONNX Runtime and compare them with the torch model.
-
-    The encoder sees ``image`` (or seeded noise); the decoder sees the torch embedding of that
-    image and seeded random prompts for every case (several ``B``, ``N``, mask on/off, boxes,
-    padding points).
-
-    On the CPU EP an fp16 graph runs its Conv/MatMul/elementwise nodes upcast to float32 (ORT
-    x86 has no fp16 kernels for them and inserts Casts); only data-movement ops run in fp16.
-    A CPU check therefore covers the rounding of weights and of every activation between ops,
-    not fp16 arithmetic inside kernels: pass ``providers=("CUDAExecutionProvider",)`` on a GPU
-    for that.
-
-    Args:
-        sam: the torch model the graphs were exported from.
-        encoder_path: encoder ``.onnx`` to check, or None.
-        decoder_path: decoder ``.onnx`` to check, or None.
-        image: ``(1, 3, S, S)`` float32 preprocessed image; None uses seeded noise.
-        decoder_cases: decoder input configurations.
-        tolerance: pass criteria; None picks :data:`TOLERANCES` by each file's precision.
-        providers: ONNX Runtime execution providers.
-        seed: seed of the random image and prompts.
-        raise_on_failure: raise instead of only returning failing results.
-
-    Returns:
-        One :class:`ValidationResult` per output and case.
-
-    Raises:
-        ExportValidationError: a result failed (with ``raise_on_failure``); the message lists
-            every result.
-    """
-    info = sam.info
-    rng = np.random.default_rng(seed)
-    if image is None:
-        image = rng.standard_normal((1, 3, info.image_size, info.image_size)).astype(np.float32)
-    expected = (1, 3, info.image_size, info.image_size)
-    if image.shape != expected or image.dtype != np.float32:
-        raise ValueError(
-            f"image must be {expected} float32 (prepare_image's output), got {image.shape} "
-            f"{image.dtype}"
-        )
-    results: list[ValidationResult] = []
-    with torch.no_grad():
-        embedding = sam.encode(torch.from_numpy(image)).numpy()
-        if encoder_path is not None:
-            tol = tolerance or TOLERANCES[read_metadata(encoder_path).precision]
-            session = _session(Path(encoder_path), providers)
-            (got,) = session.run(list(ENCODER_OUTPUTS), {ENCODER_INPUTS[0]: image})
-            results.append(_compare("encoder", "image", ENCODER_OUTPUTS[0], got, embedding, tol))
-        if decoder_path is not None:
-            tol = tolerance or TOLERANCES[read_metadata(decoder_path).precision]
-            session = _session(Path(decoder_path), providers)
-            for case in decoder_cases:
-                feeds = _decoder_inputs(case, embedding, info, rng)
-                refs = sam.decode(*(torch.from_numpy(feeds[k]) for k in DECODER_INPUTS))
-                gots = session.run(list(DECODER_OUTPUTS), feeds)
-                for name, got, ref in zip(DECODER_OUTPUTS, gots, refs, strict=True):
-                    results.append(_compare("decoder", str(case), name, got, ref.numpy(), tol))
-    if raise_on_failure and not all(r.passed for r in results):
-        table = "\n  ".join(str(r) for r in results)
-        where = ", ".join(str(p) for p in (encoder_path, decoder_path) if p is not None)
-        raise ExportValidationError(
-            f"ONNX Runtime ({', '.join(providers)}) does not reproduce torch for {where}:\n  "
-            f"{table}"
-        )
-    return results
-
-
 # ----------------------------------------------------------------------------- everything
 
 
@@ -571,22 +383,14 @@ def export_model(
         CalibrationError, QuantizationError: see
             :func:`~segfast_ros.export.quantize.quantize_encoder`.
     """
-    unknown = sorted(set(precisions) - set(TOLERANCES) - {"int8"})
-    if unknown:
-        raise ValueError(f"unknown precisions {unknown}; expected fp32, fp16 or int8")
-    if "int8" in precisions and calibration_images is None:
-        raise ValueError(
-            "int8 needs calibration_images: a folder of jpg/png frames like those the robot "
-            "will see (a few dozen are enough)"
-        )
+    _check_precisions(precisions, calibration_images)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
 
     def target(role: str, precision: str) -> Path:
         enc_name, dec_name = onnx_file_names(precision)
-        name = enc_name if role == "encoder" else dec_name
-        return out_dir / name
+        return out_dir / (enc_name if role == "encoder" else dec_name)
 
     enc32 = export_encoder(
         sam, target("encoder", "fp32"), opset=opset, exporter=exporter, validate=False
@@ -613,3 +417,17 @@ def export_model(
             **dict(int8_options or {}),
         )
     return written
+
+
+def _check_precisions(
+    precisions: Sequence[str], calibration_images: str | Path | Sequence[str | Path] | None
+) -> None:
+    """ValueError for an unknown precision, or ``"int8"`` without calibration images."""
+    unknown = sorted(set(precisions) - set(TOLERANCES) - {"int8"})
+    if unknown:
+        raise ValueError(f"unknown precisions {unknown}; expected fp32, fp16 or int8")
+    if "int8" in precisions and calibration_images is None:
+        raise ValueError(
+            "int8 needs calibration_images: a folder of jpg/png frames like those the robot "
+            "will see (a few dozen are enough)"
+        )

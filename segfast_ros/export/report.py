@@ -29,7 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.cpu_features import Int8SaturationWarning, detect_cpu_features, saturates_on
+from ..runtime.cpu_features import (
+    CpuFeatures,
+    Int8SaturationWarning,
+    detect_cpu_features,
+    saturates_on,
+)
 from ..runtime.images import list_images, read_rgb
 from ..runtime.onnx_backend import OnnxRuntimeBackend, onnx_file_names
 from ..runtime.predictor import Predictor
@@ -127,6 +132,33 @@ def int8_report(
         raise ValueError("int8_report needs at least one int8 encoder")
     paths = list_images(images, max_images=max_images)
     cpu = detect_cpu_features()
+    ref, q8s = _backends(fp32_encoder, files, decoder, threads)
+    prompts = _Prompts(point_prompts, box_prompts, mask_threshold)
+    rows = _image_rows(paths, ref, q8s, prompts, repeats)
+    report = {
+        "model": ref.info.name,
+        "threads": threads,
+        "repeats": repeats,
+        "cpu": {**cpu.to_dict(), "describe": cpu.describe()},
+        "files": {"fp32_encoder": str(fp32_encoder), "decoder": str(decoder)},
+        "int8": [
+            _file_entry(path, q8, file_rows, cpu)
+            for path, q8, file_rows in zip(files, q8s, rows, strict=True)
+        ],
+    }
+    if json_path is not None:
+        write_report_json(report, json_path)
+    return report
+
+
+def _backends(
+    fp32_encoder: str | Path, files: Sequence[str | Path], decoder: str | Path, threads: int
+) -> tuple[OnnxRuntimeBackend, list[OnnxRuntimeBackend]]:
+    """The fp32 backend and one per int8 file, all with ``decoder``.
+
+    Raises:
+        ValueError: an int8 file is of another model than the fp32 encoder.
+    """
     ref = OnnxRuntimeBackend(fp32_encoder, decoder, intra_op_threads=threads)
     with warnings.catch_warnings():
         # A file that saturates here is what the report is for: it says so in its column.
@@ -137,8 +169,67 @@ def int8_report(
             raise ValueError(
                 f"{fp32_encoder} ({ref.info}) and {path} ({q8.info}) are different models"
             )
+    return ref, q8s
+
+
+@dataclass(frozen=True)
+class _Prompts:
+    """The report's prompts (fractions of the image) and mask threshold."""
+
+    points: Sequence[PointPrompt]
+    boxes: Sequence[tuple[float, float, float, float]]
+    mask_threshold: float
+
+    def kwargs(self, h: int, w: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """:meth:`Predictor.predict` keyword arguments of the point and the box prompts."""
+        scale = np.array([w, h], dtype=np.float64)
+        point_kwargs = [
+            {
+                "point_coords": np.array(prompt.points) * scale,
+                "point_labels": np.array(prompt.labels),
+                "multimask_output": True,
+                "mask_threshold": self.mask_threshold,
+            }
+            for prompt in self.points
+        ]
+        box_kwargs = [
+            {
+                "box": np.array(box) * np.tile(scale, 2),
+                "multimask_output": False,
+                "mask_threshold": self.mask_threshold,
+            }
+            for box in self.boxes
+        ]
+        return point_kwargs, box_kwargs
+
+
+def _timed_encodes(
+    ref: OnnxRuntimeBackend, q8s: Sequence[OnnxRuntimeBackend], x: np.ndarray, repeats: int
+) -> tuple[np.ndarray, list[float], list[np.ndarray], list[list[float]]]:
+    """Embeddings and per-run milliseconds of the fp32 encoder and of every int8 one."""
+    ms_ref: list[float] = []
+    ms_q8: list[list[float]] = [[] for _ in q8s]
+    emb_q8: list[np.ndarray] = [np.empty(0)] * len(q8s)
+    emb_ref = np.empty(0)
+    for _ in range(repeats):  # interleaved, so a busy machine hurts all alike
+        emb_ref, t = _timed_encode(ref, x)
+        ms_ref.append(t)
+        for i, q8 in enumerate(q8s):
+            emb_q8[i], t = _timed_encode(q8, x)
+            ms_q8[i].append(t)
+    return emb_ref, ms_ref, emb_q8, ms_q8
+
+
+def _image_rows(
+    paths: Sequence[Path],
+    ref: OnnxRuntimeBackend,
+    q8s: Sequence[OnnxRuntimeBackend],
+    prompts: _Prompts,
+    repeats: int,
+) -> list[list[dict[str, Any]]]:
+    """Per int8 file, one row per image: embedding cosine, mask IoUs, encoder times."""
     pred_ref, pred_q8s = Predictor(ref), [Predictor(q8) for q8 in q8s]
-    rows: list[list[dict[str, Any]]] = [[] for _ in files]
+    rows: list[list[dict[str, Any]]] = [[] for _ in q8s]
     warmed = False
     for path in paths:
         image = read_rgb(path)
@@ -148,34 +239,9 @@ def int8_report(
             for backend in (ref, *q8s):
                 backend.encode(x)
             warmed = True
-        ms_ref: list[float] = []
-        ms_q8: list[list[float]] = [[] for _ in files]
-        emb_q8: list[np.ndarray] = [np.empty(0)] * len(files)
-        for _ in range(repeats):  # interleaved, so a busy machine hurts all alike
-            emb_ref, t = _timed_encode(ref, x)
-            ms_ref.append(t)
-            for i, q8 in enumerate(q8s):
-                emb_q8[i], t = _timed_encode(q8, x)
-                ms_q8[i].append(t)
+        emb_ref, ms_ref, emb_q8, ms_q8 = _timed_encodes(ref, q8s, x, repeats)
         pred_ref.set_embedding(emb_ref, (h, w))
-        scale = np.array([w, h], dtype=np.float64)
-        point_kwargs = [
-            {
-                "point_coords": np.array(prompt.points) * scale,
-                "point_labels": np.array(prompt.labels),
-                "multimask_output": True,
-                "mask_threshold": mask_threshold,
-            }
-            for prompt in point_prompts
-        ]
-        box_kwargs = [
-            {
-                "box": np.array(box) * np.tile(scale, 2),
-                "multimask_output": False,
-                "mask_threshold": mask_threshold,
-            }
-            for box in box_prompts
-        ]
+        point_kwargs, box_kwargs = prompts.kwargs(h, w)
         ref_points = [pred_ref.predict(**kw).masks for kw in point_kwargs]
         ref_boxes = [pred_ref.predict(**kw).masks[0] for kw in box_kwargs]
         for i, pred_q8 in enumerate(pred_q8s):
@@ -201,32 +267,24 @@ def int8_report(
                     "int8_ms": float(np.median(ms_q8[i])),
                 }
             )
-    entries = []
-    for path, q8, file_rows in zip(files, q8s, rows, strict=True):
-        mean = {k: float(np.mean([r[k] for r in file_rows])) for k in _METRICS}
-        settings = q8.quantization
-        entries.append(
-            {
-                "file": str(path),
-                "target": settings.get("target", "unknown") if settings else "unknown",
-                "quantization": settings,
-                "saturates_here": bool(settings) and saturates_on(settings, cpu),
-                "images": file_rows,
-                "mean": mean,
-                "speedup": mean["fp32_ms"] / mean["int8_ms"],
-            }
-        )
-    report = {
-        "model": ref.info.name,
-        "threads": threads,
-        "repeats": repeats,
-        "cpu": {**cpu.to_dict(), "describe": cpu.describe()},
-        "files": {"fp32_encoder": str(fp32_encoder), "decoder": str(decoder)},
-        "int8": entries,
+    return rows
+
+
+def _file_entry(
+    path: str | Path, q8: OnnxRuntimeBackend, file_rows: list[dict[str, Any]], cpu: CpuFeatures
+) -> dict[str, Any]:
+    """One int8 file's part of the report: its settings, rows, means and speedup."""
+    mean = {k: float(np.mean([r[k] for r in file_rows])) for k in _METRICS}
+    settings = q8.quantization
+    return {
+        "file": str(path),
+        "target": settings.get("target", "unknown") if settings else "unknown",
+        "quantization": settings,
+        "saturates_here": bool(settings) and saturates_on(settings, cpu),
+        "images": file_rows,
+        "mean": mean,
+        "speedup": mean["fp32_ms"] / mean["int8_ms"],
     }
-    if json_path is not None:
-        write_report_json(report, json_path)
-    return report
 
 
 def int8_report_from_dir(

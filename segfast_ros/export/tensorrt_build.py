@@ -120,34 +120,9 @@ def _profiles_dir() -> Path:
 def cmd_build_engine(args: argparse.Namespace) -> int:
     """Build the encoder and decoder engines of ``args.onnx_dir`` into the engine cache."""
     onnx_dir = Path(args.onnx_dir)
-    if args.profile:
-        from segfast_ros.profiles import resolve_profile
-
-        path = resolve_profile(args.profile, _profiles_dir())
-        if path is not None:
-            settings = profile_build_settings(path)
-            print(f"profile {path}: {settings}")
-            for key, value in settings.items():
-                if getattr(args, key) is None:  # explicit flags win over the profile
-                    setattr(args, key, value)
-    for key, default in (("precision", "fp16"), ("opt_sets", 16), ("max_sets", 320)):
-        if getattr(args, key) is None:
-            setattr(args, key, default)
+    _settings_from_profile(args)
     if args.precision == "int8" and not (onnx_dir / TRT_INT8_ENCODER).is_file():
-        if not args.calib:
-            raise FileNotFoundError(
-                f"{onnx_dir / TRT_INT8_ENCODER} not found: pass --calib IMAGES to quantize "
-                "encoder.fp32.onnx for TensorRT (symmetric int8, checked on CPU first)"
-            )
-        from segfast_ros.export.quantize import quantize_encoder
-
-        print(f"quantizing {onnx_dir / 'encoder.fp32.onnx'} for TensorRT ...")
-        quantize_encoder(
-            onnx_dir / "encoder.fp32.onnx",
-            onnx_dir / TRT_INT8_ENCODER,
-            args.calib,
-            target="tensorrt",
-        )
+        _quantize_for_tensorrt(onnx_dir, args.calib)
     encoder_onnx, decoder_onnx = trt_source_files(onnx_dir, args.precision)
     version = check_tensorrt()
     import tensorrt as trt
@@ -198,6 +173,46 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
             print("\n".join(f"    {line}" for line in describe_plan(built.ops, built.plan)))
         print(_inspect(engine))
     return 0
+
+
+def _settings_from_profile(args: argparse.Namespace) -> None:
+    """Fill ``precision``, ``opt_sets`` and ``max_sets`` the flags left unset: from the
+    ``--profile`` (explicit flags win), else the defaults fp16, 16 and 320."""
+    if args.profile:
+        from segfast_ros.profiles import resolve_profile
+
+        path = resolve_profile(args.profile, _profiles_dir())
+        if path is not None:
+            settings = profile_build_settings(path)
+            print(f"profile {path}: {settings}")
+            for key, value in settings.items():
+                if getattr(args, key) is None:  # explicit flags win over the profile
+                    setattr(args, key, value)
+    for key, default in (("precision", "fp16"), ("opt_sets", 16), ("max_sets", 320)):
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+
+
+def _quantize_for_tensorrt(onnx_dir: Path, calib: list[str] | None) -> None:
+    """Write the TensorRT int8 encoder from ``encoder.fp32.onnx`` and the ``--calib`` images.
+
+    Raises:
+        FileNotFoundError: no ``--calib`` images were given.
+    """
+    if not calib:
+        raise FileNotFoundError(
+            f"{onnx_dir / TRT_INT8_ENCODER} not found: pass --calib IMAGES to quantize "
+            "encoder.fp32.onnx for TensorRT (symmetric int8, checked on CPU first)"
+        )
+    from segfast_ros.export.quantize import quantize_encoder
+
+    print(f"quantizing {onnx_dir / 'encoder.fp32.onnx'} for TensorRT ...")
+    quantize_encoder(
+        onnx_dir / "encoder.fp32.onnx",
+        onnx_dir / TRT_INT8_ENCODER,
+        calib,
+        target="tensorrt",
+    )
 
 
 def add_build_engine_parser(sub: Any) -> argparse.ArgumentParser:
