@@ -10,6 +10,7 @@ test process, on the same isolated domain. A test module that imports the ``node
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,24 +51,43 @@ def domain_id() -> int:
     return free_domain_id()
 
 
-@pytest.fixture(scope="module")
-def node(model_dir: Path, domain_id: int, tmp_path_factory: pytest.TempPathFactory):
-    args = [
-        "-r", f"__ns:={NS}",
-        "-r", "image:=camera/image",
-        "-p", f"model_dir:={model_dir}",
-        "-p", "precision:=fp32",
-        "-p", "segevery.rate:=5.0",
-        "-p", f"segevery.grid.points_per_side:={GRID_SIDE}",
-        "-p", "segevery.grid.pred_iou_thresh:=0.0",
-        "-p", "segevery.grid.stability_score_thresh:=0.0",
-        "-p", "diagnostics_period:=0.5",
-        "-p", "use_compressed:=true",
-    ]  # fmt: skip
-    proc = NodeProcess(args, domain_id, tmp_path_factory.mktemp("node") / "node.log")
+def node_args(ns: str, params: dict[str, Any], image: str = "") -> list[str]:
+    """``--ros-args`` of a node in namespace ``ns`` with ``params``, ``image`` remapped."""
+    remap = ["-r", f"image:={image}"] if image else []
+    values = [
+        ["-p", f"{k}:={str(v).lower() if isinstance(v, bool) else v}"] for k, v in params.items()
+    ]
+    return ["-r", f"__ns:={ns}", *remap, *(arg for pair in values for arg in pair)]
+
+
+def model_params(model_dir: Path, **params: Any) -> dict[str, Any]:
+    """Parameters of a node on the test model (fp32), with ``params`` (dotted names as keys)."""
+    return {"model_dir": str(model_dir), "precision": "fp32", **params}
+
+
+def run_node(args: list[str], domain_id: int, log_path: Path) -> Iterator[NodeProcess]:
+    """A fixture's body: the node process, then its clean exit (code 0) once the tests ran."""
+    proc = NodeProcess(args, domain_id, log_path)
     yield proc
     code = proc.stop()
     assert code == 0, f"node exited with {code}:\n{proc.log()}"
+
+
+@pytest.fixture(scope="module")
+def node(model_dir: Path, domain_id: int, tmp_path_factory: pytest.TempPathFactory):
+    params = model_params(
+        model_dir,
+        **{
+            "segevery.rate": 5.0,
+            "segevery.grid.points_per_side": GRID_SIDE,
+            "segevery.grid.pred_iou_thresh": 0.0,
+            "segevery.grid.stability_score_thresh": 0.0,
+            "diagnostics_period": 0.5,
+            "use_compressed": True,
+        },
+    )
+    args = node_args(NS, params, image="camera/image")
+    yield from run_node(args, domain_id, tmp_path_factory.mktemp("node") / "node.log")
 
 
 def participant(domain_id: int) -> Client:

@@ -21,7 +21,15 @@ rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed: run
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
-from ros_node_fixtures import domain_id, model_dir, publish_and_wait, request
+from ros_node_fixtures import (
+    domain_id,
+    model_dir,
+    model_params,
+    node_args,
+    publish_and_wait,
+    request,
+    run_node,
+)
 from ros_scenes import synthetic_scene
 from sensor_msgs.msg import Image
 
@@ -37,21 +45,18 @@ IMAGE = f"{NS}/camera/image"
 @pytest.fixture(scope="module")
 def managed(model_dir: Path, domain_id: int, tmp_path_factory: pytest.TempPathFactory):
     """The node, left unconfigured (autostart:=false), with two QoS overrides."""
-    args = [
-        "-r", f"__ns:={NS}",
-        "-r", "image:=camera/image",
-        "-p", f"model_dir:={model_dir}",
-        "-p", "precision:=fp32",
-        "-p", "segevery.rate:=5.0",
-        "-p", "segevery.grid.points_per_side:=2",
-        "-p", "autostart:=false",
-        "-p", f"qos_overrides.{NODE}/overlay.publisher.reliability:=best_effort",
-        "-p", f"qos_overrides.{IMAGE}.subscription.reliability:=reliable",
-    ]  # fmt: skip
-    proc = NodeProcess(args, domain_id, tmp_path_factory.mktemp("managed") / "node.log")
-    yield proc
-    code = proc.stop()
-    assert code == 0, f"node exited with {code}:\n{proc.log()}"
+    params = model_params(
+        model_dir,
+        **{
+            "segevery.rate": 5.0,
+            "segevery.grid.points_per_side": 2,
+            "autostart": False,
+            f"qos_overrides.{NODE}/overlay.publisher.reliability": "best_effort",
+            f"qos_overrides.{IMAGE}.subscription.reliability": "reliable",
+        },
+    )
+    args = node_args(NS, params, image="camera/image")
+    yield from run_node(args, domain_id, tmp_path_factory.mktemp("managed") / "node.log")
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from ros_node_fixtures import (
     deep_client,
     domain_id,
     model_dir,
+    model_params,
+    node_args,
     participant,
     publish_and_wait,
     request,
@@ -49,11 +51,8 @@ def test_a_missing_model_fails_configure_and_the_node_stays_up(
     client: Client, domain_id: int, tmp_path: Path
 ) -> None:
     ns = "/segfast_broken"
-    proc = NodeProcess(
-        ["-r", f"__ns:={ns}", "-p", f"model_dir:={tmp_path / 'nowhere'}"],
-        domain_id,
-        tmp_path / "broken.log",
-    )
+    args = node_args(ns, {"model_dir": tmp_path / "nowhere"})
+    proc = NodeProcess(args, domain_id, tmp_path / "broken.log")
     try:
         get_state = client.node.create_client(GetState, f"{ns}/segfast/get_state")
         state = client.call(get_state, GetState.Request()).current_state
@@ -77,15 +76,14 @@ def test_object_aware_without_a_detector_falls_back_to_grid(
     client: Client, model_dir: Path, domain_id: int, tmp_path: Path
 ) -> None:
     ns = "/segfast_fallback"
-    args = [
-        "-r", f"__ns:={ns}",
-        "-p", f"model_dir:={model_dir}",
-        "-p", "precision:=fp32",
-        "-p", "segevery.strategy:=object_aware",
-        "-p", "segevery.grid.points_per_side:=2",
-        "-p", "segevery.rate:=5.0",
-    ]  # fmt: skip
-    proc = NodeProcess(args, domain_id, tmp_path / "fallback.log")
+    params = {
+        "segevery.strategy": "object_aware",
+        "segevery.grid.points_per_side": 2,
+        "segevery.rate": 5.0,
+    }
+    proc = NodeProcess(
+        node_args(ns, model_params(model_dir, **params)), domain_id, tmp_path / "fallback.log"
+    )
     try:
         pub = client.node.create_publisher(Image, f"{ns}/image", 2)
         got: list[Any] = []
@@ -124,15 +122,10 @@ def test_calls_past_the_queue_depth_are_refused_as_busy(
     """One worker, room for one call: of a burst of slow calls, the node answers every one,
     with masks or with a busy refusal that names the limit."""
     ns = "/segfast_busy"
-    args = [
-        "-r", f"__ns:={ns}",
-        "-p", f"model_dir:={model_dir}",
-        "-p", "precision:=fp32",
-        "-p", "segevery.rate:=0.0",
-        "-p", "segment.queue_depth:=1",
-        "-p", "segment.workers:=1",
-    ]  # fmt: skip
-    proc = NodeProcess(args, domain_id, tmp_path / "busy.log")
+    params = {"segevery.rate": 0.0, "segment.queue_depth": 1, "segment.workers": 1}
+    proc = NodeProcess(
+        node_args(ns, model_params(model_dir, **params)), domain_id, tmp_path / "busy.log"
+    )
     try:
         pub = client.node.create_publisher(Image, f"{ns}/image", 2)
         segment = deep_client(client, f"{ns}/segfast/segment")
