@@ -209,6 +209,17 @@ def test_multi_camera_forwards_segfast_arguments_to_every_camera(launch_module) 
         assert set(forwarded) <= {a.name for a in ARGUMENTS}
 
 
+def _qos_override(name: str) -> bool:
+    """A standard QoS override (``qos_overrides./topic.publisher.depth``), which the node
+    declares when it creates the topic's entity, with the policies it makes overridable."""
+    parts = name.split(".")
+    return (
+        parts[0] == "qos_overrides"
+        and parts[-2] in ("publisher", "subscription")
+        and parts[-1] in ("history", "depth", "reliability")
+    )
+
+
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, value in tree.items():
@@ -228,13 +239,34 @@ def test_parameter_files_name_only_declared_parameters_with_valid_values(path: P
     params = _flatten(doc["/**"]["ros__parameters"])
     assert params
     for name, value in params.items():
-        if name in EXTRA_PARAMS:
+        if name in EXTRA_PARAMS or _qos_override(name):
             continue
         assert name in specs, f"{path.name}: {name} is not a parameter of the node"
         spec = specs[name]
         # ROS types are strict: an int for a double parameter refuses to load.
         assert type(value) is type(spec.default), f"{name}: {value!r} is not a {spec.default!r}"
         spec.check(value)
+
+
+def test_qos_overrides_may_be_set_in_a_parameter_file() -> None:
+    text = """
+/**:
+  ros__parameters:
+    qos_overrides:
+      /camera/image_raw:
+        subscription:
+          reliability: reliable
+      /segfast/overlay:
+        publisher:
+          depth: 3
+"""
+    params = _flatten(yaml.safe_load(text)["/**"]["ros__parameters"])
+    assert set(params) == {
+        "qos_overrides./camera/image_raw.subscription.reliability",
+        "qos_overrides./segfast/overlay.publisher.depth",
+    }
+    assert all(_qos_override(name) for name in params)
+    assert not _qos_override("qos_overrides./segfast/overlay.publisher.durability")
 
 
 def test_base_config_covers_the_model_choice() -> None:

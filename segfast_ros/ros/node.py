@@ -12,7 +12,8 @@ Topics and services (relative names, remappable; ``~`` is the node's namespace):
   (:mod:`.segevery_publisher`). Lifecycle publishers: they publish only while active.
 * ``/diagnostics``: input rate, encoder latency, drops, cache, backend (:mod:`.diagnostics`).
 
-Every topic takes the standard ``qos_overrides.<topic>.*`` parameters (:mod:`.qos`).
+The camera input and the three outputs take the standard ``qos_overrides.<topic>.*``
+parameters (:mod:`.qos`).
 
 Lifecycle: ``configure`` loads the model and creates the outputs, ``activate`` starts the
 subscriptions, the service, the worker threads and the SegEvery timer, ``deactivate`` and
