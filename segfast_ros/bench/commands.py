@@ -298,7 +298,7 @@ def add_parsers(sub: Any) -> None:
     ``segfast`` subparsers), in that order."""
     p = sub.add_parser("bench", help="encoder/decoder latency table per backend and precision")
     add_backend_args(p, backend=False)
-    p.add_argument("--image", help="image to time on (default: a random 769x770 image)")
+    p.add_argument("--image", help="image to time on (default: a generated 769x770 scene)")
     p.add_argument(
         "--backends",
         nargs="+",
