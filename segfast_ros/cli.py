@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from .bench import commands as bench_commands
-from .bench.backend_args import (
+from .demo.run import demo_command, replay_command
+from .model_args import (
     MODEL_HELP,
     MODES,
     PRECISIONS,
@@ -32,7 +33,6 @@ from .bench.backend_args import (
     image_files,
     make_backend,
 )
-from .demo.run import demo_command, replay_command
 from .runtime.images import read_rgb
 
 log = logging.getLogger("segfast")

@@ -16,9 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.images import read_rgb
-from . import memory as bench_memory  # no ROS import until a case runs
-from .backend_args import (
+from ..model_args import (
     MODES,
     PRECISIONS,
     add_backend_args,
@@ -26,6 +24,8 @@ from .backend_args import (
     onnx_dir_for,
     strategy_options,
 )
+from ..runtime.images import read_rgb
+from . import memory as bench_memory  # no ROS import until a case runs
 from .report import write_json, write_rows_json
 from .scenes import frame
 

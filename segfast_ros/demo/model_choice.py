@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..bench.backend_args import default_onnx_dir, ensure_onnx
+from ..model_args import default_onnx_dir, ensure_onnx
 from ..runtime.paths import DEMO_MODEL, model_candidates, resolve_model_path
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..bench.backend_args import make_backend, strategy_options
+from ..model_args import make_backend, strategy_options
 from .model_choice import demo_model, replay_model, segevery_for
 
 if TYPE_CHECKING:

@@ -2,10 +2,9 @@
 
 ``--model``, ``--checkpoint``, ``--backend``, ``--onnx-dir``, ``--providers`` and ``--threads``
 become a :class:`~segfast_ros.runtime.backend.Backend`, with the ONNX graphs exported on
-demand. It lives here, in the lowest room the commands share (``bench/``, ``demo/`` and
-``cli.py`` may import it; ``export/`` may not, and its package import would load onnx on
-``segfast --help``). Heavy imports (torch, onnxruntime, the exporter) happen inside the
-functions.
+demand. The commands that use it live in ``cli.py``, ``bench/`` and ``demo/``; this module sits
+just above ``export/`` in the flow, so all of them may import it. Heavy imports (torch,
+onnxruntime, the exporter) happen inside the functions, so ``segfast --help`` loads none of them.
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..runtime.backend import Backend
-from ..runtime.images import list_images
+from .runtime.backend import Backend
+from .runtime.images import list_images
 
 log = logging.getLogger("segfast")
 
@@ -60,7 +59,7 @@ def ensure_onnx(
     Needs torch only when an export is actually required. Without a checkpoint the weights are
     random, which only a benchmark may accept (``allow_random``).
     """
-    from ..runtime.onnx_backend import onnx_file_names
+    from .runtime.onnx_backend import onnx_file_names
 
     if all((onnx_dir / f).is_file() for f in onnx_file_names(precision)):
         return
@@ -70,8 +69,8 @@ def ensure_onnx(
             "them, or run `segfast export` first"
         )
     check_weights(checkpoint, allow_random)
-    from ..export import export_model
-    from ..modeling import build_sam
+    from .export import export_model
+    from .modeling import build_sam
 
     log.info("exporting %s (%s) to %s", model, precision, onnx_dir)
     sam = build_sam(model, checkpoint)
@@ -123,7 +122,7 @@ def make_backend(
         check_weights(args.checkpoint, allow_random)
         import torch
 
-        from ..runtime.torch_backend import TorchBackend
+        from .runtime.torch_backend import TorchBackend
 
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -133,11 +132,11 @@ def make_backend(
     else:
         onnx_dir, precision = Path(model_dir), _precision_in(Path(model_dir), precision, args)
     if kind == "tensorrt":
-        from ..runtime import load_backend
+        from .runtime import load_backend
 
         # Engines are built (or taken from <onnx_dir>/engines) on the first use.
         return load_backend("tensorrt", onnx_dir, precision=precision)
-    from ..runtime.onnx_backend import OnnxRuntimeBackend
+    from .runtime.onnx_backend import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend.from_dir(
         onnx_dir, precision, providers=args.providers, intra_op_threads=args.threads
@@ -146,7 +145,7 @@ def make_backend(
 
 def _precision_in(model_dir: Path, precision: str, args: argparse.Namespace) -> str:
     """``precision`` when ``model_dir`` has its encoder, else fp32, said on stderr."""
-    from ..runtime.onnx_backend import onnx_file_names
+    from .runtime.onnx_backend import onnx_file_names
 
     wanted = model_dir / onnx_file_names(precision)[0]
     if precision == "fp32" or wanted.is_file():
