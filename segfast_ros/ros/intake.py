@@ -73,6 +73,7 @@ class FrameIntake:
         self._predictor = None
 
     def start_encoder(self) -> None:
+        """Start the encoder thread (activate)."""
         self.encoder = LatestWorker(self._encode, "segfast-encoder", self._on_encode_error)
 
     def subscribe(self, use_compressed: bool) -> None:
@@ -102,6 +103,7 @@ class FrameIntake:
             )
 
     def unsubscribe(self) -> None:
+        """No more frames (deactivate): the subscriptions go."""
         for sub in self.subscriptions:
             self._node.destroy_subscription(sub)
         self.subscriptions = []

@@ -117,7 +117,9 @@ def _stop(executor: MultiThreadedExecutor) -> None:
     transition destroys its entity would fail the same way. So the executor's thread pool
     (``_executor`` in every rclpy release) is joined first: Jazzy's ``shutdown`` does not
     wait for running callbacks (Humble's does; later releases join the threads themselves).
-    Queued callbacks run too: a cancelled one would leave its coroutine never awaited.
+    Queued callbacks run too: a cancelled one would leave its coroutine never awaited. A
+    deactivate under way when the signal came holds the join for as long as it waits for
+    admitted ``~/segment`` calls (SEGMENT_DRAIN_S at most): nothing spins to answer them now.
     """
     pool = getattr(executor, "_executor", None)
     if isinstance(pool, ThreadPoolExecutor):

@@ -150,6 +150,7 @@ class SegEveryPublisher:
             self._timer = self._node.create_timer(1.0 / rate, self._on_timer, self._timer_group)
 
     def stop_timer(self) -> None:
+        """No more ticks (deactivate); a pass already handed to the worker still runs."""
         if self._timer is not None:
             self._node.destroy_timer(self._timer)
             self._timer = None

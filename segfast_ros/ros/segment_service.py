@@ -94,6 +94,7 @@ class SegmentService:
 
     @property
     def name(self) -> str:
+        """The service's resolved name (``<node namespace>/<node>/segment``)."""
         return self._node.resolve_service_name("~/segment")
 
     def start(self, workers: int) -> None:
