@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..masks import Instance, mask_run_lengths, masks_to_boxes, rle_counts, rle_to_mask
+from ..segany import PromptSetMasks
 
 #: Most instances a ``mono16`` label image can tell apart (label 0 is the background).
 MAX_LABELS: int = 65535
@@ -59,6 +60,22 @@ class InstanceRecord:
     mask_hw: tuple[int, int]
     rle_counts: np.ndarray
     prompt: np.ndarray
+
+    def scalar_fields(self) -> dict[str, int | float]:
+        """``id``, ``score``, ``stability``, ``area``, ``mask_height``, ``mask_width``."""
+        return {
+            "id": self.id,
+            "score": self.score,
+            "stability": self.stability,
+            "area": self.area,
+            "mask_height": self.mask_hw[0],
+            "mask_width": self.mask_hw[1],
+        }
+
+    def roi_fields(self) -> dict[str, int | bool]:
+        """The ``box`` (``sensor_msgs/RegionOfInterest``) fields."""
+        x, y, w, h = self.roi
+        return {"x_offset": x, "y_offset": y, "width": w, "height": h, "do_rectify": False}
 
 
 def box_to_roi(box: npt.ArrayLike, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -168,6 +185,21 @@ def mask_record(
     area = int(counts[1::2].sum())
     box = masks_to_boxes(masks)[0]
     return _record(index, score, stability, box, area, masks.shape[1:], counts, prompt)
+
+
+def answer_records(answer: PromptSetMasks, first_id: int = 0) -> list[InstanceRecord]:
+    """The masks of one SegAny prompt set as ``Instance.msg`` fields, best first.
+
+    Args:
+        answer: one prompt set's masks, scores and stability scores.
+        first_id: ``id`` of its first mask (the node counts per set, the replay across sets).
+    """
+    return [
+        mask_record(mask, float(score), float(stab), first_id + j, answer.prompt)
+        for j, (mask, score, stab) in enumerate(
+            zip(answer.masks, answer.scores, answer.stability, strict=True)
+        )
+    ]
 
 
 # ------------------------------------------------------------------------------ label images

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from ..pipeline.frames import stamp_to_ns
-from ..pipeline.render import InstanceRecord, mask_record
+from ..pipeline.render import InstanceRecord, answer_records
 from ..runtime.predictor import Predictor
 from ..segany import decode_prompt_sets, prompt_kwargs
 from ..segevery.base import SegEvery, SegEveryResult
@@ -182,8 +182,5 @@ def _segany(predictor: Predictor, prompt: ScriptedPrompt) -> tuple[list[Instance
     sets = 0
     for answer in decode_prompt_sets(predictor, kwargs):
         sets += 1
-        for mask, score, stab in zip(answer.masks, answer.scores, answer.stability, strict=True):
-            records.append(
-                mask_record(mask, float(score), float(stab), len(records), answer.prompt)
-            )
+        records.extend(answer_records(answer, first_id=len(records)))
     return records, sets

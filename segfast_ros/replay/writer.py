@@ -149,15 +149,9 @@ class OutputWriter:
         self.summary.written[name] += 1
 
     def _instance(self, rec: InstanceRecord) -> Any:
-        x, y, w, h = rec.roi
         return self.types["Instance"](
-            id=rec.id,
-            score=rec.score,
-            stability=rec.stability,
-            box=self.roi_type(x_offset=x, y_offset=y, height=h, width=w, do_rectify=False),
-            area=rec.area,
-            mask_height=rec.mask_hw[0],
-            mask_width=rec.mask_hw[1],
+            **rec.scalar_fields(),
+            box=self.roi_type(**rec.roi_fields()),
             rle_counts=rec.rle_counts,
             prompt=rec.prompt,
         )

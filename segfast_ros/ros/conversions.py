@@ -53,6 +53,7 @@ __all__ = [
     "mask_instance_msg",
     "mask_to_mono8_msg",
     "overlay",
+    "record_to_msg",
     "rgb_to_image_msg",
     "stamp_to_ns",
 ]
@@ -144,18 +145,9 @@ def box_to_roi(box: npt.ArrayLike, image_hw: tuple[int, int]) -> RegionOfInteres
     return RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h, do_rectify=False)
 
 
-def _instance_msg(rec: InstanceRecord) -> InstanceMsg:
+def record_to_msg(rec: InstanceRecord) -> InstanceMsg:
     """``Instance.msg`` from a checked record; array fields filled without per-item checks."""
-    x, y, w, h = rec.roi
-    msg = InstanceMsg(
-        id=rec.id,
-        score=rec.score,
-        stability=rec.stability,
-        box=RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h, do_rectify=False),
-        area=rec.area,
-        mask_height=rec.mask_hw[0],
-        mask_width=rec.mask_hw[1],
-    )
+    msg = InstanceMsg(**rec.scalar_fields(), box=RegionOfInterest(**rec.roi_fields()))
     msg.rle_counts = _array("I", rec.rle_counts)
     msg.prompt = _array("f", rec.prompt)
     return msg
@@ -167,7 +159,7 @@ def instance_to_msg(inst: Instance, index: int) -> InstanceMsg:
     Raises:
         ValueError: see :func:`segfast_ros.pipeline.render.instance_record`.
     """
-    return _instance_msg(instance_record(inst, index))
+    return record_to_msg(instance_record(inst, index))
 
 
 def mask_instance_msg(
@@ -181,4 +173,4 @@ def mask_instance_msg(
 
     See :func:`segfast_ros.pipeline.render.mask_record`.
     """
-    return _instance_msg(mask_record(mask, score, stability, index, prompt))
+    return record_to_msg(mask_record(mask, score, stability, index, prompt))

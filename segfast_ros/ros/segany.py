@@ -9,7 +9,8 @@ from __future__ import annotations
 from array import array
 from typing import Any
 
-from segfast_ros.ros.conversions import mask_instance_msg, mask_to_mono8_msg
+from segfast_ros.pipeline.render import answer_records
+from segfast_ros.ros.conversions import mask_to_mono8_msg, record_to_msg
 from segfast_ros.runtime.predictor import Predictor
 from segfast_ros.segany import decode_prompt_sets, prompt_kwargs
 
@@ -103,12 +104,7 @@ def segment(
     results = []
     for answer in sets:
         result = result_type()
-        result.masks = [
-            mask_instance_msg(mask, float(score), float(stab), j, answer.prompt)
-            for j, (mask, score, stab) in enumerate(
-                zip(answer.masks, answer.scores, answer.stability, strict=True)
-            )
-        ]
+        result.masks = [record_to_msg(rec) for rec in answer_records(answer)]
         if req.return_images:
             result.images = [mask_to_mono8_msg(m, header) for m in answer.masks]
         if req.return_low_res:
