@@ -22,9 +22,22 @@ INSTALLED_SOURCES := $(shell find launch config scripts models -name __pycache__
 	-o -print 2>/dev/null)
 INSTALL_STAMP := $(VENV)/.ros-installed-files
 
+# ROS 2 tools without PyPI wheels (launch, launch_ros, ros2launch, ros2cli and its verbs,
+# rosidl_runtime_py, composition_interfaces): their unmodified Jazzy sources, when a copy exists
+# (../shared/vendor/ros2_jazzy, or ROS2_VENDOR_DIR). Test-time stand-ins for what rosdep brings
+# on a robot: the tests of `ros2 launch`, `ros2 param` and `ros2 lifecycle` use them and skip
+# without them; nothing at runtime imports them. Each source is built from a temporary copy
+# outside the repository, so neither the vendored folder nor this tree is written to.
+ROS2_VENDOR_DIR ?= $(firstword $(wildcard ../shared/vendor/ros2_jazzy))
+VENDOR_STAMP := $(VENV)/.ros2-vendor
+VENDOR_PY := launch launch_ros ros2launch rosidl_runtime_py \
+	$(addprefix ros2cli_pkgs/,ros2cli ros2pkg ros2node ros2param ros2lifecycle ros2topic \
+	ros2service ros2run ros2interface)
+VENDOR_BUILD := build/vendor
+
 .PHONY: setup build-tools test lint format bench demo clean
 
-setup: $(STAMP) $(ROS_STAMP) $(INSTALL_STAMP)
+setup: $(STAMP) $(ROS_STAMP) $(INSTALL_STAMP) $(if $(ROS2_VENDOR_DIR),$(VENDOR_STAMP))
 
 # Checked before the long pip install, so a missing tool fails in seconds.
 build-tools:
@@ -64,6 +77,29 @@ $(INSTALL_STAMP): $(ROS_STAMP) $(INSTALLED_SOURCES)
 		$(ROS_BUILD)/install_manifest.txt | while IFS= read -r f; do rm -f "$$f"; done
 	cmake --install $(ROS_BUILD)
 	touch $(INSTALL_STAMP)
+
+# launch_ros imports composition_interfaces.srv at import, so that package is generated first,
+# with CMake against the wheels as our own interfaces are; its Python package goes to the venv's
+# site-packages. The pure-Python packages install with --no-deps (their install_requires name
+# Debian/rosdep packages, not the wheels' distributions).
+$(VENDOR_STAMP): $(ROS_STAMP) requirements-vendor.txt | build-tools
+	@test -d "$(ROS2_VENDOR_DIR)/launch" || { echo >&2 "make setup: ROS2_VENDOR_DIR=" \
+		"$(ROS2_VENDOR_DIR) has no launch/ (expected the ros2_jazzy vendor folder)"; exit 1; }
+	$(PY) -m pip install --quiet -r requirements-vendor.txt
+	AMENT_PREFIX_PATH=$(VENV_ABS) cmake -S $(ROS2_VENDOR_DIR)/composition_interfaces \
+		-B $(VENDOR_BUILD)/composition_interfaces \
+		-DCMAKE_PROJECT_INCLUDE=$(CURDIR)/cmake/pip_wheels_fixup.cmake \
+		-DCMAKE_PREFIX_PATH=$(VENV_ABS) -DPython3_EXECUTABLE=$(VENV_ABS)/bin/python \
+		-DCMAKE_INSTALL_PREFIX=$(VENV_ABS) -DBUILD_TESTING=OFF
+	AMENT_PREFIX_PATH=$(VENV_ABS) cmake --build $(VENDOR_BUILD)/composition_interfaces \
+		--parallel $(JOBS)
+	cmake --install $(VENDOR_BUILD)/composition_interfaces
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+		for pkg in $(VENDOR_PY); do cp -r "$(ROS2_VENDOR_DIR)/$$pkg" "$$tmp/"; done && \
+		chmod -R u+w "$$tmp" && \
+		$(PY) -m pip install --quiet --no-deps --no-build-isolation \
+			$(foreach pkg,$(VENDOR_PY),"$$tmp/$(notdir $(pkg))")
+	touch $(VENDOR_STAMP)
 
 # NVIDIA's TensorRT API stubs, for the type checker only (basedpyright, set up in pyproject.toml:
 # it checks the TensorRT modules against them). Kept out of the venv, where they would make

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segfast_ros.profiles import PROFILES, resolve_profile
+from segfast_ros.profiles import DEVICE_TREE_MODEL, PROFILES, resolve_profile
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,12 @@ ARGUMENTS: tuple[LaunchArg, ...] = (
         "auto",
         "Platform profile layered over params_file: auto (from /proc/device-tree/model, else "
         f"cpu), none, {', '.join(PROFILES)}, or a parameter file path.",
+    ),
+    LaunchArg(
+        "device_model_file",
+        str(DEVICE_TREE_MODEL),
+        "File naming the board for profile:=auto (Linux's device-tree model; another file "
+        "stands in for it on a test bench).",
     ),
     LaunchArg(
         "profile_file",
@@ -110,7 +116,7 @@ def node_parameters(arg: Callable[[str], str], share: Path) -> list[Any]:
     """The node's ``parameters=``: parameter files, then the arguments' own values.
 
     Layers, a later one winning: ``params_file`` (the base), the ``profile`` (a platform layer
-    from config/profiles/; ``auto`` picks it from /proc/device-tree/model), ``profile_file``,
+    from config/profiles/; ``auto`` picks it from ``device_model_file``), ``profile_file``,
     then ``model_dir`` (when given), ``autostart`` and ``use_sim_time``.
 
     Args:
@@ -118,7 +124,9 @@ def node_parameters(arg: Callable[[str], str], share: Path) -> list[Any]:
         share: the package's share folder.
     """
     layers: list[Any] = [arg("params_file")]
-    profile = resolve_profile(arg("profile"), share / "config" / "profiles")
+    profile = resolve_profile(
+        arg("profile"), share / "config" / "profiles", arg("device_model_file")
+    )
     if profile is not None:
         layers.append(str(profile))
     if arg("profile_file"):

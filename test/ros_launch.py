@@ -1,0 +1,193 @@
+"""Run the real ROS 2 tools against the package: ``ros2 launch``, ``ros2 param``, ``ros2 lifecycle``.
+
+``launch``, ``launch_ros``, ``ros2launch`` and ``ros2cli`` have no PyPI wheels; ``make setup``
+installs their vendored Jazzy sources into the venv when ``../shared/vendor/ros2_jazzy`` exists
+(or ``ROS2_VENDOR_DIR`` names a copy). Without them every test that uses this module skips,
+saying so.
+
+A launch runs as a terminal runs it: ``ros2 launch segfast_ros <file> name:=value ...`` in a
+session of its own (so a Ctrl-C can go to the whole process group), with the venv's ``bin/``
+first on ``PATH`` (``segfast_node`` starts with ``#!/usr/bin/env python3``), the venv as the
+ament prefix (where ``make setup`` installed the package's share folder), and an isolated
+domain. launch exits 0 even when a node dies at import, so the tests look at the ROS graph
+from a separate participant, never at launch's exit code alone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from segfast_ros.ros.harness import Client, ros_env
+
+BIN = Path(sys.executable).parent
+ROS2 = BIN / "ros2"
+#: Seconds a ``ros2`` verb waits for discovery without a daemon (no daemon: nothing outlives
+#: a test). Localhost discovery takes well under a second; the rest is margin for a busy box.
+SPIN_TIME = "2"
+#: The launch log's line for a process that ended (launch_ros prints it for every process).
+_FINISHED = re.compile(r"\[(?P<name>[\w.-]+)\]: process (?P<how>has finished cleanly|has died)")
+
+
+def tools_missing() -> str | None:
+    """Why the vendored ROS 2 tools cannot run here, or None when they can."""
+    missing = [m for m in ("launch", "launch_ros", "ros2launch", "ros2cli") if not _has(m)]
+    if missing or not ROS2.exists():
+        return (
+            f"the ROS 2 tools {missing or ['ros2']} are not installed in this venv: `make "
+            "setup` installs them from ../shared/vendor/ros2_jazzy (or ROS2_VENDOR_DIR)"
+        )
+    if not (Path(sys.prefix) / "share" / "segfast_ros" / "launch").is_dir():
+        return "the package is not installed into the venv's share folder: run `make setup`"
+    return None
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def require_tools() -> None:
+    """Skip the calling test module when the tools are missing."""
+    reason = tools_missing()
+    if reason:
+        pytest.skip(reason, allow_module_level=True)
+
+
+def tools_env(domain_id: int) -> dict[str, str]:
+    """The environment of a ``ros2`` command on ``domain_id``: venv first, venv as ament prefix."""
+    env = ros_env(domain_id)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    prefixes = [sys.prefix, *filter(None, env.get("AMENT_PREFIX_PATH", "").split(os.pathsep))]
+    env["AMENT_PREFIX_PATH"] = os.pathsep.join(dict.fromkeys(prefixes))
+    env.pop("PYTHONPATH", None)  # the venv's own packages, as an installed user has them
+    return env
+
+
+def ros2(domain_id: int, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """Run ``ros2 <args>`` and return it (stdout and stderr as text); never raises on failure.
+
+    Verbs that discover nodes get ``--no-daemon --spin-time``, so no daemon is left behind.
+    """
+    verb = list(args)
+    if verb[:2] in (["param", "get"], ["param", "set"], ["param", "describe"],
+                    ["param", "list"], ["lifecycle", "get"], ["lifecycle", "set"],
+                    ["node", "list"], ["node", "info"]):  # fmt: skip
+        verb[2:2] = ["--no-daemon", "--spin-time", SPIN_TIME]
+    return subprocess.run(
+        [str(ROS2), *verb],
+        env=tools_env(domain_id),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class Launch:
+    """``ros2 launch segfast_ros <file> args...`` in its own session, its output in a file."""
+
+    def __init__(self, launch_file: str, args: dict[str, Any], domain_id: int, log: Path):
+        self.log_path = log
+        self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
+        argv = [f"{k}:={v}" for k, v in args.items()]
+        self.proc = subprocess.Popen(
+            [str(ROS2), "launch", "segfast_ros", launch_file, *argv],
+            env=tools_env(domain_id),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ctrl_c(self) -> None:
+        """SIGINT to the whole process group, as a terminal's Ctrl-C sends it."""
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGINT)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Ctrl-C, wait for launch to end (kill the group after ``timeout``); launch's code."""
+        self.ctrl_c()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def finished(self) -> dict[str, str]:
+        """How each process launch started has ended so far: name -> "cleanly" or the line."""
+        out = {}
+        for line in self.log().splitlines():
+            m = _FINISHED.search(line)
+            if m:
+                out[m["name"]] = "cleanly" if "cleanly" in m["how"] else line.strip()
+        return out
+
+
+def launched(
+    launch_file: str, args: dict[str, Any], domain_id: int, log: Path
+) -> Iterator[Launch]:
+    """A launch for a fixture: yields it, then stops it and closes its log."""
+    run = Launch(launch_file, args, domain_id, log)
+    try:
+        yield run
+    finally:
+        run.stop()
+
+
+def wait_for_nodes(
+    client: Client, names: set[str], timeout: float = 60.0, alive: Callable[[], bool] = bool
+) -> None:
+    """Spin ``client`` until every fully qualified node name in ``names`` is on the graph."""
+
+    def seen() -> bool:
+        return names <= set(graph_nodes(client)) or not alive()
+
+    client.spin_until(seen, timeout, f"nodes {sorted(names)} on the graph")
+
+
+def graph_nodes(client: Client) -> list[str]:
+    """Fully qualified names of the nodes ``client`` sees."""
+    return [
+        f"{ns.rstrip('/')}/{name}"
+        for name, ns in client.node.get_node_names_and_namespaces()
+    ]
+
+
+def get_parameters(client: Client, node: str, names: list[str], timeout: float = 30.0) -> dict:
+    """``node``'s parameters by name, read through its ``get_parameters`` service."""
+    from rcl_interfaces.srv import GetParameters
+    from rclpy.parameter import parameter_value_to_python
+
+    service = client.node.create_client(GetParameters, f"{node}/get_parameters")
+    try:
+        response = client.call(service, GetParameters.Request(names=names), timeout)
+    finally:
+        client.node.destroy_client(service)
+    return {
+        n: parameter_value_to_python(v) for n, v in zip(names, response.values, strict=True)
+    }
+
+
+def wait(done: Callable[[], bool], timeout: float, what: str, poll: float = 0.1) -> None:
+    """Poll ``done()`` until it holds; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(poll)
