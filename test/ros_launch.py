@@ -1,4 +1,4 @@
-"""Run the real ROS 2 tools against the package: ``ros2 launch``, ``ros2 param``, ``ros2 lifecycle``.
+"""Run the real ROS 2 tools against the package: ``ros2 launch``, ``param``, ``lifecycle``.
 
 ``launch``, ``launch_ros``, ``ros2launch`` and ``ros2cli`` have no PyPI wheels; ``make setup``
 installs their vendored Jazzy sources into the venv when ``../shared/vendor/ros2_jazzy`` exists
@@ -15,6 +15,7 @@ from a separate participant, never at launch's exit code alone.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -22,11 +23,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from segfast_ros.ros.harness import Client, ros_env
 
@@ -96,12 +99,18 @@ class Launch:
     """``ros2 launch segfast_ros <file> args...`` in its own session, its output in a file."""
 
     def __init__(self, launch_file: str, args: dict[str, Any], domain_id: int, log: Path):
+        argv = [f"{k}:={v}" for k, v in args.items()]
+        self._start(
+            [str(ROS2), "launch", "segfast_ros", launch_file, *argv], tools_env(domain_id), log
+        )
+
+    def _start(self, command: list[str], env: dict[str, str], log: Path, cwd: Path | None = None):
         self.log_path = log
         self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
-        argv = [f"{k}:={v}" for k, v in args.items()]
         self.proc = subprocess.Popen(
-            [str(ROS2), "launch", "segfast_ros", launch_file, *argv],
-            env=tools_env(domain_id),
+            command,
+            env=env,
+            cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -139,6 +148,28 @@ class Launch:
         return out
 
 
+class ShellLaunch(Launch):
+    """A documented command line, run by ``bash -c`` as a user types it (its own ``X=...``
+    assignments included), in its own session, from ``cwd``."""
+
+    def __init__(self, line: str, env: dict[str, str], log: Path, cwd: Path):
+        self.line = line
+        self._start(["bash", "-c", line], env, log, cwd)
+
+
+def stop_all(runs: Iterable[Launch], timeout: float = 30.0) -> None:
+    """Ctrl-C every launch at once, then wait for each (:meth:`Launch.stop`)."""
+    runs = list(runs)
+    for run in runs:
+        run.ctrl_c()
+    deadline = time.monotonic() + timeout
+    for run in runs:
+        # One still running gets a second Ctrl-C from stop(), then its group is killed.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            run.proc.wait(max(0.1, deadline - time.monotonic()))
+        run.stop(timeout=5.0)
+
+
 def launched(
     launch_file: str, args: dict[str, Any], domain_id: int, log: Path
 ) -> Iterator[Launch]:
@@ -163,10 +194,7 @@ def wait_for_nodes(
 
 def graph_nodes(client: Client) -> list[str]:
     """Fully qualified names of the nodes ``client`` sees."""
-    return [
-        f"{ns.rstrip('/')}/{name}"
-        for name, ns in client.node.get_node_names_and_namespaces()
-    ]
+    return [f"{ns.rstrip('/')}/{name}" for name, ns in client.node.get_node_names_and_namespaces()]
 
 
 def get_parameters(client: Client, node: str, names: list[str], timeout: float = 30.0) -> dict:
@@ -179,9 +207,7 @@ def get_parameters(client: Client, node: str, names: list[str], timeout: float =
         response = client.call(service, GetParameters.Request(names=names), timeout)
     finally:
         client.node.destroy_client(service)
-    return {
-        n: parameter_value_to_python(v) for n, v in zip(names, response.values, strict=True)
-    }
+    return {n: parameter_value_to_python(v) for n, v in zip(names, response.values, strict=True)}
 
 
 def wait(done: Callable[[], bool], timeout: float, what: str, poll: float = 0.1) -> None:
@@ -191,3 +217,130 @@ def wait(done: Callable[[], bool], timeout: float, what: str, poll: float = 0.1)
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(poll)
+
+
+def ros2_many(domain_id: int, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
+    """:func:`ros2` for each of ``commands`` at once (each costs seconds of start and discovery,
+    mostly waiting); the results in the order of ``commands``."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: ros2(domain_id, *args), commands))
+
+
+def wait_for_launches(
+    client: Client, runs: Iterable[Launch], names: set[str], timeout: float = 120.0
+) -> None:
+    """:func:`wait_for_nodes` for nodes of several launches; the launches' logs on failure.
+
+    Ends early when a launch has ended (all its nodes died), and fails then too.
+    """
+    runs = list(runs)
+    try:
+        wait_for_nodes(client, names, timeout, alive=lambda: all(r.alive() for r in runs))
+        missing = names - set(graph_nodes(client))
+        assert not missing, f"nodes {sorted(missing)} never appeared (a launch ended)"
+    except AssertionError as err:
+        logs = "\n".join(f"--- {r.log_path.name}:\n{r.log()[-3000:]}" for r in runs)
+        raise AssertionError(f"{err}\n{logs}") from None
+
+
+def list_parameters(client: Client, node: str, timeout: float = 30.0) -> set[str]:
+    """Every parameter ``node`` declares, through its ``list_parameters`` service."""
+    from rcl_interfaces.srv import ListParameters
+
+    service = client.node.create_client(ListParameters, f"{node}/list_parameters")
+    try:
+        response = client.call(service, ListParameters.Request(depth=0), timeout)  # 0: all
+    finally:
+        client.node.destroy_client(service)
+    return set(response.result.names)
+
+
+#: The message types of a camera subscription (raw, or image_transport's compressed).
+IMAGE_TYPES = {"sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"}
+
+
+def image_subscriptions(client: Client, node: str) -> set[str]:
+    """The image topics the node ``node`` (fully qualified) subscribes to, as the graph has it."""
+    from rclpy.node import NodeNameNonExistentError
+
+    namespace, _, name = node.rpartition("/")
+    try:
+        topics = client.node.get_subscriber_names_and_types_by_node(name, namespace or "/")
+    except NodeNameNonExistentError:
+        return set()
+    return {topic for topic, types in topics if IMAGE_TYPES & set(types)}
+
+
+def wait_for_subscriptions(
+    client: Client, node: str, topics: set[str], timeout: float = 60.0
+) -> None:
+    """Spin until ``node`` subscribes to every one of ``topics`` (an active node does)."""
+    client.spin_until(
+        lambda: topics <= image_subscriptions(client, node),
+        timeout,
+        f"{node} subscribed to {sorted(topics)}",
+    )
+
+
+def parameter_file(path: Path) -> dict[str, Any]:
+    """A ROS parameter file's values by dotted name: its ``/**: ros__parameters:`` flattened
+    (``segevery: {rate: 1.0}`` is ``segevery.rate``), as the node declares them."""
+    doc = yaml.safe_load(Path(path).read_text())
+    assert list(doc) == ["/**"], f"{path}: one '/**' section expected, got {list(doc)}"
+    return dotted(doc["/**"]["ros__parameters"])
+
+
+def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dictionaries as one ``{"a.b.c": value}`` dictionary."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def lifecycle(domain_id: int, *args: str, tries: int = 3) -> subprocess.CompletedProcess:
+    """``ros2 lifecycle <args>`` (``get <node>``, ``set <node> <transition>``), as :func:`ros2`.
+
+    Both verbs first list the lifecycle nodes, from the ``get_state`` services discovered
+    within the spin time; on a busy machine a node's services can come later than that, and
+    the verb answers "Node not found" before it has asked the node anything. That answer is
+    retried (``tries`` calls in all); any other is returned as it is.
+    """
+    for _ in range(tries - 1):
+        result = ros2(domain_id, "lifecycle", *args)
+        if "Node not found" not in result.stderr:
+            return result
+    return ros2(domain_id, "lifecycle", *args)
+
+
+#: The launch log's line for a process launch started.
+_STARTED = re.compile(r"\[(?P<name>[\w.-]+)\]: process started with pid \[(?P<pid>\d+)\]")
+
+
+def started_pids(run: Launch) -> dict[str, int]:
+    """The processes ``run`` has started so far: launch's name for each -> its pid."""
+    return {m["name"]: int(m["pid"]) for m in _STARTED.finditer(run.log())}
+
+
+def running_pids(pids: Iterable[int]) -> list[int]:
+    """Those of ``pids`` that still name a process that has not been reaped (not a zombie)."""
+    left = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if state != "Z":
+            left.append(pid)
+    return left
+
+
+def wait_ended(run: Launch, timeout: float) -> int | None:
+    """Wait up to ``timeout`` s for launch to end by itself (no signal sent); its code or None."""
+    try:
+        return run.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
