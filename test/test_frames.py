@@ -147,3 +147,43 @@ def test_rate_window() -> None:
     assert window.rate_hz(now=200.0) == 0.0
     assert window.percentile(50) == 2.0
     assert window.last_time() == pytest.approx(100.4)
+
+
+def test_rate_window_counts_in_the_clock_it_is_given() -> None:
+    """Rates are per second of the given clock (the node's: sim time under use_sim_time)."""
+    sim = [1000.0]
+    window = RateWindow(size=100, clock=lambda: sim[0])
+    for _ in range(11):  # 10 events per sim second, whatever the wall clock does meanwhile
+        window.add(5.0)
+        sim[0] += 0.1
+    assert window.now() == pytest.approx(1001.1)
+    assert window.rate_hz() == pytest.approx(10.0)
+    assert window.last_time() == pytest.approx(1001.0)
+    sim[0] = 1010.0  # nothing within the horizon any more
+    assert window.rate_hz() == 0.0
+
+
+def test_rate_window_forgets_times_when_the_clock_goes_back() -> None:
+    """A looping bag or a restarted simulator: times from before the jump are forgotten, the
+    values are not; events after ``now`` (recorded since it was read) are left out."""
+    sim = [500.0]
+    window = RateWindow(size=100, clock=lambda: sim[0])
+    for i in range(5):
+        window.add(float(i), now=500.0 + i)
+    sim[0] = 10.0
+    assert window.rate_hz() == 0.0  # every recorded time lies in the future
+    window.add(5.0)
+    window.add(6.0, now=10.5)
+    assert window.last_time() == 10.5 and len(window) == 7
+    assert window.rate_hz(now=10.5) == pytest.approx(2.0)
+    assert window.rate_hz(now=10.2) == pytest.approx(1 / 5.0)  # 10.5 is after now
+    assert window.percentile(50) == 3.0  # the values survive the jump
+
+
+def test_rate_window_without_time_passing_has_no_rate() -> None:
+    """Sim time before the first /clock message stays at 0: no rate can be told."""
+    window = RateWindow(clock=lambda: 0.0)
+    window.add()
+    assert window.rate_hz() == pytest.approx(1 / 5.0)
+    window.add()
+    assert np.isnan(window.rate_hz())

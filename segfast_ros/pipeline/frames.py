@@ -41,7 +41,9 @@ class Frame:
         image: ``(H, W, 3)`` uint8 RGB; None once the frame was cached and a newer one came
             (see :meth:`EmbeddingCache.put`).
         header: the transport's header (a ROS ``std_msgs/Header``), passed through untouched.
-        received: ``time.monotonic()`` when the frame arrived.
+        received: ``time.monotonic()`` when the frame arrived: the start of the
+            frame-to-embedding latency, a duration of work, so wall time even under sim time
+            (the frame's data time is its header stamp, the key).
         hw: ``(H, W)`` of the image, kept when the pixels are let go (set from ``image``).
     """
 
@@ -64,8 +66,9 @@ class EncodedFrame:
     Attributes:
         frame: the source frame (image and header).
         embedding: ``(1, C, h, w)`` float32, read-only.
-        encode_ms: time of the encoder call (pre-processing included).
-        ready: ``time.monotonic()`` when the embedding was stored.
+        encode_ms: time of the encoder call (pre-processing included), wall time.
+        ready: ``time.monotonic()`` when the embedding was stored (ends the latency; with the
+            key it tells a re-encoded stamp from the frame seen before).
     """
 
     frame: Frame
@@ -191,30 +194,53 @@ class EmbeddingCache:
 class RateWindow:
     """Recent event times and values, for rates and percentiles in diagnostics (thread-safe).
 
+    Event times come from ``clock``, the clock a rate is meant in: the ROS node passes its own
+    clock, so that with ``use_sim_time`` an input rate is frames per second of sim (bag) time.
+    The values (latencies) are whatever the caller measured; they do not depend on ``clock``.
+    A clock may go back (a looping bag, a restarted simulator): the times recorded before such
+    a jump belong to a timeline that is gone and are forgotten; the values are kept.
+
     Args:
         size: events kept.
+        clock: the current time in seconds; ``time.monotonic`` unless told.
     """
 
-    def __init__(self, size: int = 100) -> None:
+    def __init__(self, size: int = 100, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
         self._times: deque[float] = deque(maxlen=size)
         self._values: deque[float] = deque(maxlen=size)
 
+    def now(self) -> float:
+        """The window's clock, in seconds."""
+        return self._clock()
+
     def add(self, value: float = 0.0, now: float | None = None) -> None:
-        """Record one event with an optional value (e.g. a latency in ms)."""
+        """Record one event with an optional value (e.g. a latency in ms), at ``now``.
+
+        ``now`` defaults to the window's clock, read under the lock, so that events recorded
+        from several threads stay in order.
+        """
         with self._lock:
-            self._times.append(time.monotonic() if now is None else now)
+            at = self._clock() if now is None else now
+            if self._times and at < self._times[-1]:
+                self._times.clear()  # the clock went back: earlier times mean nothing now
+            self._times.append(at)
             self._values.append(float(value))
 
     def rate_hz(self, now: float | None = None, horizon_s: float = 5.0) -> float:
-        """Events per second over the last ``horizon_s`` seconds."""
-        now = time.monotonic() if now is None else now
+        """Events per second of the window's clock over the last ``horizon_s`` seconds.
+
+        NaN when several events fall in the horizon but no time passed between them (a clock
+        that does not move, such as sim time before the first ``/clock`` message).
+        """
+        now = self._clock() if now is None else now
         with self._lock:
-            recent = [t for t in self._times if now - t <= horizon_s]
+            recent = [t for t in self._times if 0.0 <= now - t <= horizon_s]
         if len(recent) < 2:
             return 0.0 if not recent else 1.0 / horizon_s
-        span = max(recent[-1] - recent[0], 1e-9)
-        return (len(recent) - 1) / span
+        span = recent[-1] - recent[0]
+        return (len(recent) - 1) / span if span > 0 else float("nan")
 
     def percentile(self, q: float) -> float:
         """The ``q``-th percentile of the recorded values, NaN when there are none."""
@@ -223,13 +249,13 @@ class RateWindow:
         return float(np.percentile(values, q)) if values else float("nan")
 
     def last_time(self) -> float | None:
-        """``time.monotonic()`` of the last event, None before the first."""
+        """The window's clock at the last event, None before the first."""
         with self._lock:
             return self._times[-1] if self._times else None
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._times)
+            return len(self._values)
 
 
 class LatestWorker(Generic[T]):

@@ -3,12 +3,20 @@
 :class:`Health` is shared by the node's parts (frame intake, ``~/segment``, SegEvery): each
 counts its events and failures there, and :func:`diagnostic_status` turns it, with the node's
 state, into the one ``diagnostic_msgs/DiagnosticStatus`` the node publishes.
+
+Two kinds of time. Rates and the staleness of the input are about the data, so they are in the
+clock ``Health`` is given, the node's (sim time under ``use_sim_time``, as diagnostic_updater
+does): frames played from a bag at 10 per bag second read 10 Hz whatever speed the bag plays
+at, and a paused bag is not a dead camera. The latencies (encoder, frame to embedding,
+``~/segment``, SegEvery) are durations of CPU work, measured in wall time by whoever reports
+them. Throttling of log lines is about log spam and uses wall time too.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +25,9 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from segfast_ros.pipeline.frames import EmbeddingCache, LatestWorker, RateWindow
 from segfast_ros.ros.params import NodeConfig
 
-#: Seconds between repeats of the same input warning.
+#: Seconds between repeats of the same input warning (wall time: it is about log spam).
 WARN_THROTTLE_S = 5.0
-#: No frame for this long while active turns the diagnostics to WARN.
+#: No frame for this long (in the node's clock) while active turns the diagnostics to WARN.
 STALE_INPUT_S = 3.0
 #: Distinct warning texts remembered for throttling before the memory is reset.
 _MAX_WARNED = 256
@@ -44,23 +52,30 @@ def fmt_stamp(key: int) -> str:
 class Health:
     """Windows of recent events, counters, the last error, and throttled logging.
 
+    Args:
+        logger: where :meth:`warn` writes.
+        clock: the time the windows' events are recorded and rates computed in, in seconds
+            (the node passes its ROS clock; ``time.monotonic`` unless told).
+
     Attributes:
         frames_in: frame arrivals.
         encodes: encoder runs (value: encoder ms).
         latency: frame arrival to embedding ready (value: ms).
         segany: ``~/segment`` calls (value: service ms).
         segevery_runs: SegEvery passes (value: ms).
+        now: the clock given, in seconds.
         counts: the :data:`COUNTERS`.
         last_error: the latest failure, as reported in ``/diagnostics``.
     """
 
-    def __init__(self, logger: Any) -> None:
+    def __init__(self, logger: Any, clock: Callable[[], float] = time.monotonic) -> None:
         self._logger = logger
-        self.frames_in = RateWindow()
-        self.encodes = RateWindow()
-        self.latency = RateWindow()
-        self.segany = RateWindow()
-        self.segevery_runs = RateWindow()
+        self.now = clock
+        self.frames_in = RateWindow(clock=clock)
+        self.encodes = RateWindow(clock=clock)
+        self.latency = RateWindow(clock=clock)
+        self.segany = RateWindow(clock=clock)
+        self.segevery_runs = RateWindow(clock=clock)
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.last_error = ""
         self._lock = threading.Lock()
@@ -70,7 +85,8 @@ class Health:
         """Log ``text`` at most once per WARN_THROTTLE_S for each distinct text.
 
         ROS's own throttling is per call site, so one bad input would hide a different one
-        that follows it; here each distinct problem gets its own line.
+        that follows it; here each distinct problem gets its own line. Wall time: a paused
+        ``/clock`` must not silence a warning for good, nor a fast one repeat it.
         """
         now = time.monotonic()
         with self._lock:
@@ -171,7 +187,7 @@ def diagnostic_status(
         state: what the node is doing.
         health: its counters and timings.
     """
-    now = time.monotonic()
+    now = health.now()
     level, message = _level(state, health, now)
     values = _values(config, state, health, now)
     return DiagnosticStatus(

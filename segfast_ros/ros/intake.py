@@ -5,6 +5,12 @@ A frame is converted in the subscription callback and handed to the encoder's
 the stamp-keyed :class:`~segfast_ros.pipeline.frames.EmbeddingCache`. ``~/segment`` asks
 :meth:`FrameIntake.frame_for` for a stamp, which waits briefly for a frame still being
 encoded.
+
+Frames are keyed by their header stamp, the data's own time (bag or sim time when played from a
+bag), never by when they arrived; "latest" is the frame encoded last. The wait for a frame being
+encoded and the frame-to-embedding latency are wall time: they are about computation, and a
+planner's call must not hang on a paused ``/clock``. Arrivals and encodes are counted in the
+node's clock (:class:`~segfast_ros.ros.diagnostics.Health`), so their rates follow sim time.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from segfast_ros.ros.diagnostics import Health, fmt_stamp
 from segfast_ros.ros.qos import image_input_qos, overridable
 from segfast_ros.runtime import Predictor
 
-#: How long ~/segment waits for a requested frame that is still being encoded.
+#: How long ~/segment waits for a requested frame that is still being encoded, in wall time (a
+#: wait on the encoder, which a paused or absent /clock must not stretch).
 SEGMENT_WAIT_S = 2.0
 
 
@@ -133,7 +140,7 @@ class FrameIntake:
     def _take_frame(self, msg: Any, convert: Callable[[Any], Any], topic: str) -> None:
         received = time.monotonic()  # frame-to-embedding latency includes the conversion
         health = self._health
-        health.frames_in.add(now=received)
+        health.frames_in.add()  # in the node's clock: the input rate follows sim time
         encoder = self.encoder
         if encoder is None:
             return
@@ -169,8 +176,8 @@ class FrameIntake:
                 return
             encoded = encode_frame(predictor, frame)
             cache.put(encoded)
-            self._health.encodes.add(encoded.encode_ms, encoded.ready)
-            self._health.latency.add((encoded.ready - frame.received) * 1e3, encoded.ready)
+            self._health.encodes.add(encoded.encode_ms)
+            self._health.latency.add((encoded.ready - frame.received) * 1e3)
         finally:
             self._frame_done(frame.key)
 

@@ -15,6 +15,13 @@ Topics and services (relative names, remappable; ``~`` is the node's namespace):
 The camera input and the three outputs take the standard ``qos_overrides.<topic>.*``
 parameters (:mod:`.qos`).
 
+Time: with ``use_sim_time`` (ROS's standard parameter) and a ``/clock`` publisher such as
+``ros2 bag play --clock``, what is about the data follows sim time: frames are cached and
+answered by header stamp, the SegEvery and diagnostics timers tick on the node's clock, and the
+rates in ``/diagnostics`` are per second of it (:mod:`.diagnostics`). Waits, timeouts,
+latencies and log throttling are wall time: they are about computation, and a paused
+``/clock`` must hold none of them.
+
 Lifecycle: ``configure`` loads the model and creates the outputs, ``activate`` starts the
 subscriptions, the service, the worker threads and the SegEvery timer, ``deactivate`` and
 ``cleanup`` release them, ``shutdown`` releases everything. A transition that raises is
@@ -129,7 +136,7 @@ class SegfastNode(LifecycleNode):
         self._model_warnings: list[str] = []  # what loading the model warned about
         self._problem = ""  # why the node cannot run, for /diagnostics (ERROR)
         self._active = False
-        self._health = Health(self.get_logger())
+        self._health = Health(self.get_logger(), clock=self._now_s)
         timers = MutuallyExclusiveCallbackGroup()  # SegEvery's and the diagnostics'
         self._frames = FrameIntake(self, self._health, MutuallyExclusiveCallbackGroup())
         self._segevery = SegEveryPublisher(
@@ -148,9 +155,15 @@ class SegfastNode(LifecycleNode):
             callback_group=ReentrantCallbackGroup(),
         )
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # The node's clock, as diagnostic_updater's: a period of sim seconds under sim time,
+        # so a sim-time aggregator sees the rate it expects; silent while /clock is paused.
         self._diag_timer = self.create_timer(
             self._config.diagnostics_period, self._publish_diagnostics, timers
         )
+
+    def _now_s(self) -> float:
+        """The node's clock in seconds: sim time under ``use_sim_time``, else system time."""
+        return self.get_clock().now().nanoseconds * 1e-9
 
     @property
     def config(self) -> NodeConfig:

@@ -4,6 +4,11 @@ A timer at ``segevery.rate`` hands the newest cached frame (if SegEvery has not 
 :class:`~segfast_ros.pipeline.frames.LatestWorker` of its own; a pass that is still running
 when the next tick comes makes that tick a skip. The three outputs are lifecycle publishers:
 created at ``configure``, they publish only while the node is active.
+
+The timer runs on the node's clock: under ``use_sim_time`` it ticks ``segevery.rate`` times per
+second of sim time (faster than wall time when a bag plays fast, never while ``/clock`` is
+paused), as the replay schedules SegEvery on bag time. A pass's ``segevery_ms`` is the CPU work's
+wall time.
 """
 
 from __future__ import annotations

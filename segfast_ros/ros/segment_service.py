@@ -5,6 +5,10 @@ held at once (running or waiting), and one more is answered at once with a "busy
 The service callback is a coroutine, so no executor thread waits for a decode and the
 executor keeps taking requests off the DDS queue: each one is admitted or refused at once,
 never left to overflow that queue.
+
+A call's frame is chosen by stamp, the data's time (sim time under ``use_sim_time``); the waits
+here and in :meth:`FrameIntake.frame_for <segfast_ros.ros.intake.FrameIntake.frame_for>` and the
+service time in ``/diagnostics`` are wall time, so a paused ``/clock`` never holds a call.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from segfast_ros.runtime import Backend
 from segfast_ros.srv import Segment
 
 #: How long deactivate waits for admitted ~/segment calls to be answered before it removes the
-#: service (a response sent on a destroyed service would be lost, and rclpy raises on it).
+#: service (a response sent on a destroyed service would be lost, and rclpy raises on it); wall
+#: time.
 SEGMENT_DRAIN_S = 10.0
 #: The answer to a call that the node took while its service was being deactivated.
 NOT_ACTIVE = "not active: ~/segment is being deactivated; call again once the node is active"
