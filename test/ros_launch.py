@@ -225,10 +225,12 @@ def wait(done: Callable[[], bool], timeout: float, what: str, poll: float = 0.1)
 def ros2_many(
     calls: dict[Any, tuple[int, tuple[str, ...]]],
 ) -> dict[Any, subprocess.CompletedProcess]:
-    """:func:`ros2` for every ``key: (domain_id, args)`` of ``calls`` at once (each costs seconds
-    of Python start and discovery, mostly waiting); the results by the same keys."""
+    """:func:`ros2_found` for every ``key: (domain_id, args)`` of ``calls`` at once (each costs
+    seconds of Python start and discovery, mostly waiting); the results by the same keys."""
     with ThreadPoolExecutor(max(1, len(calls))) as pool:
-        futures = {key: pool.submit(ros2, domain, *args) for key, (domain, args) in calls.items()}
+        futures = {
+            key: pool.submit(ros2_found, domain, *args) for key, (domain, args) in calls.items()
+        }
         return {key: future.result() for key, future in futures.items()}
 
 
@@ -321,8 +323,14 @@ def lifecycle(domain_id: int, *args: str) -> subprocess.CompletedProcess:
     found" before it has asked the node anything. That answer is retried with the next of
     :data:`LIFECYCLE_SPIN_TIMES`; any other is returned as it is.
     """
+    return ros2_found(domain_id, "lifecycle", *args)
+
+
+def ros2_found(domain_id: int, *args: str) -> subprocess.CompletedProcess:
+    """:func:`ros2` for a verb that first looks its node up (``lifecycle``, ``param``), retried
+    with the next of :data:`LIFECYCLE_SPIN_TIMES` while it answers "Node not found"."""
     for spin_time in LIFECYCLE_SPIN_TIMES:
-        result = ros2(domain_id, "lifecycle", *args, spin_time=spin_time)
+        result = ros2(domain_id, *args, spin_time=spin_time)
         if "Node not found" not in result.stderr:
             break
     return result

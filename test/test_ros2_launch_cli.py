@@ -9,7 +9,8 @@ refusal the CLI prints must be the node's message, naming what was wrong and wha
 The README's ``ros2`` lines run as written (through ``bash``, from the repository root, in the
 venv as ``. .venv/bin/activate`` sets it up): each line that starts the node on a domain of its
 own, then each ``ros2 param`` line against every such node. The one liberty taken: verbs that
-discover nodes get ``--no-daemon`` (:func:`ros_launch.ros2`), so no daemon outlives the test.
+discover nodes get ``--no-daemon`` (:func:`ros_launch.ros2`), so no daemon outlives the test,
+and are retried when discovery was slower than their spin time (:func:`ros_launch.ros2_found`).
 
 Every ``ros2`` call costs seconds (Python start, discovery), so the calls of a phase run at once.
 """
@@ -31,7 +32,7 @@ from ros_launch import (
     get_parameters,
     parameter_file,
     require_tools,
-    ros2,
+    ros2_found,
     ros2_many,
     stop_all,
     tools_env,
@@ -140,7 +141,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
             wait_for_launches(readme_client, [run], {node}, timeout=120.0)
             wait_for_subscriptions(readme_client, node, {camera})
         results = ros2_many(_calls(domain, readme_domains))
-        results["get"] = ros2(domain, "param", "get", NODE, ACCEPTED[0])  # after the set
+        results["get"] = ros2_found(domain, "param", "get", NODE, ACCEPTED[0])  # after the set
         yield Session(client, readme, results)
     finally:
         stop_all(runs)
