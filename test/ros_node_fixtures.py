@@ -100,6 +100,18 @@ def participant(domain_id: int) -> Client:
     return c
 
 
+def wait_until_serving(c: Client, node: NodeProcess, segment: Any, image_pub: Any) -> None:
+    """Spin until ``node`` offers ``segment`` and takes ``image_pub``'s frames; fail with its
+    log if it exits first."""
+    c.spin_until(
+        lambda: segment.service_is_ready() or not node.alive(),
+        60,
+        f"the node's ~/segment service; node log:\n{node.log()}",
+    )
+    assert node.alive(), f"the node exited:\n{node.log()}"
+    c.spin_until(lambda: image_pub.get_subscription_count() > 0, 30, "the image subscriber")
+
+
 @pytest.fixture(scope="module")
 def client(node: NodeProcess, domain_id: int):
     """A client of the module's node, once its ~/segment and image subscription are up."""
@@ -114,13 +126,7 @@ def client(node: NodeProcess, domain_id: int):
     c.node.create_subscription(InstanceArray, f"{NODE}/instances", c.instances.append, 10)
     c.node.create_subscription(Image, f"{NODE}/instances/label", c.labels.append, 10)
     try:
-        c.spin_until(
-            lambda: c.segment.service_is_ready() or not node.alive(),
-            60,
-            f"the node's ~/segment service; node log:\n{node.log()}",
-        )
-        assert node.alive(), f"the node exited:\n{node.log()}"
-        c.spin_until(lambda: c.image_pub.get_subscription_count() > 0, 30, "the image subscriber")
+        wait_until_serving(c, node, c.segment, c.image_pub)
         yield c
     finally:
         c.close()
