@@ -28,7 +28,7 @@ setup(
         "console_scripts": [
             "segfast = segfast_ros.cli:main",
             # Needs rclpy and the generated interfaces (a ROS 2 environment).
-            "segfast_node = segfast_ros.ros.node:main",
+            "segfast_node = segfast_ros.ros.entry:main",
         ]
     },
 )

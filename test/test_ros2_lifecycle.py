@@ -416,12 +416,6 @@ def test_a_double_ctrl_c_ends_the_node_cleanly(ctrl_c_runs: CtrlCRuns) -> None:
     assert_ended_cleanly(out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: segfast_node's handlers are installed by run(), after the script has "
-    "imported rclpy and the package (~0.3 s); a Ctrl-C before then raises KeyboardInterrupt "
-    "inside an import (traceback in the log, exit code -2). Strict: passes once fixed.",
-)
 def test_ctrl_c_while_the_node_imports(ctrl_c_runs: CtrlCRuns) -> None:
     """The Ctrl-C comes while the node's process imports rclpy (its extension is loaded)."""
     out = ctrl_c_runs.outcome("importing")

@@ -43,7 +43,7 @@ def free_domain_id() -> int:
 def node_command(*ros_args: str) -> list[str]:
     """``segfast_node --ros-args ...`` from this interpreter's environment."""
     script = shutil.which("segfast_node", path=str(Path(sys.executable).parent))
-    base = [script] if script else [sys.executable, "-m", "segfast_ros.ros.node"]
+    base = [script] if script else [sys.executable, "-m", "segfast_ros.ros.entry"]
     return [*base, "--ros-args", *ros_args]
 
 

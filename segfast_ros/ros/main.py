@@ -1,6 +1,6 @@
 """Run a lifecycle node as a process: the executor, autostart, and a quiet end on any signal.
 
-:func:`run` is what the ``segfast_node`` executable does (:func:`segfast_ros.ros.node.main`):
+:func:`run` is what the ``segfast_node`` executable does (:func:`segfast_ros.ros.entry.main`):
 build the node, configure and activate it unless its ``autostart`` parameter is false, spin
 it on a multi-threaded executor of ``executor.threads`` threads until SIGINT or SIGTERM, then
 take it through its shutdown transition and destroy it. The node's transitions are only ever
@@ -9,7 +9,6 @@ triggered through its state machine, never by calling the callbacks.
 
 from __future__ import annotations
 
-import signal
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,48 +19,11 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
 
+from segfast_ros.ros.signals import ShutdownSignals
+
 #: Longest the spin loop waits before it looks for a signal: how long after SIGINT or SIGTERM
 #: the shutdown starts at most.
 SIGNAL_POLL_S = 0.1
-
-
-class ShutdownSignals:
-    """SIGINT and SIGTERM end the node once, quietly, however many arrive and whenever.
-
-    A terminal's Ctrl-C under ``ros2 launch`` reaches the node twice (from the process group
-    and from launch), the second often while the node is cleaning up. Python's default SIGINT
-    handler raises ``KeyboardInterrupt`` wherever the main thread is, which tore the clean-up
-    apart (a traceback, exit code -2, threads left running). Here a signal is only recorded,
-    never raised, and :func:`run`'s spin loop ends when it sees one.
-
-    rclpy's own handlers are not installed (:func:`run` initializes it without them): they
-    shut the ROS context down at the first signal, after which the node's shutdown transition
-    could not publish its transition event, and the state machine refuses a transition it
-    cannot announce.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.received: list[str] = []
-        for sig in self.SIGNALS:
-            signal.signal(sig, self._record)
-
-    def _record(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if not self.received:  # the first one says why the node goes; repeats say nothing
-            print(f"segfast: {name} received, shutting down", file=sys.stderr)
-        self.received.append(name)
-
-    def ignore_from_now(self) -> None:
-        """Ignore both signals for the rest of the process's life.
-
-        For after the clean-up: Python resets the handlers it installed to the default while
-        the interpreter finalizes (DDS teardown included), and a late second Ctrl-C would then
-        kill the process with -2 instead of letting it exit 0.
-        """
-        for sig in self.SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
 
 
 class ManagedNode(Protocol):
@@ -127,7 +89,11 @@ def _stop(executor: MultiThreadedExecutor) -> None:
     executor.shutdown()
 
 
-def run(make_node: Callable[[], ManagedNode], args: list[str] | None = None) -> int:
+def run(
+    make_node: Callable[[], ManagedNode],
+    args: list[str] | None = None,
+    signals: ShutdownSignals | None = None,
+) -> int:
     """Run the node ``make_node()`` builds until SIGINT or SIGTERM.
 
     Args:
@@ -138,7 +104,7 @@ def run(make_node: Callable[[], ManagedNode], args: list[str] | None = None) -> 
         0 after a SIGINT or SIGTERM (any number of them), 2 when the node cannot be built (a
         parameter refused: the message is printed, no traceback).
     """
-    signals = ShutdownSignals()
+    signals = signals or ShutdownSignals()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = make_node()

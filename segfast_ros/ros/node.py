@@ -383,11 +383,8 @@ class SegfastNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the node: ``segfast_node --ros-args -p model_dir:=... -r image:=/camera/image``.
-
-    Returns 0 after a SIGINT or SIGTERM (any number of them), 2 when a parameter is refused
-    (see :func:`segfast_ros.ros.main.run`).
-    """
+    """Run the node (as :func:`segfast_ros.ros.entry.main`, the ``segfast_node`` executable,
+    which installs the signal handlers before this module's imports)."""
     return run(SegfastNode, args)
 
 
