@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from ros_launch import dotted
 
 from segfast_ros.ros.launch_args import (
     ARGUMENTS,
@@ -220,23 +221,12 @@ def _qos_override(name: str) -> bool:
     )
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_parameter_files_name_only_declared_parameters_with_valid_values(path: Path) -> None:
     specs = {s.name: s for s in all_params()}
     doc = yaml.safe_load(path.read_text())
     assert list(doc) == ["/**"], "parameter files apply to the node under any name"
-    params = _flatten(doc["/**"]["ros__parameters"])
+    params = dotted(doc["/**"]["ros__parameters"])
     assert params
     for name, value in params.items():
         if name in EXTRA_PARAMS or _qos_override(name):
@@ -260,7 +250,7 @@ def test_qos_overrides_may_be_set_in_a_parameter_file() -> None:
         publisher:
           depth: 3
 """
-    params = _flatten(yaml.safe_load(text)["/**"]["ros__parameters"])
+    params = dotted(yaml.safe_load(text)["/**"]["ros__parameters"])
     assert set(params) == {
         "qos_overrides./camera/image_raw.subscription.reliability",
         "qos_overrides./segfast/overlay.publisher.depth",
@@ -270,6 +260,6 @@ def test_qos_overrides_may_be_set_in_a_parameter_file() -> None:
 
 
 def test_base_config_covers_the_model_choice() -> None:
-    params = _flatten(yaml.safe_load((REPO / "config" / "segfast.yaml").read_text())["/**"])
+    params = dotted(yaml.safe_load((REPO / "config" / "segfast.yaml").read_text())["/**"])
     for name in ("model_dir", "precision", "providers", "segevery.rate", "segevery.strategy"):
         assert f"ros__parameters.{name}" in params
