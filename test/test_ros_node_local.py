@@ -5,6 +5,7 @@ on, its entities and threads, the QoS they got, and failures injected into its t
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,10 +15,12 @@ rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed: run
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 
+from segfast_ros.ros import node as node_module
 from segfast_ros.ros.harness import free_domain_id
 from segfast_ros.ros.node import SegfastNode
 from segfast_ros.ros.segevery_publisher import SegEveryPublisher
@@ -213,3 +216,27 @@ def test_executor_threads_is_a_read_only_parameter_with_a_floor(node: SegfastNod
     assert described.read_only and "lifecycle transitions" in described.description
     (bounds,) = described.integer_range
     assert (bounds.from_value, bounds.to_value) == (2, 64)
+
+
+@pytest.mark.parametrize("sim_time", [True, False])
+def test_sim_time_without_a_clock_is_said_once(
+    make_node: Callable[..., SegfastNode], monkeypatch: pytest.MonkeyPatch, sim_time: bool
+) -> None:
+    """Under use_sim_time, no /clock within SIM_CLOCK_WAIT_S wall seconds: one warning that
+    says what waits for it and how to give it; nothing without sim time."""
+    monkeypatch.setattr(node_module, "SIM_CLOCK_WAIT_S", 0.2)
+    node = make_node(use_sim_time=sim_time)
+    said: list[str] = []
+    monkeypatch.setattr(node.get_logger(), "warn", lambda text, **_: said.append(text))
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.05)
+    executor.remove_node(node)
+    clock_warnings = [t for t in said if "/clock" in t]
+    if sim_time:
+        assert len(clock_warnings) == 1, said
+        assert "ros2 bag play --clock" in clock_warnings[0] and "SegEvery" in clock_warnings[0]
+    else:
+        assert clock_warnings == []

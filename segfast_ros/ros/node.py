@@ -48,6 +48,7 @@ from rcl_interfaces.msg import (
     SetParametersResult,
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from segfast_ros.ros.diagnostics import Health, NodeState, diagnostic_status
@@ -70,6 +71,10 @@ from segfast_ros.runtime.paths import resolve_model_path
 __all__ = ["SERVICE_QOS", "SegfastNode", "main"]
 
 Transition = Callable[[Any, LifecycleState], TransitionCallbackReturn]
+
+#: Wall seconds after the start within which, under ``use_sim_time``, a first ``/clock``
+#: message is expected; without one the node says once why SegEvery and /diagnostics are silent.
+SIM_CLOCK_WAIT_S = 5.0
 
 
 def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
@@ -160,6 +165,24 @@ class SegfastNode(LifecycleNode):
         self._diag_timer = self.create_timer(
             self._config.diagnostics_period, self._publish_diagnostics, timers
         )
+        # On the steady clock: a sim-time timer would never fire without the /clock it checks.
+        if self.get_parameter("use_sim_time").value:
+            self._clock_check = self.create_timer(
+                SIM_CLOCK_WAIT_S,
+                self._check_sim_clock,
+                timers,
+                clock=Clock(clock_type=ClockType.STEADY_TIME),
+            )
+
+    def _check_sim_clock(self) -> None:
+        """Once: under ``use_sim_time`` with no ``/clock`` yet, say what waits and why."""
+        self._clock_check.cancel()
+        if self.get_clock().now().nanoseconds == 0:
+            self.get_logger().warn(
+                f"use_sim_time is true and no /clock message came in {SIM_CLOCK_WAIT_S:g} s: "
+                "SegEvery and /diagnostics tick in sim time and wait for it; play the bag with "
+                "`ros2 bag play --clock`, or set use_sim_time:=false"
+            )
 
     def _now_s(self) -> float:
         """The node's clock in seconds: sim time under ``use_sim_time``, else system time."""
