@@ -231,7 +231,8 @@ def test_diagnostics_rates_are_per_sim_second(sim: tuple[Client, BagPlayer]) -> 
     """5 frames per sim second at three times real time: 5 Hz in /diagnostics, not 15.
 
     A stalled node takes the frames that waited all at once, at one reading of its clock, so
-    one status may be off; their median is checked, and none may read the wall-time rate.
+    a status read during a stall may be off in either direction (seen: 2 and 10 Hz on a loaded
+    2-core machine); the medians are checked, which a wall-time rate (15 Hz) cannot pass.
     """
     client, player = sim
     player.play(factor=3.0, step_s=0.2)
@@ -246,10 +247,11 @@ def test_diagnostics_rates_are_per_sim_second(sim: tuple[Client, BagPlayer]) -> 
         if s.name.startswith(f"{NODE}:")
     ]
     assert statuses, "no /diagnostics from the node while sim time ran"
-    rates = []
+    rates, encoded = [], []
     for stamp, status in statuses:
         assert SIM_START_NS < stamp_ns(stamp) <= player.sim_ns  # stamped in sim time
         values = {kv.key: kv.value for kv in status.values}
         rates.append(float(values["input_rate_hz"]))
-        assert float(values["encoded_rate_hz"]) <= 10.0, values
-    assert 3.5 <= float(np.median(rates)) <= 7.5 and max(rates) < 10.0, rates
+        encoded.append(float(values["encoded_rate_hz"]))
+    assert 3.5 <= float(np.median(rates)) <= 7.5, rates
+    assert float(np.median(encoded)) <= 7.5, encoded
