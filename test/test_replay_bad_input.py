@@ -182,3 +182,26 @@ def test_an_interrupt_keeps_what_was_processed(tmp_path: Path, predictor: Predic
     assert summary.interrupted and summary.processed == 3
     assert len(read_bag(tmp_path / "out")["/segfast/instances"]) == 3
     assert len(json.loads((tmp_path / "coco.json").read_text())["images"]) == 3
+
+
+def test_a_failure_after_the_output_bag_opened_still_closes_it(
+    tmp_path: Path, predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening the output works, adding a connection to it fails: the error reaches the caller
+    and the bag is closed (a reader opens it), not left half-written."""
+    write_bag(tmp_path / "in", 2)
+
+    def refuse(writer: Any, conn: Any) -> Any:
+        raise RuntimeError(f"cannot copy {conn.topic}")
+
+    monkeypatch.setattr("segfast_ros.replay.writer.bags.copy_connection", refuse)
+    with pytest.raises(RuntimeError, match="cannot copy"):
+        replay(
+            tmp_path / "in",
+            tmp_path / "out",
+            predictor,
+            segevery(),
+            ReplayOptions(TOPIC, copy_input=True),
+        )
+    with Reader(tmp_path / "out") as reader:  # closed: its metadata is written
+        assert reader.message_count == 0

@@ -10,6 +10,7 @@ reader.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -97,6 +98,7 @@ class OutputWriter:
             self._open()
         except BaseException as err:
             self._setup_error = err
+            self._close_after_failed_open()
             return
         finally:
             self._ready.set()
@@ -114,6 +116,15 @@ class OutputWriter:
                 self._finish()
             finally:
                 self.writer.close()
+
+    def _close_after_failed_open(self) -> None:
+        """Close the bag when opening it worked but a later step of :meth:`_open` failed
+        (adding a connection, say): an open bag is not a bag any reader takes. The error of
+        that step is the one reported; one from closing would only hide it."""
+        writer = getattr(self, "writer", None)
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.close()
 
     def _open(self) -> None:
         """Open the bag (on this thread: sqlite3 objects must stay on their thread), add its
