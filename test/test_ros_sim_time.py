@@ -228,17 +228,18 @@ def test_segevery_ticks_in_sim_time(sim: tuple[Client, BagPlayer]) -> None:
 
 
 def test_diagnostics_rates_are_per_sim_second(sim: tuple[Client, BagPlayer]) -> None:
-    """5 frames per sim second at three times real time: 5 Hz in /diagnostics, not 15.
+    """2 frames per sim second at ten times real time: about 2 Hz in /diagnostics, not 20.
 
     A stalled node takes the frames that waited all at once, at one reading of its clock, so
-    a status read during a stall may be off in either direction (seen: 2 and 10 Hz on a loaded
-    2-core machine); the medians are checked, which a wall-time rate (15 Hz) cannot pass.
+    a status read during a stall may be off in either direction (seen: 2 and 10 Hz for 5 on a
+    loaded 2-core machine); the medians of many statuses are checked, with a wide margin on
+    both sides that a wall-time rate (20 Hz) cannot pass.
     """
     client, player = sim
-    player.play(factor=3.0, step_s=0.2)
-    player.run_for(2.0)  # 6 s of sim time: the 5 s horizon holds only this rate
+    player.play(factor=10.0, step_s=0.5)
+    player.run_for(1.0)  # 10 s of sim time: the 5 s horizon holds only this rate
     client.diagnostics.clear()
-    player.run_for(1.5)
+    player.run_for(2.0)
     player.pause()
     statuses = [
         (m.header.stamp, s)
@@ -253,5 +254,6 @@ def test_diagnostics_rates_are_per_sim_second(sim: tuple[Client, BagPlayer]) -> 
         values = {kv.key: kv.value for kv in status.values}
         rates.append(float(values["input_rate_hz"]))
         encoded.append(float(values["encoded_rate_hz"]))
-    assert 3.5 <= float(np.median(rates)) <= 7.5, rates
-    assert float(np.median(encoded)) <= 7.5, encoded
+    assert len(rates) >= 5, rates
+    assert 1.0 <= float(np.median(rates)) <= 5.0, rates
+    assert float(np.median(encoded)) <= 5.0, encoded
