@@ -30,7 +30,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from segfast_ros.masks import rle_to_mask
 from segfast_ros.msg import InstanceArray
 from segfast_ros.ros.harness import Client, NodeProcess, free_domain_id, image_msg
-from segfast_ros.ros.node import SERVICE_QOS
+from segfast_ros.ros.qos import SERVICE_QOS
 from segfast_ros.runtime import Predictor
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
 from segfast_ros.srv import Segment

@@ -37,7 +37,7 @@ from segfast_ros.bench.latency import BenchRow, bench_row
 from segfast_ros.bench.report import format_columns
 from segfast_ros.bench.timing import percentile, time_ms
 from segfast_ros.ros.harness import Client, NodeProcess, free_domain_id, image_msg
-from segfast_ros.ros.node import SERVICE_QOS
+from segfast_ros.ros.qos import SERVICE_QOS
 from segfast_ros.runtime import Predictor
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
 from segfast_ros.srv import Segment

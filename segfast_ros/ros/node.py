@@ -26,15 +26,14 @@ Lifecycle: ``configure`` loads the model and creates the outputs, ``activate`` s
 subscriptions, the service, the worker threads and the SegEvery timer, ``deactivate`` and
 ``cleanup`` release them, ``shutdown`` releases everything. A transition that raises is
 logged with its traceback and answered with ERROR; ``on_error`` then releases whatever
-configure and activate took, and the node is back in ``unconfigured``. :func:`main` (the
-``segfast_node`` executable, see :mod:`.main`) configures and activates the node at once
-unless the ``autostart`` parameter is false, which leaves it to a lifecycle manager.
+configure and activate took, and the node is back in ``unconfigured``. The ``segfast_node``
+executable (:func:`segfast_ros.ros.entry.main`, see :mod:`.main`) configures and activates it
+at once unless the ``autostart`` parameter is false, which leaves it to a lifecycle manager.
 """
 
 from __future__ import annotations
 
 import functools
-import sys
 import traceback
 import warnings
 from collections.abc import Callable
@@ -53,7 +52,6 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 
 from segfast_ros.ros.diagnostics import Health, NodeState, diagnostic_status
 from segfast_ros.ros.intake import FrameIntake
-from segfast_ros.ros.main import run
 from segfast_ros.ros.params import (
     SEGEVERY,
     NodeConfig,
@@ -62,13 +60,12 @@ from segfast_ros.ros.params import (
     backend_options,
     ros_range,
 )
-from segfast_ros.ros.qos import SERVICE_QOS
 from segfast_ros.ros.segevery_publisher import SegEveryPublisher
 from segfast_ros.ros.segment_service import SegmentService
 from segfast_ros.runtime import Backend, Predictor, load_backend
 from segfast_ros.runtime.paths import resolve_model_path
 
-__all__ = ["SERVICE_QOS", "SegfastNode", "main"]
+__all__ = ["SegfastNode"]
 
 Transition = Callable[[Any, LifecycleState], TransitionCallbackReturn]
 
@@ -195,7 +192,7 @@ class SegfastNode(LifecycleNode):
 
     @property
     def executor_threads(self) -> int:
-        """Threads of the executor :func:`main` spins the node on (``executor.threads``)."""
+        """Threads of the executor :func:`~segfast_ros.ros.main.run` spins the node on."""
         return self._config.executor_threads
 
     @property
@@ -403,13 +400,3 @@ class SegfastNode(LifecycleNode):
         return diagnostic_status(
             self.get_fully_qualified_name(), self._config, state, self._health
         )
-
-
-def main(args: list[str] | None = None) -> int:
-    """Run the node (as :func:`segfast_ros.ros.entry.main`, the ``segfast_node`` executable,
-    which installs the signal handlers before this module's imports)."""
-    return run(SegfastNode, args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
