@@ -23,6 +23,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from segfast_ros.masks import Instance, mask_to_rle, masks_to_boxes
+from segfast_ros.pipeline.render import mask_record
 from segfast_ros.ros.conversions import (
     ACCEPTED_ENCODINGS,
     MAX_LABELS,
@@ -33,9 +34,9 @@ from segfast_ros.ros.conversions import (
     instance_to_msg,
     instances_to_label_image,
     labels_to_mono16_msg,
-    mask_instance_msg,
     mask_to_mono8_msg,
     overlay,
+    record_to_msg,
     rgb_to_image_msg,
     stamp_to_ns,
 )
@@ -333,17 +334,17 @@ def test_instance_to_msg_rejects_bad_rle() -> None:
         instance_to_msg(bad, 0)
 
 
-def test_mask_instance_msg_computes_rle_box_and_area() -> None:
+def test_a_mask_record_as_instance_msg_has_its_rle_box_and_area() -> None:
     mask = _test_masks()[0]
-    msg = mask_instance_msg(mask, np.float32(0.75), 0.25, 3, prompt=[1, 2, 10, 12])
+    msg = record_to_msg(mask_record(mask, np.float32(0.75), 0.25, 3, prompt=[1, 2, 10, 12]))
     expected = instance_to_msg(_instance(mask, [1, 2, 10, 12]), 3)
     assert list(msg.rle_counts) == list(expected.rle_counts)
     assert msg.box == expected.box and msg.area == int(mask.sum())
     assert (msg.id, msg.score, msg.stability) == (3, 0.75, 0.25)
     assert list(msg.prompt) == [1, 2, 10, 12]
-    assert len(mask_instance_msg(mask, 0.5, 0.5, 0).prompt) == 0
+    assert len(record_to_msg(mask_record(mask, 0.5, 0.5, 0)).prompt) == 0
     with pytest.raises(ValueError, match=r"expected a mask \(H, W\)"):
-        mask_instance_msg(mask[None], 0.5, 0.5, 0)
+        mask_record(mask[None], 0.5, 0.5, 0)
 
 
 def test_label_image_paints_best_instance_on_top() -> None:

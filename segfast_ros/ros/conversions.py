@@ -35,7 +35,6 @@ from segfast_ros.pipeline.render import (
     InstanceRecord,
     instance_record,
     instances_to_label_image,
-    mask_record,
     overlay,
 )
 from segfast_ros.pipeline.render import box_to_roi as _roi
@@ -50,7 +49,6 @@ __all__ = [
     "instance_to_msg",
     "instances_to_label_image",
     "labels_to_mono16_msg",
-    "mask_instance_msg",
     "mask_to_mono8_msg",
     "overlay",
     "record_to_msg",
@@ -160,17 +158,3 @@ def instance_to_msg(inst: Instance, index: int) -> InstanceMsg:
         ValueError: see :func:`segfast_ros.pipeline.render.instance_record`.
     """
     return record_to_msg(instance_record(inst, index))
-
-
-def mask_instance_msg(
-    mask: np.ndarray,
-    score: float,
-    stability: float,
-    index: int,
-    prompt: npt.ArrayLike | None = None,
-) -> InstanceMsg:
-    """``Instance.msg`` of one boolean mask (a Segment response), its RLE, box and area computed.
-
-    See :func:`segfast_ros.pipeline.render.mask_record`.
-    """
-    return record_to_msg(mask_record(mask, score, stability, index, prompt))
