@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from segfast_ros.ros.harness import Client, ros_env
+from segfast_ros.ros.harness import Client, LoggedProcess, ros_env
 
 BIN = Path(sys.executable).parent
 ROS2 = BIN / "ros2"
@@ -98,32 +98,13 @@ def ros2(
     )
 
 
-class Launch:
+class Launch(LoggedProcess):
     """``ros2 launch segfast_ros <file> args...`` in its own session, its output in a file."""
 
     def __init__(self, launch_file: str, args: dict[str, Any], domain_id: int, log: Path):
         argv = [f"{k}:={v}" for k, v in args.items()]
-        self._start(
-            [str(ROS2), "launch", "segfast_ros", launch_file, *argv], tools_env(domain_id), log
-        )
-
-    def _start(self, command: list[str], env: dict[str, str], log: Path, cwd: Path | None = None):
-        self.log_path = log
-        self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            command,
-            env=env,
-            cwd=cwd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+        command = [str(ROS2), "launch", "segfast_ros", launch_file, *argv]
+        super().__init__(command, tools_env(domain_id), log, new_session=True)
 
     def ctrl_c(self) -> None:
         """SIGINT to the whole process group, as a terminal's Ctrl-C sends it."""
@@ -157,7 +138,7 @@ class ShellLaunch(Launch):
 
     def __init__(self, line: str, env: dict[str, str], log: Path, cwd: Path):
         self.line = line
-        self._start(["bash", "-c", line], env, log, cwd)
+        LoggedProcess.__init__(self, ["bash", "-c", line], env, log, cwd=cwd, new_session=True)
 
 
 def stop_all(runs: Iterable[Launch], timeout: float = 30.0) -> None:

@@ -47,17 +47,35 @@ def node_command(*ros_args: str) -> list[str]:
     return [*base, "--ros-args", *ros_args]
 
 
-class NodeProcess:
-    """A segfast node in a subprocess; its log goes to a file for the tests to read."""
+class LoggedProcess:
+    """A subprocess whose output (stdout and stderr) goes to a file for the tests to read.
 
-    def __init__(self, args: list[str], domain_id: int, log_path: Path) -> None:
+    Args:
+        command: the program and its arguments.
+        env: its environment.
+        log_path: the file its output goes to (closed by the subclass's ``stop``).
+        cwd: its working folder (None: this one).
+        new_session: start it in a session (and process group) of its own.
+    """
+
+    def __init__(
+        self,
+        command: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        cwd: Path | None = None,
+        new_session: bool = False,
+    ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            node_command(*args),
-            env=ros_env(domain_id),
+            command,
+            env=env,
+            cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=new_session,
         )
 
     def log(self) -> str:
@@ -65,6 +83,13 @@ class NodeProcess:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+
+class NodeProcess(LoggedProcess):
+    """A segfast node in a subprocess; its log goes to a file for the tests to read."""
+
+    def __init__(self, args: list[str], domain_id: int, log_path: Path) -> None:
+        super().__init__(node_command(*args), ros_env(domain_id), log_path)
 
     def stop(self) -> int:
         if self.alive():
