@@ -15,7 +15,13 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["segfast_ros", "segfast_ros.*"]),
-    install_requires=["numpy>=1.23", "opencv-python-headless>=4.8", "onnxruntime>=1.16", "PyYAML"],
+    install_requires=[
+        "numpy>=1.23",
+        "opencv-python-headless>=4.8",
+        "onnxruntime>=1.16",
+        "PyYAML",
+        "scipy>=1.9",
+    ],
     extras_require={
         # Building, exporting and quantizing models; never needed on the robot.
         "export": ["torch>=2.1", "onnx>=1.15", "onnxscript"],

@@ -25,6 +25,7 @@ ROOMS: tuple[tuple[str, ...], ...] = (
     ("masks",),
     ("segany",),
     ("segevery",),
+    ("tracking",),
     ("pipeline",),
     ("ros", "replay"),
     ("bench",),

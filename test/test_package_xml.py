@@ -46,6 +46,7 @@ ROSDEP_KEYS = {
     "numpy": "python3-numpy",
     "cv2": "python3-opencv",
     "yaml": "python3-yaml",
+    "scipy": "python3-scipy",
 }
 
 # Imported, but deliberately not a rosdep dependency of the ROS package.
@@ -65,6 +66,8 @@ NOT_ROSDEP = {
     "ultralytics": "converting the object-aware detector, optional",
     "segment_anything": "test oracle only",
     "pycocotools": "test oracle only",
+    "motmetrics": "tracking evaluation only (IDF1, MOTA), requirements-dev.txt",
+    "pandas": "comes with motmetrics: the tracking evaluation reads its summary",
 }
 
 

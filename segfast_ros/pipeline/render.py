@@ -50,6 +50,8 @@ class InstanceRecord:
         mask_hw: ``(mask_height, mask_width)``.
         rle_counts: uint32 column-major run lengths (COCO uncompressed RLE counts).
         prompt: float32, 0, 2 (X, Y) or 4 (XYXY) values.
+        track_id: identity across frames (a SegEvery track or a prompted target), 0 for none.
+        track_state: one of :mod:`segfast_ros.tracking.states` (``Instance.TRACK_*``).
     """
 
     id: int
@@ -60,11 +62,16 @@ class InstanceRecord:
     mask_hw: tuple[int, int]
     rle_counts: np.ndarray
     prompt: np.ndarray
+    track_id: int = 0
+    track_state: int = 0
 
     def scalar_fields(self) -> dict[str, int | float]:
-        """``id``, ``score``, ``stability``, ``area``, ``mask_height``, ``mask_width``."""
+        """``id``, ``track_id``, ``track_state``, ``score``, ``stability``, ``area``,
+        ``mask_height``, ``mask_width``."""
         return {
             "id": self.id,
+            "track_id": self.track_id,
+            "track_state": self.track_state,
             "score": self.score,
             "stability": self.stability,
             "area": self.area,

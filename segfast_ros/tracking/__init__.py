@@ -1,0 +1,1 @@
+"""Identity across frames: SegEvery track IDs and prompted targets (no ROS, no torch)."""
