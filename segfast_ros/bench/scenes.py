@@ -53,6 +53,9 @@ class Scene:
         kinds: shape name of each instance.
         visible_fraction: ``(N,)`` float32 visible area over the area the instance would
             cover in this frame without the objects in front of it (1 = not occluded).
+        ids: ``(N,)`` int64 identity of each instance: the index of its object in the
+            scene's world (its depth order, 0 = painted first). Stable across the frames of a
+            sequence, so it is the ground-truth track ID.
     """
 
     image: np.ndarray
@@ -61,6 +64,7 @@ class Scene:
     background: np.ndarray
     kinds: list[str] = field(default_factory=list)
     visible_fraction: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.masks)
@@ -78,9 +82,31 @@ class _Texture:
 
 @dataclass(frozen=True)
 class _Object:
+    """One object at rest; ``pose`` moves it (polygons and texture together) for one frame."""
+
     kind: str
     polygons: list[np.ndarray]  # (K, 2) float64 world polygons; even-odd fill (ring holes)
     texture: _Texture
+    anchor: tuple[float, float] = (0.0, 0.0)  # world point the pose rotates about
+    pose: tuple[float, float, float] | None = None  # (dx, dy, angle): rotate, then shift
+
+    def placed(self) -> list[np.ndarray]:
+        """The polygons where this frame's pose puts them."""
+        if self.pose is None:
+            return self.polygons
+        dx, dy, angle = self.pose
+        a = np.asarray(self.anchor)
+        return [_rotate(p - a, angle) + a + (dx, dy) for p in self.polygons]
+
+    def local(self, wx: np.ndarray, wy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """World pixel coordinates mapped back to the object at rest, where its texture is
+        defined (so the texture moves with the object)."""
+        if self.pose is None:
+            return wx, wy
+        dx, dy, angle = self.pose
+        u, v = wx - self.anchor[0] - dx, wy - self.anchor[1] - dy
+        c, s = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+        return u * c + v * s + self.anchor[0], v * c - u * s + self.anchor[1]
 
 
 @dataclass(frozen=True)
@@ -213,7 +239,7 @@ def _sample_world(
         polygons = [p + centre for p in _shape(rng, kind, r)]
         base = _palette_colour(rng, bg_mean, 90.0)
         texture = _texture(rng, base, contrast=rng.uniform(15, 60), size=2 * r)
-        objects.append(_Object(kind, polygons, texture))
+        objects.append(_Object(kind, polygons, texture, (float(centre[0]), float(centre[1]))))
     light = (
         float(rng.uniform(0.0, 0.35)),
         float(rng.uniform(0, 2 * np.pi)),
@@ -287,9 +313,9 @@ def _render(
 
     fills = []
     for obj in world.objects:
-        fill = _fill(obj.polygons, camera, hw)
+        fill = _fill(obj.placed(), camera, hw)
         if fill.any():
-            _paint_texture(obj.texture, wx, wy, image, fill)
+            _paint_texture(obj.texture, *obj.local(wx, wy), image, fill)
         fills.append(fill)
 
     # Visible = own fill minus everything painted later; walk front to back.
@@ -322,6 +348,7 @@ def _render(
         background=~covered,
         kinds=[world.objects[i].kind for i, _, _ in keep],
         visible_fraction=np.array([f for _, _, f in keep], dtype=np.float32),
+        ids=np.array([i for i, _, _ in keep], dtype=np.int64),
     )
 
 
