@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
+from segfast_ros.bench.scene_motion import ROLES, generate_tracking_sequence
 from segfast_ros.bench.scenes import SHAPES, generate_scene, generate_sequence
 from segfast_ros.masks import masks_to_boxes
 
@@ -99,3 +102,108 @@ def test_bad_arguments_raise_with_the_value():
         generate_scene(0, num_objects=(5, 2))
     with pytest.raises(ValueError, match="n_frames"):
         generate_sequence(0, 0)
+
+
+# ------------------------------------------------------------------ identities and moving objects
+
+
+def _digest(frames) -> str:
+    h = hashlib.sha256()
+    for f in frames:
+        for a in (f.image, f.masks, f.boxes, f.background, f.visible_fraction):
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(",".join(f.kinds).encode())
+    return h.hexdigest()
+
+
+def test_static_scenes_and_camera_sequences_are_unchanged_by_moving_objects():
+    """The sample bag, the demo model's training and its evaluation depend on these pixels:
+    digests taken before objects could move (and before Scene.ids) still hold."""
+    assert _digest(generate_sequence(2026, 4, (120, 160))) == (
+        "2e24a2ebaae0ea06fd3d94318f364a6e67c082f866d1a2d47dd09161be5de5fc"
+    )
+    assert _digest([generate_scene(s) for s in range(5)]) == (
+        "3f44a1cb3054a4317be529784b12c67560740b6e7f3cdeafde3dfe09b61bd167"
+    )
+
+
+def test_ids_are_world_indices_in_depth_order_and_stable_across_camera_frames():
+    scene = generate_scene(3)
+    assert scene.ids.dtype == np.int64 and len(scene.ids) == len(scene)
+    assert (np.diff(scene.ids) > 0).all()  # painted back to front, listed in that order
+    frames = generate_sequence(5, 8, (120, 160))
+    kinds: dict[int, str] = {}
+    for f in frames:
+        for i, k in zip(f.ids.tolist(), f.kinds, strict=True):
+            assert kinds.setdefault(i, k) == k, f"object {i} changed shape"
+    assert len(kinds) >= 3
+
+
+def _centroid(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()])
+
+
+def test_tracking_sequence_is_seeded_exact_and_identities_follow_the_objects():
+    seq = generate_tracking_sequence(4, 20, (120, 160))
+    again = generate_tracking_sequence(4, 20, (120, 160))
+    other = generate_tracking_sequence(5, 20, (120, 160))
+    assert len(seq) == 20 and seq.frame_area.shape == (20, len(seq.roles))
+    assert not np.array_equal(seq.frames[0].image, other.frames[0].image)
+    for t, (f, g) in enumerate(zip(seq.frames, again.frames, strict=True)):
+        np.testing.assert_array_equal(f.image, g.image)
+        np.testing.assert_array_equal(f.masks, g.masks)
+        np.testing.assert_array_equal(f.ids, g.ids)
+        np.testing.assert_array_equal(f.boxes, masks_to_boxes(f.masks))
+        assert (f.masks.sum(axis=0) <= 1).all() and len(set(f.ids.tolist())) == len(f.ids)
+        # A visible mask lies inside its object's fill in the frame.
+        assert (f.masks.sum(axis=(1, 2)) <= seq.frame_area[t, f.ids]).all()
+    # The same id is the same object: same shape, and it moves a little between frames.
+    kinds: dict[int, str] = {}
+    moves = []
+    for prev, cur in zip(seq.frames, seq.frames[1:], strict=False):
+        for j, i in enumerate(cur.ids.tolist()):
+            assert kinds.setdefault(i, cur.kinds[j]) == cur.kinds[j]
+            k = np.flatnonzero(prev.ids == i)
+            both = len(k) and prev.visible_fraction[k[0]] > 0.9 and cur.visible_fraction[j] > 0.9
+            if both:
+                moves.append(np.linalg.norm(_centroid(cur.masks[j]) - _centroid(prev.masks[k[0]])))
+    assert moves and max(moves) < 12 and np.median(moves) > 0.2
+
+
+def test_tracking_sequences_have_crossings_exits_and_entries():
+    wholly_hidden = 0
+    for seed in range(4):
+        seq = generate_tracking_sequence(seed)
+        assert {"cross", "leave", "enter"} <= set(seq.roles) <= set(ROLES)
+        present = np.zeros_like(seq.frame_area, dtype=bool)
+        visible = np.zeros(seq.frame_area.shape, dtype=np.float32)
+        for t, f in enumerate(seq.frames):
+            present[t, f.ids] = True
+            visible[t, f.ids] = f.visible_fraction
+        leaver, enterer = seq.roles.index("leave"), seq.roles.index("enter")
+        # The leaving object is seen first, then never again once out of the world.
+        assert present[0, leaver] and not present[-1, leaver] and seq.frame_area[-1, leaver] == 0
+        assert any(i == leaver for i, _ in seq.exits())
+        for i, t in seq.exits():
+            assert present[t - 1, i] and not present[t : t + 4, i].any()
+        # The entering object is out of the world on frame 0 and seen later.
+        assert seq.frame_area[0, enterer] == 0 and present[:, enterer].any()
+        # Crossing objects occlude one another: one of them is partly hidden, or wholly
+        # (dropped from the ground truth while its fill is in view).
+        crossers = [i for i, r in enumerate(seq.roles) if r == "cross"]
+        in_view = seq.frame_area[:, crossers] >= seq.min_area
+        hidden = in_view & ~present[:, crossers]
+        partly = present[:, crossers] & (visible[:, crossers] < 0.9)
+        assert hidden.any() or partly.any(), f"seed {seed}: no occlusion at the crossing"
+        wholly_hidden += int(hidden.any())
+    assert wholly_hidden >= 1
+
+
+def test_tracking_sequence_bad_arguments_name_the_value():
+    with pytest.raises(ValueError, match="canvas"):
+        generate_tracking_sequence(0, 10, canvas=1.9)  # no part of the world every frame sees
+    with pytest.raises(ValueError, match="n_frames"):
+        generate_tracking_sequence(0, 1)
+    with pytest.raises(ValueError, match="speed"):
+        generate_tracking_sequence(0, 10, speed=-1.0)
