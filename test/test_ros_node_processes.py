@@ -142,8 +142,8 @@ def test_calls_past_the_queue_depth_are_refused_as_busy(
         assert all(len(r.results) == 64 and len(r.results[0].images) == 3 for r in done)
         for r in busy:
             assert r.message == (
-                "busy: 1 ~/segment calls are running or waiting, the most this node holds "
-                "(segment.queue_depth=1); call again later"
+                "busy: 1 ~/segment or ~/track calls are running or waiting, the most this node "
+                "holds (segment.queue_depth=1); call again later"
             )
         client.node.destroy_client(segment)
     finally:

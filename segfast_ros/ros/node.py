@@ -50,6 +50,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
+from segfast_ros.ros.calls import ServiceCalls
 from segfast_ros.ros.diagnostics import Health, NodeState, diagnostic_status
 from segfast_ros.ros.intake import FrameIntake
 from segfast_ros.ros.params import (
@@ -141,6 +142,9 @@ class SegfastNode(LifecycleNode):
         self._health = Health(self.get_logger(), clock=self._now_s)
         timers = MutuallyExclusiveCallbackGroup()  # SegEvery's and the diagnostics'
         self._frames = FrameIntake(self, self._health, MutuallyExclusiveCallbackGroup())
+        self._calls = ServiceCalls(
+            self, self._health, lambda: self._config.segment_queue_depth, ReentrantCallbackGroup()
+        )
         self._segevery = SegEveryPublisher(
             self,
             self._health,
@@ -151,10 +155,10 @@ class SegfastNode(LifecycleNode):
         self._service = SegmentService(
             self,
             self._health,
+            self._calls,
             self._frames,
             config=lambda: self._config,
             backend=lambda: self._backend,
-            callback_group=ReentrantCallbackGroup(),
         )
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # The node's clock, as diagnostic_updater's: a period of sim seconds under sim time,
@@ -198,7 +202,7 @@ class SegfastNode(LifecycleNode):
     @property
     def segment_pool(self) -> Any:
         """The ``~/segment`` worker pool while active (None otherwise)."""
-        return self._service.pool
+        return self._calls.pool
 
     # ------------------------------------------------------------------ parameters
 
@@ -305,7 +309,8 @@ class SegfastNode(LifecycleNode):
         cfg = self._config
         self._frames.start_encoder()
         self._frames.subscribe(cfg.use_compressed)
-        self._service.start(cfg.segment_workers)
+        self._calls.start(cfg.segment_workers)
+        self._service.start()
         self._active = True
         self._segevery.start(cfg.segevery_rate)
         self.get_logger().info(
@@ -351,11 +356,11 @@ class SegfastNode(LifecycleNode):
 
         Args:
             drain: answer the ~/segment calls already admitted before the service goes (see
-                :meth:`SegmentService.stop`).
+                :meth:`ServiceCalls.stop`).
         """
         self._active = False
         self._frames.unsubscribe()
-        self._service.stop(drain=drain)
+        self._calls.stop(drain=drain)
         self._segevery.stop_timer()
         self._frames.stop_encoder()
         self._segevery.stop_worker()
