@@ -1,5 +1,6 @@
 """The ``segfast`` benchmark commands: ``bench``, ``bench-segevery``, ``bench-node``,
-``bench-memory`` and ``bench-replay``, their flags and what each prints and writes.
+``bench-memory``, ``bench-tracking`` and ``bench-replay``, their flags and what each prints and
+writes.
 
 ``cli.py`` calls :func:`add_parsers` and :func:`add_replay_parser` (the latter after
 ``replay``, where ``segfast --help`` lists it). Heavy imports (torch, onnxruntime, rclpy) happen
@@ -9,6 +10,7 @@ inside the commands, so building the parser stays instant.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +27,9 @@ from ..model_args import (
     strategy_options,
 )
 from ..runtime.images import read_rgb
+from ..runtime.paths import DEMO_MODEL, resolve_model_path
 from . import memory as bench_memory  # no ROS import until a case runs
+from . import tracking as bench_tracking  # the tracking library loads when a part runs
 from .report import write_json, write_rows_json
 from .scenes import frame
 
@@ -293,9 +297,51 @@ def cmd_bench_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_tracking(args: argparse.Namespace) -> int:
+    """Tracking's cost: association, batched targets, the node's frame-to-tracks latency."""
+    from .latency import format_table
+    from .report import format_columns
+
+    t = bench_tracking
+    context = t.machine_context()  # first: the load average of the others, not of this run
+    if args.model or args.checkpoint or args.onnx_dir:
+        model_dir = onnx_dir_for(args, args.precision, allow_random=True)
+    else:
+        model_dir = resolve_model_path(DEMO_MODEL)
+    context.update(model_dir=str(model_dir), precision=args.precision, threads=args.threads)
+    print(f"{model_dir} {args.precision}, threads {args.threads or 'all'}")
+    print(t.machine_line(context))
+    association = t.bench_association(args.sizes, instances=args.instances, runs=args.runs)
+    print(f"\nAssociation: InstanceTracker.update, medians of {args.runs} (ms)")
+    print(format_columns(association, t.ASSOCIATION_COLUMNS))
+    backend = make_backend(args, args.precision, model_dir=model_dir)
+    targets = t.bench_targets(backend, counts=args.targets, frames=args.frames, hw=args.size)
+    print(f"\nTargets: TargetTracker.step on {args.size[1]}x{args.size[0]} frames (ms)")
+    print(format_columns(targets, t.TARGETS_COLUMNS))
+    notes = t.tracking_notes(association, targets)
+    node = None
+    if args.node_targets:
+        from .tracking_node import bench_node_tracking
+
+        node = bench_node_tracking(
+            model_dir, args.precision, targets=args.node_targets, frames=args.node_frames,
+            hw=args.size, threads=args.threads, providers=tuple(args.providers or ("cpu",)),
+        )  # fmt: skip
+        print(f"\nNode: {args.node_targets} targets, {node.frames} frames")
+        print(format_table(node.rows))
+        notes += node.notes()
+    for note in notes:
+        print(f"note: {note}")
+    if args.json:
+        doc = {"context": context, "association": association, "targets": targets}
+        write_json(args.json, {**doc, "node": node, "notes": notes})
+        print(f"wrote {args.json}")
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
-    """``bench``, ``bench-segevery``, ``bench-node`` and ``bench-memory`` on ``sub`` (the
-    ``segfast`` subparsers), in that order."""
+    """``bench``, ``bench-segevery``, ``bench-node``, ``bench-memory`` and ``bench-tracking``
+    on ``sub`` (the ``segfast`` subparsers), in that order."""
     p = sub.add_parser("bench", help="encoder/decoder latency table per backend and precision")
     add_backend_args(p, backend=False)
     p.add_argument("--image", help="image to time on (default: a generated 769x770 scene)")
@@ -370,6 +416,33 @@ def add_parsers(sub: Any) -> None:
     )
     bench_memory.add_arguments(p)
     p.set_defaults(func=bench_memory.run_cli)
+
+    _add_tracking_parser(sub)
+
+
+def _add_tracking_parser(sub: Any) -> None:
+    """``bench-tracking`` on ``sub``."""
+    p = sub.add_parser(
+        "bench-tracking",
+        help="tracking's cost: association, N targets in one decoder call, frame-to-tracks",
+        description="Without --model, --checkpoint or --onnx-dir the shipped demo model "
+        "(models/demo) runs.",
+    )
+    add_backend_args(p, backend=False)  # no model option: the shipped demo model
+    p.add_argument("--precision", choices=PRECISIONS, default="int8")
+    size, count = bench_tracking.parse_size, bench_tracking.count_arg
+    p.add_argument("--sizes", type=size, nargs="+", default=[(480, 640), (720, 1280)],
+                   help="association: frame sizes WxH")  # fmt: skip
+    p.add_argument("--instances", type=count, default=100, help="association: instances = tracks")
+    p.add_argument("--runs", type=count, default=200, help="association: timed updates per size")
+    p.add_argument("--targets", type=count, nargs="+", default=[1, 4, 16, 64], help="N targets")
+    p.add_argument("--frames", type=count, default=10, help="targets: timed frames per count")
+    p.add_argument("--size", type=size, default="640x480", help="targets and node: frame WxH")
+    p.add_argument("--node-targets", type=functools.partial(count, least=0), default=4,
+                   help="node: targets (0: skip the node)")  # fmt: skip
+    p.add_argument("--node-frames", type=count, default=20, help="node: timed frames")
+    p.add_argument("--json", help="write the tables as JSON")
+    p.set_defaults(func=cmd_bench_tracking, backend="onnxruntime")
 
 
 def add_replay_parser(sub: Any) -> None:
