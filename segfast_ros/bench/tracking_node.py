@@ -1,0 +1,203 @@
+"""The node's frame-to-tracks latency against its encoder: part 3 of ``segfast bench-tracking``.
+
+A real node process (on an isolated domain, SegEvery off) holds N targets added through
+``~/track`` with box prompts on its first frame. Frames of a generated camera-motion sequence
+(:func:`~.tracking.target_sequence`) are then published one at a time; each waits until the
+node's ``~/tracks`` message with that frame's stamp arrives. The latency is publish to
+receipt: DDS transport of the frame, conversion, the encoder, the batched target step, building
+and publishing the InstanceArray.
+
+Against it: the node's own encoder time and frame-to-embedding time (its ``/diagnostics``,
+last 100 frames), the step time it reports in each ``~/tracks`` message (``segevery_ms``), and
+``Predictor.set_image`` on the same frames in this process, run while the node is idle.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+
+from segfast_ros.bench.latency import BenchRow, bench_row
+from segfast_ros.bench.node import NS, _latest_values, _running_node
+from segfast_ros.bench.timing import percentile, time_ms
+from segfast_ros.bench.tracking import target_boxes, target_sequence
+from segfast_ros.msg import InstanceArray
+from segfast_ros.ros.harness import Client, NodeProcess, image_msg
+from segfast_ros.runtime import Predictor
+from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
+from segfast_ros.srv import Track
+from segfast_ros.tracking.states import TRACK_TRACKED
+
+
+@dataclass(frozen=True)
+class NodeTrackingResult:
+    """The stage rows, and frame-to-tracks against the node's encoder median."""
+
+    rows: list[BenchRow]
+    targets: int
+    frames: int
+    frame_to_tracks_ms: float
+    node_encoder_ms: float
+    over_encoder_ms: float
+    over_encoder_ratio: float
+    tracked_per_frame: float
+    frames_resent: int
+
+    def notes(self) -> list[str]:
+        return [
+            f"frame -> ~/tracks median {self.frame_to_tracks_ms:.1f} ms = node encoder median "
+            f"{self.node_encoder_ms:.1f} ms + {self.over_encoder_ms:.1f} ms "
+            f"({self.over_encoder_ratio:.2f}x the encoder); {self.targets} targets, "
+            f"{self.tracked_per_frame:.1f} tracked per ~/tracks message on average",
+            f"frames sent again after a transport loss: {self.frames_resent} (latency counted "
+            "from the last send)",
+        ]
+
+
+def bench_node_tracking(
+    model_dir: str | Path,
+    precision: str,
+    *,
+    targets: int = 4,
+    frames: int = 20,
+    warmup: int = 3,
+    hw: tuple[int, int] = (480, 640),
+    threads: int = 0,
+    providers: tuple[str, ...] = ("cpu",),
+    seed: int = 0,
+    log_path: str | Path = "out/bench_tracking_node.log",
+) -> NodeTrackingResult:
+    """Run part 3 (see the module docstring): ``frames`` timed frames after ``warmup`` ones."""
+    sequence = target_sequence(warmup + frames + 1, hw, seed)
+    backend = OnnxRuntimeBackend.from_dir(
+        model_dir, precision, providers=list(providers), intra_op_threads=threads
+    )
+    direct = Predictor(backend)
+    node_args = [
+        "-p", f"precision:={precision}",
+        "-p", f"providers:={list(providers)}",
+        "-p", f"intra_op_threads:={threads}",
+        "-p", f"tracking.max_targets:={max(targets, 1)}",
+    ]  # fmt: skip
+    with _running_node(model_dir, node_args, log_path) as (node, client, pub, _):
+        tracks: dict[int, tuple[float, Any]] = {}
+
+        def on_tracks(msg: Any) -> None:
+            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            tracks.setdefault(stamp, (time.perf_counter(), msg))
+
+        client.node.create_subscription(InstanceArray, f"{NS}/segfast/tracks", on_tracks, 10)
+        diagnostics: list[Any] = []
+        client.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
+        track = client.node.create_client(Track, f"{NS}/segfast/track")
+        _add_targets(node, client, pub, track, sequence[0], targets)
+        latency, direct_ms, steps, tracked, resent = [], [], [], [], 0
+        for i, scene in enumerate(sequence[1:], start=1):
+            elapsed, sends = _frame_to_tracks(node, client, pub, tracks, scene.image, i)
+            resent += sends - 1
+            _, encode = time_ms(lambda scene=scene: direct.set_image(scene.image))
+            if i > warmup:
+                msg = tracks[_stamp_ns(i)][1]
+                latency.append(elapsed)
+                direct_ms.append(encode)
+                steps.append(float(msg.segevery_ms))
+                tracked.append(sum(t.track_state == TRACK_TRACKED for t in msg.instances))
+        values = _latest_values(client, diagnostics)
+    return _result(precision, targets, latency, direct_ms, steps, tracked, values, resent)
+
+
+def _stamp_ns(i: int) -> int:
+    """Frame ``i``'s stamp: ``i`` seconds."""
+    return i * 1_000_000_000
+
+
+def _add_targets(
+    node: NodeProcess, client: Client, pub: Any, track: Any, scene: Any, targets: int
+) -> None:
+    """Publish the first frame (stamp 0.5 s: a zero stamp in ~/track means "the latest")
+    until ~/track adds ``targets`` box targets on it."""
+    boxes = target_boxes(scene.boxes, targets, scene.image.shape[:2])
+    request = Track.Request(action=Track.Request.ADD, boxes=boxes.reshape(-1).tolist())
+    msg = image_msg(scene.image, 500_000_000, encoding="rgb8")
+    request.stamp.nanosec = 500_000_000
+    deadline = time.monotonic() + 60
+    while True:
+        pub.publish(msg)  # best effort: a large frame can be lost, so send it again
+        pause = time.monotonic() + 0.5
+        while time.monotonic() < pause:
+            client.executor.spin_once(timeout_sec=0.05)
+        response = client.call(track, request)
+        if response.success:
+            if len(response.ids) != targets:
+                raise RuntimeError(f"~/track added {len(response.ids)} of {targets} targets")
+            return
+        if time.monotonic() > deadline or not node.alive():
+            raise RuntimeError(
+                f"~/track never added the targets ({response.message}); node log:\n{node.log()}"
+            )
+
+
+def _frame_to_tracks(
+    node: NodeProcess,
+    client: Client,
+    pub: Any,
+    tracks: dict[int, tuple[float, Any]],
+    image: np.ndarray,
+    i: int,
+) -> tuple[float, int]:
+    """Publish frame ``i`` until its ~/tracks message arrives: publish-to-receipt ms (from
+    the last send) and the number of sends."""
+    msg = image_msg(image, _stamp_ns(i), encoding="rgb8")
+    for sends in range(1, 31):
+        sent = time.perf_counter()
+        pub.publish(msg)
+        try:
+            client.spin_until(lambda: _stamp_ns(i) in tracks, 1.0, f"~/tracks of frame {i}")
+        except AssertionError:
+            continue
+        return (tracks[_stamp_ns(i)][0] - sent) * 1e3, sends
+    raise RuntimeError(f"no ~/tracks for frame {i}; node log:\n{node.log()}")
+
+
+def _result(
+    precision: str,
+    targets: int,
+    latency: list[float],
+    direct_ms: list[float],
+    steps: list[float],
+    tracked: list[int],
+    values: dict[str, str],
+    resent: int,
+) -> NodeTrackingResult:
+    frames = len(latency)
+
+    def node_row(stage: str, key: str) -> BenchRow:
+        """A row from the node's own p50/p95 of ``key`` in its diagnostics."""
+        p50, p95 = float(values[f"{key}_p50"]), float(values[f"{key}_p95"])
+        return BenchRow("node", precision, stage, p50, p95, frames)
+
+    rows = [
+        bench_row("direct", precision, "set_image", direct_ms),
+        node_row("encoder (in node)", "encoder_ms"),
+        node_row("frame->embedding", "frame_to_embedding_ms"),
+        bench_row("node", precision, "targets step", steps),
+        bench_row("node", precision, "frame->~/tracks", latency),
+    ]
+    to_tracks = percentile(latency, 50)
+    encoder = float(values["encoder_ms_p50"])
+    return NodeTrackingResult(
+        rows=rows,
+        targets=targets,
+        frames=frames,
+        frame_to_tracks_ms=to_tracks,
+        node_encoder_ms=encoder,
+        over_encoder_ms=to_tracks - encoder,
+        over_encoder_ratio=to_tracks / encoder,
+        tracked_per_frame=float(np.mean(tracked)) if tracked else 0.0,
+        frames_resent=resent,
+    )
