@@ -79,6 +79,7 @@ def test_births_after_min_hits_and_a_flicker_uses_no_id():
     tentative = TrackLabel(0, TRACK_TENTATIVE)
     assert tracker.update(drift(0), HW) == [tentative] * 3
     assert tracker.update(drift(1, (0, 1)), HW) == [tentative] * 2  # disc 2 flickers off
+    assert len(tracker) == 2  # a tentative track missed once is dropped
     assert tracker.update(drift(2), HW) == [
         TrackLabel(1, TRACK_TRACKED),
         TrackLabel(2, TRACK_TRACKED),

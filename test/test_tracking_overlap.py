@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from segfast_ros.bench.scenes import generate_sequence
 from segfast_ros.masks import Instance, mask_to_rle, masks_to_boxes
-from segfast_ros.tracking.overlap import CELL, Footprints, intersections, iou_matrix
+from segfast_ros.tracking.overlap import BLOCK, Footprints, intersections, iou_matrix
 
 
 def exact_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -44,7 +46,9 @@ def blobs(hw: tuple[int, int], n: int, seed: int, shift: tuple[int, int] = (0, 0
     return np.stack(out)
 
 
-@pytest.mark.parametrize("hw", [(1, 1), (CELL, CELL), (37, 53), (240, 320), (480, 640)])
+@pytest.mark.parametrize(
+    "hw", [(1, 1), (BLOCK, 3), (BLOCK + 1, 70), (37, 53), (240, 320), (480, 640)]
+)
 def test_iou_matrix_equals_full_resolution_iou(hw):
     a, b = blobs(hw, 30, seed=1), blobs(hw, 30, seed=1, shift=(3, -2))
     fa, fb = Footprints.from_masks(a), Footprints.from_instances(instances(b), hw)
@@ -64,7 +68,22 @@ def test_scene_masks_moving_with_the_camera():
     assert got.max() > 0.5  # not a comparison of disjoint masks only
 
 
-def test_rle_with_a_wrong_box_is_still_exact():
+def test_rle_and_bool_masks_give_the_same_footprints():
+    masks = blobs((130, 90), 12, seed=2)  # two and a bit blocks per column
+    a = Footprints.from_masks(masks)
+    b = Footprints.from_instances(instances(masks), (130, 90))
+    for name in ("areas", "indptr", "blocks", "words"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    # empty runs (valid COCO RLE, though mask_to_rle never writes them) change nothing
+    rle = mask_to_rle(masks[:1])[0]
+    padded = {"size": rle["size"], "counts": [0, 0, *rle["counts"][:2], 0, 0, *rle["counts"][2:]]}
+    inst = Instance(padded, np.zeros(4, np.float32), 1.0, 1.0, 0, np.zeros(2))
+    c = Footprints.from_instances([inst], (130, 90))
+    np.testing.assert_array_equal(c.words, a.take([0]).words)
+    np.testing.assert_array_equal(c.blocks, a.take([0]).blocks)
+
+
+def test_the_instance_box_is_not_trusted():
     masks = blobs((64, 80), 6, seed=3)[:6]
     wrong = np.tile(np.array([[10, 10, 12, 12]], np.float32), (len(masks), 1))
     nan = np.full((len(masks), 4), np.nan, np.float32)
@@ -87,6 +106,9 @@ def test_take_concat_and_empty():
     assert len(Footprints.concat([], hw=(50, 70))) == 0
     with pytest.raises(ValueError, match="needs hw"):
         Footprints.concat([])
+    n = len(masks)
+    with pytest.raises(IndexError, match=rf"indices \[{n}\] out of range for {n} masks"):
+        fp.take([n])
 
 
 def test_bad_inputs_say_what_was_expected():
@@ -102,6 +124,13 @@ def test_bad_inputs_say_what_was_expected():
         )
     with pytest.raises(ValueError, match=r"expected masks \(N, H, W\)"):
         Footprints.from_masks(np.ones((20, 30), bool))
+    good = instances(np.ones((1, 20, 30), bool))
     bad = Instance({"size": [20, 30], "counts": [5, 10]}, np.zeros(4), 1, 1, 10, np.zeros(2))
-    with pytest.raises(ValueError, match="RLE counts"):
-        Footprints.from_instances([bad], (20, 30))
+    with pytest.raises(ValueError, match=r"instance 1: RLE counts sum to 15 .* H \* W = 600"):
+        Footprints.from_instances([*good, bad], (20, 30))
+    negative = dataclasses.replace(bad, rle={"size": [20, 30], "counts": [610, -10]})
+    with pytest.raises(ValueError, match=r"instance 0: .*or are negative"):
+        Footprints.from_instances([negative], (20, 30))
+    compressed = dataclasses.replace(bad, rle={"size": [20, 30], "counts": "abc"})
+    with pytest.raises(ValueError, match="compressed RLE"):
+        Footprints.from_instances([compressed], (20, 30))

@@ -58,7 +58,6 @@ class _Track:
     track_id: int  # 0 until born
     hits: int  # SegEvery frames in a row it was matched on
     missed: int  # SegEvery frames in a row it was not
-    footprint: Footprints  # the mask it was last matched to (one footprint)
 
 
 class InstanceTracker:
@@ -75,6 +74,8 @@ class InstanceTracker:
     def __init__(self, settings: TrackingSettings | None = None) -> None:
         self._settings = _checked(TrackingSettings() if settings is None else settings)
         self._tracks: list[_Track] = []
+        # the mask each track was last matched to, in the order of _tracks
+        self._footprints: Footprints | None = None
         self._hw: tuple[int, int] | None = None
         self._next_id = 1
 
@@ -93,6 +94,7 @@ class InstanceTracker:
     def reset(self) -> None:
         """Drop every track. IDs keep counting: an ID is never given to a second object."""
         self._tracks = []
+        self._footprints = None
         self._hw = None
 
     def __len__(self) -> int:
@@ -119,38 +121,39 @@ class InstanceTracker:
             ValueError: ``hw`` not two positive sizes, or an instance whose mask is of another
                 size (the tracks are left as they were).
         """
-        footprints = Footprints.from_instances(instances, hw)
-        hw = footprints.hw
-        if hw != self._hw:
+        current = Footprints.from_instances(instances, hw)
+        previous = self._footprints
+        if previous is None or current.hw != self._hw:
             self.reset()  # another image size: the tracks' masks cannot be compared
-            self._hw = hw
+            self._hw = current.hw
+            previous = Footprints.empty(current.hw)
+        matches = match(iou_matrix(previous, current), self._settings.match_iou)
         tracks = self._tracks
-        previous = Footprints.concat([t.footprint for t in tracks], hw)
-        matches = match(iou_matrix(previous, footprints), self._settings.match_iou)
-        track_of = dict.fromkeys(range(len(instances)), -1)
+        seen: list[_Track | None] = [None] * len(instances)  # the track of each instance
         for row, col in matches.pairs:
-            t = tracks[row]
-            t.hits, t.missed, t.footprint = t.hits + 1, 0, footprints.take([col])
-            track_of[int(col)] = int(row)
+            track = seen[col] = tracks[row]
+            track.hits, track.missed = track.hits + 1, 0
         for row in matches.unmatched_rows:
-            t = tracks[row]
-            t.hits, t.missed = 0, t.missed + 1
+            tracks[row].hits, tracks[row].missed = 0, tracks[row].missed + 1
         for col in matches.unmatched_cols:
-            track_of[int(col)] = len(tracks)
-            tracks.append(_Track(0, 1, 0, footprints.take([col])))
-        self._births(tracks, [(track_of[c], instances[c].box) for c in range(len(instances))])
-        self._tracks = [t for t in tracks if self._alive(t)]
-        return [_label(tracks[track_of[c]]) for c in range(len(instances))]
+            seen[col] = _Track(0, 1, 0)
+        labelled = [t for t in seen if t is not None]  # all of them: each is matched or new
+        self._births(labelled, [inst.box for inst in instances])
+        # Tracks missed on this frame keep their last mask; the others take this frame's.
+        kept = [int(row) for row in matches.unmatched_rows if self._alive(tracks[row])]
+        self._tracks = [tracks[row] for row in kept] + labelled
+        self._footprints = Footprints.concat([previous.take(kept), current])
+        return [_label(track) for track in labelled]
 
-    def _births(self, tracks: list[_Track], seen: list[tuple[int, np.ndarray]]) -> None:
+    def _births(self, tracks: list[_Track], boxes: list[np.ndarray]) -> None:
         """Give IDs to this frame's tentative tracks with ``min_hits``, in box reading order."""
         due = [
-            (tuple(np.nan_to_num(np.asarray(box, np.float64).reshape(4)[[1, 0, 3, 2]])), index)
-            for index, box in seen
-            if tracks[index].track_id == 0 and tracks[index].hits >= self._settings.min_hits
+            (tuple(np.nan_to_num(np.asarray(box, np.float64).reshape(4)[[1, 0, 3, 2]])), i)
+            for i, (track, box) in enumerate(zip(tracks, boxes, strict=True))
+            if track.track_id == 0 and track.hits >= self._settings.min_hits
         ]
-        for _, index in sorted(due):
-            tracks[index].track_id = self._next_id
+        for _, i in sorted(due):
+            tracks[i].track_id = self._next_id
             self._next_id += 1
 
     def _alive(self, track: _Track) -> bool:

@@ -3,51 +3,51 @@
 Both trackers compare masks all the time: a frame's SegEvery instances against every track's
 last mask (association), a target's new mask against its previous one (lost checks), lost
 targets against SegEvery instances (re-acquisition). Full-resolution boolean masks would cost
-``Na * Nb * H * W`` per comparison; a reduced grid would be fast but wrong for small objects
-(an object a few cells wide loses most of its IoU to the rounding). So :class:`Footprints`
-keeps every mask *exactly*, in a form whose comparisons cost what the masks share:
+``Na * Nb * H * W`` per comparison; a reduced grid would be fast but wrong for small objects (an
+object a few cells wide loses most of its IoU to the rounding). So :class:`Footprints` keeps
+every mask *exactly*, in a form whose comparisons cost only what the masks share:
 
-* the image is cut into :data:`CELL` x :data:`CELL` pixel cells (aligned at the top-left
-  corner; the last row and column of cells are cut by the image edge);
-* per mask, the cells it fills completely (*full*), and for the cells it covers partly their
-  pixel count and their 256-bit bitmap (*partial*). Cells it does not touch cost nothing.
+* each image column is cut into *blocks* of :data:`BLOCK` (64) rows, numbered in column-major
+  order (``block = x * ceil(H / 64) + y // 64``), the order COCO RLE runs in;
+* a mask is the list of blocks it touches, each with a 64-bit word: bit ``r`` set when the
+  pixel ``r`` rows below the block's top is in the mask. Blocks it does not touch cost nothing.
 
-The intersection of masks ``a`` and ``b`` is a sum over the cells both touch: where ``a`` is
-full, ``b``'s pixel count; where ``a`` is partial and ``b`` full, ``a``'s count; where both are
-partial, the popcount of the two bitmaps' AND. The first two terms are one sparse matrix
-product (scipy), the third a join of the two sets' partial cells; nothing is approximated, so
-:func:`iou_matrix` equals the IoU of the full-resolution masks. Its cost grows with the cells
+The intersection of two masks is the popcount of the AND of their words, summed over the
+blocks both touch; :func:`intersections` finds those pairs for two whole sets at once (a sorted
+join on the block numbers) and sums them per mask pair. Nothing is approximated:
+:func:`iou_matrix` equals the IoU of the full-resolution masks. Its cost grows with the blocks
 the masks share (mostly each mask with itself a frame later), not with the image size.
 
-Building footprints decodes each mask once and visits only the cells of its box.
+Footprints are built straight from the RLE runs of all instances at once
+(:meth:`Footprints.from_instances`: no mask is decoded, no per-instance numpy work) or from
+boolean masks (:meth:`Footprints.from_masks`: the columns of each mask's box are packed).
 """
 
 from __future__ import annotations
 
 import functools
-import math
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse
 
-from ..masks import Instance, masks_to_boxes, rle_area, rle_counts, rle_to_mask
+from ..masks import Instance, rle_counts
 
-#: Side of a footprint cell in pixels: a cell's bitmap is 256 bits, four uint64 words.
-CELL: int = 16
-_CELL_PIXELS = CELL * CELL
-_WORDS = _CELL_PIXELS // 64
+#: Rows per block: one block of one column is one uint64 word.
+BLOCK: int = 64
 
-_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+# _LOW[k]: the k lowest bits set (k = 0..64).
+_LOW = np.array([(1 << k) - 1 for k in range(BLOCK + 1)], dtype=np.uint64)
 
 
 def _popcount(words: np.ndarray) -> np.ndarray:
-    """Set bits per row of a ``(K, _WORDS)`` uint64 array, as int64 ``(K,)``."""
+    """Set bits of each uint64, as int64."""
     bitwise_count = getattr(np, "bitwise_count", None)  # numpy >= 2.0
     if bitwise_count is not None:
-        return bitwise_count(words).sum(axis=1, dtype=np.int64)
-    return _BYTE_BITS[words.view(np.uint8)].sum(axis=1, dtype=np.int64)
+        return bitwise_count(words).astype(np.int64)
+    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+    return table[words.view(np.uint8).reshape(-1, 8)].sum(axis=1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,31 +60,25 @@ class Footprints:
     Attributes:
         hw: ``(H, W)`` of the image the masks belong to.
         areas: ``(N,)`` int64 mask pixels.
-        full: per mask, int64 indices (row-major in the cell grid) of the cells it fills.
-        part: per mask, int64 indices of the cells it covers partly.
-        counts: per mask, int64 pixels of each of its ``part`` cells.
-        bits: per mask, ``(len(part), 4)`` uint64 bitmaps of its ``part`` cells.
+        indptr: ``(N + 1,)`` int64: mask ``i``'s blocks are ``blocks[indptr[i]:indptr[i+1]]``.
+        blocks: ``(K,)`` int64 block numbers (see the module docstring), ascending per mask.
+        words: ``(K,)`` uint64 the mask's pixels in each of its blocks.
     """
 
     hw: tuple[int, int]
     areas: np.ndarray
-    full: tuple[np.ndarray, ...]
-    part: tuple[np.ndarray, ...]
-    counts: tuple[np.ndarray, ...]
-    bits: tuple[np.ndarray, ...]
+    indptr: np.ndarray
+    blocks: np.ndarray
+    words: np.ndarray
 
     def __len__(self) -> int:
         return len(self.areas)
 
-    @property
-    def grid(self) -> tuple[int, int]:
-        """``(rows, cols)`` of the cell grid."""
-        return -(-self.hw[0] // CELL), -(-self.hw[1] // CELL)
-
     @classmethod
-    def empty(cls, hw: tuple[int, int]) -> Footprints:
+    def empty(cls, hw: Sequence[int]) -> Footprints:
         """No masks, for an image of ``hw``."""
-        return cls(_check_hw(hw), np.zeros(0, np.int64), (), (), (), ())
+        none = np.zeros(0, np.int64)
+        return cls(_check_hw(hw), none, np.zeros(1, np.int64), none, np.zeros(0, np.uint64))
 
     @classmethod
     def from_masks(cls, masks: np.ndarray) -> Footprints:
@@ -92,112 +86,78 @@ class Footprints:
         masks = np.asarray(masks)
         if masks.ndim != 3:
             raise ValueError(f"expected masks (N, H, W), got shape {masks.shape}")
-        masks = masks.astype(bool, copy=False)
         hw = _check_hw(masks.shape[1:])
-        boxes = masks_to_boxes(masks) if len(masks) else np.zeros((0, 4), np.float32)
-        return cls._build(hw, [_mask_cells(m, b) for m, b in zip(masks, boxes, strict=True)])
+        parts = [_mask_words(m.astype(bool, copy=False)) for m in masks]
+        if not parts:
+            return cls.empty(hw)
+        sizes = [len(p[0]) for p in parts]
+        words = np.concatenate([p[1] for p in parts])
+        areas = np.array([int(_popcount(p[1]).sum()) for p in parts], np.int64)
+        return cls(hw, areas, _indptr(sizes), np.concatenate([p[0] for p in parts]), words)
 
     @classmethod
-    def from_instances(cls, instances: Sequence[Instance], hw: tuple[int, int]) -> Footprints:
-        """Footprints of SegEvery instances (their RLE masks) of an image of ``hw``.
-
-        Only the columns of each instance's box are decoded (a box that does not hold the
-        whole mask is replaced by the mask's own).
+    def from_instances(cls, instances: Sequence[Instance], hw: Sequence[int]) -> Footprints:
+        """Footprints of SegEvery instances (their uncompressed COCO RLE masks) of ``hw``.
 
         Raises:
-            ValueError: an instance whose RLE size is not ``hw`` (names it), or a bad RLE.
+            ValueError: an instance whose RLE size is not ``hw``, compressed counts, or counts
+                that do not cover the image exactly (the message names the instance).
         """
         hw = _check_hw(hw)
-        rows = []
+        counts = []
         for i, inst in enumerate(instances):
-            size = tuple(int(v) for v in inst.rle["size"])
-            if size != hw:
+            size = [int(v) for v in inst.rle["size"]]
+            if size != list(hw):
                 raise ValueError(
-                    f"instance {i}: mask size {list(size)} is not the image's (H, W) {list(hw)}"
+                    f"instance {i}: mask size {size} is not the image's (H, W) {list(hw)}"
                 )
-            rows.append(_rle_cells(inst.rle, np.asarray(inst.box), hw))
-        return cls._build(hw, rows)
-
-    @classmethod
-    def _build(cls, hw: tuple[int, int], rows: Sequence[_Cells]) -> Footprints:
-        if not rows:
-            return cls.empty(hw)
-        full, part, counts, bits = zip(*rows, strict=True)
-        areas = [len(f) * _CELL_PIXELS + int(c.sum()) for f, c in zip(full, counts, strict=True)]
-        return cls(hw, np.asarray(areas, np.int64), full, part, counts, bits)
+            runs = inst.rle["counts"]
+            counts.append(runs if isinstance(runs, list) else rle_counts(inst.rle).tolist())
+        return _from_runs(hw, counts)
 
     def take(self, indices: Sequence[int] | np.ndarray) -> Footprints:
         """The masks at ``indices``, in that order (repeats allowed)."""
-        idx = [int(i) for i in np.asarray(indices, dtype=np.int64).reshape(-1)]
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"indices {idx.tolist()} out of range for {len(self)} masks")
+        idx = idx % max(len(self), 1)
+        start, stop = self.indptr[idx], self.indptr[idx + 1]
+        sizes = stop - start
+        pick = _ranges(start, sizes)
         return Footprints(
-            self.hw,
-            self.areas[idx] if idx else np.zeros(0, np.int64),
-            tuple(self.full[i] for i in idx),
-            tuple(self.part[i] for i in idx),
-            tuple(self.counts[i] for i in idx),
-            tuple(self.bits[i] for i in idx),
+            self.hw, self.areas[idx], _indptr(sizes), self.blocks[pick], self.words[pick]
         )
 
     @staticmethod
-    def concat(parts: Sequence[Footprints], hw: tuple[int, int] | None = None) -> Footprints:
+    def concat(parts: Sequence[Footprints], hw: Sequence[int] | None = None) -> Footprints:
         """The masks of ``parts`` one after the other (``hw`` needed only when empty).
 
         Raises:
             ValueError: parts of different image sizes, or no parts and no ``hw``.
         """
-        if not parts:
-            if hw is None:
+        sizes = {p.hw for p in parts} | ({_check_hw(hw)} if hw is not None else set())
+        if len(sizes) != 1:
+            if not sizes:
                 raise ValueError("Footprints.concat needs hw when there are no parts")
-            return Footprints.empty(hw)
-        sizes = sorted({p.hw for p in parts} | ({_check_hw(hw)} if hw is not None else set()))
-        if len(sizes) > 1:
-            raise ValueError(f"footprints of different image sizes (H, W): {sizes}")
+            raise ValueError(f"footprints of different image sizes (H, W): {sorted(sizes)}")
+        if not parts:
+            return Footprints.empty(sizes.pop())
         return Footprints(
             parts[0].hw,
             np.concatenate([p.areas for p in parts]),
-            *(
-                sum((getattr(p, name) for p in parts), ())
-                for name in ("full", "part", "counts", "bits")
-            ),
+            _indptr(np.concatenate([np.diff(p.indptr) for p in parts])),
+            np.concatenate([p.blocks for p in parts]),
+            np.concatenate([p.words for p in parts]),
         )
 
     @functools.cached_property
-    def _packed(self) -> _Packed:
-        return _Packed.of(self)
-
-
-@dataclass(frozen=True)
-class _Packed:
-    """One set's cells as flat arrays, built once per :class:`Footprints` (cached)."""
-
-    left: scipy.sparse.csr_array  # [full | partial counts]: the ``a`` side of the product
-    right: scipy.sparse.csr_array  # [all counts | full]: the ``b`` side
-    part_owner: np.ndarray  # (K,) mask of each partial cell, sorted by cell
-    part_cell: np.ndarray  # (K,) sorted
-    part_bits: np.ndarray  # (K, 4)
-
-    @staticmethod
-    def of(fp: Footprints) -> _Packed:
-        n = len(fp)
-        cells = fp.grid[0] * fp.grid[1]
-        n_full = np.array([len(c) for c in fp.full], np.int64)
-        n_part = np.array([len(c) for c in fp.part], np.int64)
-        full = _cat(fp.full, np.int64)
-        part = _cat(fp.part, np.int64)
-        counts = _cat(fp.counts, np.int64)
-        owner_full = np.repeat(np.arange(n), n_full)
-        owner_part = np.repeat(np.arange(n), n_part)
-        left = _csr(n, 2 * cells, (owner_full, full, 1), (owner_part, part + cells, counts))
-        right = _csr(
-            n,
-            2 * cells,
-            (owner_full, full, _CELL_PIXELS),
-            (owner_part, part, counts),
-            (owner_full, full + cells, 1),
-        )
-        order = np.argsort(part, kind="stable")
-        bits = np.concatenate(fp.bits) if n else np.zeros((0, _WORDS), np.uint64)
-        return _Packed(left, right, owner_part[order], part[order], bits[order])
+    def _by_block(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(first, count, owners, words)``: the entries sorted by block; block ``g``'s are
+        ``first[g]`` to ``first[g] + count[g]`` (cached: a set is often compared twice)."""
+        owners = np.repeat(np.arange(len(self)), np.diff(self.indptr))
+        order = np.argsort(self.blocks, kind="stable")
+        count = np.bincount(self.blocks, minlength=self.hw[1] * -(-self.hw[0] // BLOCK))
+        return np.cumsum(count) - count, count, owners[order], self.words[order]
 
 
 def iou_matrix(a: Footprints, b: Footprints) -> np.ndarray:
@@ -209,134 +169,113 @@ def iou_matrix(a: Footprints, b: Footprints) -> np.ndarray:
     Raises:
         ValueError: footprints of different image sizes.
     """
-    if a.hw != b.hw:
-        raise ValueError(f"footprints of different image sizes (H, W): {a.hw} and {b.hw}")
     inter = intersections(a, b).astype(np.float64)
     union = a.areas[:, None] + b.areas[None, :] - inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    return iou.astype(np.float32)
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0).astype(np.float32)
 
 
 def intersections(a: Footprints, b: Footprints) -> np.ndarray:
-    """``(len(a), len(b))`` int64 pixels in both masks of each pair (exact)."""
+    """``(len(a), len(b))`` int64 pixels in both masks of each pair (exact).
+
+    Raises:
+        ValueError: footprints of different image sizes.
+    """
     if a.hw != b.hw:
         raise ValueError(f"footprints of different image sizes (H, W): {a.hw} and {b.hw}")
     na, nb = len(a), len(b)
     if na == 0 or nb == 0:
         return np.zeros((na, nb), np.int64)
-    pa, pb = a._packed, b._packed
-    # full cells of a x every cell of b, and partial cells of a x full cells of b
-    inter = np.rint((pa.left @ pb.right.T).toarray()).astype(np.int64)
-    # partial x partial: join the two sorted cell lists, popcount the ANDed bitmaps
-    lo = np.searchsorted(pa.part_cell, pb.part_cell, side="left")
-    hi = np.searchsorted(pa.part_cell, pb.part_cell, side="right")
-    hits = hi - lo
-    total = int(hits.sum())
-    if total:
-        ib = np.repeat(np.arange(len(hits)), hits)
-        ia = np.arange(total) + np.repeat(lo - (np.cumsum(hits) - hits), hits)
-        shared = _popcount(pa.part_bits[ia] & pb.part_bits[ib])
-        pair = pa.part_owner[ia] * nb + pb.part_owner[ib]
-        inter += (
-            np.bincount(pair, weights=shared, minlength=na * nb).astype(np.int64).reshape(na, nb)
+    first, count, a_owner, a_words = a._by_block
+    hits = count[b.blocks]
+    ia = _ranges(first[b.blocks], hits)  # every a entry in the same block as each b entry
+    b_owner = np.repeat(np.arange(nb), np.diff(b.indptr))
+    shared = _popcount(a_words[ia] & np.repeat(b.words, hits))
+    pair = a_owner[ia] * nb + np.repeat(b_owner, hits)
+    return np.bincount(pair, weights=shared, minlength=na * nb).astype(np.int64).reshape(na, nb)
+
+
+def _from_runs(hw: tuple[int, int], counts: Sequence[list[int]]) -> Footprints:
+    """Footprints of masks given as column-major RLE run lengths (zeros first), all at once."""
+    h, w = hw
+    n = len(counts)
+    if n == 0:
+        return Footprints.empty(hw)
+    lengths = np.fromiter(map(len, counts), np.int64, n)
+    runs = np.fromiter(itertools.chain.from_iterable(counts), np.int64, int(lengths.sum()))
+    _check_runs(runs, lengths, h * w)
+    # The foreground runs: the odd ones of each mask, where it starts with a run of zeros.
+    n_fg = lengths // 2
+    owner = np.repeat(np.arange(n), n_fg)
+    first_fg = _indptr(lengths)[:-1] + 1 - 2 * (np.cumsum(n_fg) - n_fg)
+    fg = 2 * np.arange(len(owner)) + np.repeat(first_fg, n_fg)
+    end = np.cumsum(runs)[fg] - owner * (h * w)  # within its own mask
+    size = runs[fg]
+    start = end - size
+    areas = np.bincount(owner, weights=size, minlength=n).astype(np.int64)
+    # Blocks are consecutive in column-major order: a run touches blocks g(start)..g(end - 1).
+    per_col = -(-h // BLOCK)
+    x0, y0 = np.divmod(start, h)
+    x1, y1 = np.divmod(end - 1, h)
+    g0 = x0 * per_col + y0 // BLOCK
+    pieces = np.maximum(x1 * per_col + y1 // BLOCK - g0 + 1, 0)  # empty runs: none
+    block = _ranges(g0, pieces)
+    piece_of = np.repeat(np.arange(len(pieces)), pieces)
+    column, row_block = np.divmod(block, per_col)
+    top = column * h + row_block * BLOCK  # the block's first pixel
+    rows = np.minimum(BLOCK, h - np.arange(per_col) * BLOCK)[row_block]
+    lo = np.maximum(start[piece_of] - top, 0)
+    hi = np.minimum(end[piece_of] - top, rows)
+    bits = _LOW[hi] & ~_LOW[lo]
+    # Pieces of one mask in one block are disjoint and adjacent in order: OR them together.
+    owner = owner[piece_of]
+    new = np.flatnonzero(np.diff(owner * (w * per_col) + block, prepend=-1))
+    words = np.bitwise_or.reduceat(bits, new) if len(bits) else bits
+    return Footprints(hw, areas, _indptr(np.bincount(owner[new], minlength=n)), block[new], words)
+
+
+def _check_runs(runs: np.ndarray, lengths: np.ndarray, total: int) -> None:
+    """A ValueError naming the first instance whose runs are negative or do not sum to H * W."""
+    first = _indptr(lengths)[:-1]
+    sums = np.add.reduceat(runs, np.minimum(first, len(runs) - 1)) if len(runs) else first * 0
+    bad = (sums != total) | (lengths == 0)
+    if runs.min(initial=0) < 0:
+        bad |= np.add.reduceat(runs < 0, np.minimum(first, len(runs) - 1)) > 0
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        got = int(sums[i]) if lengths[i] else 0
+        raise ValueError(
+            f"instance {i}: RLE counts sum to {got} (or are negative); expected non-negative "
+            f"runs summing to H * W = {total}"
         )
-    return inter
 
 
-#: One mask's ``(full, part, counts, bits)``.
-_Cells = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+def _mask_words(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(blocks, words)`` of one ``(H, W)`` bool mask: the columns of its box, packed."""
+    h, _ = mask.shape
+    cols = np.flatnonzero(mask.any(axis=0))
+    if cols.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    x0, x1 = int(cols[0]), int(cols[-1]) + 1
+    per_col = -(-h // BLOCK)
+    columns = np.zeros((x1 - x0, per_col * BLOCK), bool)
+    columns[:, :h] = mask[:, x0:x1].T
+    words = np.packbits(columns, axis=1, bitorder="little").view("<u8").astype(np.uint64)
+    words = words.reshape(-1)
+    keep = np.flatnonzero(words)
+    return keep + x0 * per_col, words[keep]
 
 
-def _cell_span(box: np.ndarray, hw: tuple[int, int]) -> tuple[int, int, int, int]:
-    """``(r0, r1, c0, c1)``: the cell rows and columns an XYXY box (pixel edges) touches."""
-    h, w = hw
-    x1, y1, x2, y2 = (float(v) if math.isfinite(v) else 0.0 for v in np.asarray(box).reshape(4))
-    c0 = min(max(math.floor(x1), 0), w) // CELL
-    r0 = min(max(math.floor(y1), 0), h) // CELL
-    c1 = -(-min(max(math.ceil(x2), 0), w) // CELL)
-    r1 = -(-min(max(math.ceil(y2), 0), h) // CELL)
-    return r0, max(r0, r1), c0, max(c0, c1)
+def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``concat(arange(s, s + n) for s, n in zip(starts, sizes))``, vectorised."""
+    total = int(sizes.sum())
+    offsets = np.cumsum(sizes) - sizes
+    return np.arange(total) + np.repeat(starts - offsets, sizes)
 
 
-def _mask_cells(mask: np.ndarray, box: np.ndarray) -> _Cells:
-    """The cells of an ``(H, W)`` bool mask that lie in ``box`` (its box, XYXY edges)."""
-    r0, r1, c0, c1 = _cell_span(box, mask.shape)
-    region = mask[r0 * CELL : r1 * CELL, c0 * CELL : c1 * CELL]
-    return _region_cells(region, r0, c0, -(-mask.shape[1] // CELL))
-
-
-def _rle_cells(rle: dict, box: np.ndarray, hw: tuple[int, int]) -> _Cells:
-    """The cells of an RLE mask, decoding only the columns of ``box`` (the whole mask if the
-    box misses some of it)."""
-    h, w = hw
-    r0, r1, c0, c1 = _cell_span(box, hw)
-    x0, x1 = c0 * CELL, min(w, c1 * CELL)
-    columns = rle_to_mask({"size": [h, x1 - x0], "counts": _rle_columns(rle, h, x0, x1)})
-    cells = _region_cells(columns[r0 * CELL : r1 * CELL], r0, c0, -(-w // CELL))
-    if len(cells[0]) * _CELL_PIXELS + int(cells[2].sum()) != rle_area(rle):
-        mask = rle_to_mask(rle)
-        cells = _mask_cells(mask, masks_to_boxes(mask[None])[0])
-    return cells
-
-
-def _rle_columns(rle: dict, h: int, x0: int, x1: int) -> np.ndarray:
-    """Run lengths of columns ``[x0, x1)`` of a column-major RLE of height ``h``.
-
-    Raises:
-        ValueError: counts that do not cover the image (a bad RLE).
-    """
-    counts = rle_counts(rle)
-    ends = np.cumsum(counts)
-    if len(ends) == 0 or ends[-1] < x1 * h or (counts < 0).any():
-        raise ValueError(f"RLE counts do not cover its size {rle.get('size')}")
-    lo, hi = x0 * h, x1 * h
-    first = int(np.searchsorted(ends, lo, side="right"))
-    last = int(np.searchsorted(ends - counts, hi, side="left"))
-    runs = np.minimum(ends[first:last], hi) - np.maximum(ends[first:last] - counts[first:last], lo)
-    # the slice starts with a run of zeros, as an RLE does; an odd first run means ones
-    return np.concatenate(([0], runs)) if first % 2 else runs
-
-
-def _region_cells(region: np.ndarray, r0: int, c0: int, grid_w: int) -> _Cells:
-    """The cells of a mask region whose top-left cell is ``(r0, c0)`` (cut regions padded)."""
-    rows, cols = -(-region.shape[0] // CELL), -(-region.shape[1] // CELL)
-    if rows == 0 or cols == 0:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, empty, np.zeros((0, _WORDS), np.uint64)
-    if region.shape != (rows * CELL, cols * CELL):  # cut by the image edge
-        padded = np.zeros((rows * CELL, cols * CELL), bool)
-        padded[: region.shape[0], : region.shape[1]] = region
-        region = padded
-    blocks = region.reshape(rows, CELL, cols, CELL)
-    counts = np.count_nonzero(blocks, axis=(1, 3)).reshape(-1)
-    index = ((r0 + np.arange(rows))[:, None] * grid_w + (c0 + np.arange(cols))).reshape(-1)
-    is_full = counts == _CELL_PIXELS
-    is_part = (counts > 0) & ~is_full
-    ry, rx = np.divmod(np.flatnonzero(is_part), cols)
-    bits = np.packbits(blocks[ry, :, rx, :].reshape(-1, _CELL_PIXELS), axis=1)
-    return (
-        index[is_full],
-        index[is_part],
-        counts[is_part].astype(np.int64),
-        bits.view(np.uint64).reshape(-1, _WORDS),
-    )
-
-
-def _csr(n: int, cols: int, *blocks: tuple[np.ndarray, np.ndarray, object]):
-    """An ``(n, cols)`` float64 CSR matrix from ``(rows, cols, values)`` triplets."""
-    rows = np.concatenate([b[0] for b in blocks])
-    col = np.concatenate([b[1] for b in blocks])
-    val = np.concatenate(
-        [np.broadcast_to(np.asarray(b[2], np.float64), b[0].shape) for b in blocks]
-    )
-    order = np.argsort(rows, kind="stable")
-    indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-    return scipy.sparse.csr_array((val[order], col[order], indptr), shape=(n, cols))
-
-
-def _cat(arrays: Sequence[np.ndarray], dtype: type) -> np.ndarray:
-    return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype)
+def _indptr(sizes: Sequence[int] | np.ndarray) -> np.ndarray:
+    out = np.zeros(len(sizes) + 1, np.int64)
+    np.cumsum(sizes, out=out[1:])
+    return out
 
 
 def _check_hw(hw: Sequence[int]) -> tuple[int, int]:
