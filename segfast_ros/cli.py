@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .bench import commands as bench_commands
+from .demo import tracking_eval
 from .demo.run import demo_command, replay_command
 from .model_args import (
     MODEL_HELP,
@@ -189,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replay_parser(sub)
     bench_commands.add_replay_parser(sub)
     _add_demo_parser(sub)
+    _add_eval_tracking_parser(sub)
     from .export.tensorrt_build import add_build_engine_parser
 
     add_build_engine_parser(sub)
@@ -324,6 +326,16 @@ def _add_demo_parser(sub: Any) -> None:
     p.add_argument("--providers", nargs="+", default=None, help="onnxruntime providers")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
     p.set_defaults(func=demo_command)
+
+
+def _add_eval_tracking_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval-tracking",
+        help="track held-out moving-object sequences with the demo model: track IDs and "
+        "prompted targets against the goals (table + JSON)",
+    )
+    tracking_eval.add_arguments(p)
+    p.set_defaults(func=tracking_eval.eval_tracking_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

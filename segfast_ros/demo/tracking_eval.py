@@ -1,0 +1,390 @@
+"""``segfast eval-tracking``: the trackers with the shipped demo model on held-out moving-object
+sequences, against the issue's goals.
+
+Sequences come from :func:`~segfast_ros.bench.scene_motion.generate_tracking_sequence` with the
+integer seeds ``TRACKING_SEED_BASE + i`` (:data:`TRACKING_SEED_BASE` = 3,000,000): training
+draws from a SeedSequence stream, the demo model's evaluation from 1,000,000 and its SegEvery
+tuning from 2,000,000 (:mod:`.metrics`), so none of them has seen these.
+
+Every frame runs what the node runs, through the library: the encoder once
+(``Predictor.set_image``), the prompted targets' step (:class:`~segfast_ros.tracking.targets.
+TargetTracker`, one batched decoder call), the demo's SegEvery (the strategy ``segfast demo``
+uses, object_aware with the model's detector and ``DEMO_SEGEVERY_PARAMS``), its track IDs
+(:class:`~segfast_ros.tracking.instances.InstanceTracker`) and the lost targets' re-acquisition
+from its instances. On frame 0, every ground-truth object of at least
+:data:`MIN_TARGET_FRACTION` of the frame is added as a target from its true box, all in one
+``add`` call. The oracle prompts the true box of each target's object on every frame (one
+batched decode, single-mask output, as a box prompt is decoded). The measures and their exact
+definitions are in :mod:`.tracking_metrics`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..bench.report import format_columns, write_json
+from .metrics import DEFAULT_MODEL_DIR, iou_matrix
+from .tracking_metrics import (
+    LOST_WITHIN,
+    MotFrame,
+    SequenceRun,
+    TargetTrace,
+    match_truth,
+    tracking_report,
+)
+
+if TYPE_CHECKING:
+    from ..bench.scene_motion import TrackingSequence
+    from ..bench.scenes import Scene
+    from ..runtime.predictor import Predictor
+    from ..segevery.base import SegEvery
+    from ..tracking.settings import TrackingSettings
+
+#: First seed of the held-out tracking sequences.
+TRACKING_SEED_BASE = 3_000_000
+#: Objects on frame 0 at least this fraction of the frame become prompted targets.
+MIN_TARGET_FRACTION = 0.01
+#: Frame interval of the sequences' stamps (10 Hz), nanoseconds.
+FRAME_NS = 100_000_000
+
+
+def run_sequence(
+    predictor: Predictor,
+    segevery: SegEvery,
+    seq: TrackingSequence,
+    settings: TrackingSettings,
+    *,
+    seed: int = 0,
+    reacquire: bool = True,
+) -> SequenceRun:
+    """Track one sequence: SegEvery IDs on every frame, targets added on frame 0 and followed
+    on every later frame, the oracle beside them."""
+    from ..tracking.instances import InstanceTracker
+    from ..tracking.targets import TargetTracker
+
+    instances, targets = InstanceTracker(settings), TargetTracker(settings)
+    run = SequenceRun(seed)
+    objects: dict[int, int] = {}  # target ID -> ground-truth object ID
+    rows: dict[int, list[tuple[bool, float, float, float]]] = {}
+    calls = 0
+    for t, frame in enumerate(seq.frames):
+        key = (t + 1) * FRAME_NS
+        run.timed("encoder", predictor.set_image, frame.image)
+        if t == 0:
+            objects = _add_targets(targets, predictor, frame, key)
+            rows = {i: [] for i in objects}
+            calls = targets.decoder_calls
+        else:
+            results = run.timed("targets", targets.step, predictor, key)
+            oracle = run.timed("oracle", _oracle_masks, predictor, frame, list(objects.values()))
+            for result in results:
+                rows[result.target_id].append(
+                    _target_row(result, objects[result.target_id], frame, oracle)
+                )
+        found = run.timed("segevery", segevery, predictor, frame.image).instances
+        labels = run.timed("instances", instances.update, found, frame.image.shape[:2])
+        assignment, mot = _identity_frame(found, labels, frame)
+        run.assignments.append(assignment)
+        run.mot.append(mot)
+        if reacquire and t > 0:
+            run.timed("reacquire", targets.reacquire, found, key)
+    run.target_decoder_calls, run.steps = targets.decoder_calls - calls, len(seq) - 1
+    run.traces = _traces(objects, rows, seq)
+    return run
+
+
+def _add_targets(targets, predictor: Predictor, frame: Scene, key: int) -> dict[int, int]:
+    """Add every object of at least :data:`MIN_TARGET_FRACTION` of the frame, in one call;
+    target ID -> object ID."""
+    h, w = frame.image.shape[:2]
+    big = frame.masks.sum(axis=(1, 2)) >= MIN_TARGET_FRACTION * h * w
+    if not big.any():
+        return {}
+    added = targets.add(predictor, key, boxes=frame.boxes[big])
+    return {r.target_id: int(i) for r, i in zip(added, frame.ids[big], strict=True)}
+
+
+def _oracle_masks(
+    predictor: Predictor, frame: Scene, wanted: Sequence[int]
+) -> dict[int, np.ndarray]:
+    """Object ID -> the mask its true box decodes to, for the ``wanted`` objects in the frame."""
+    from ..segany import decode_prompt_sets, prompt_kwargs
+
+    present = [i for i, obj in enumerate(frame.ids) if int(obj) in set(wanted)]
+    if not present:
+        return {}
+    kwargs = prompt_kwargs((), (), frame.boxes[present], low_res_size=predictor.info.low_res_size)
+    answers = decode_prompt_sets(predictor, kwargs)
+    return {int(frame.ids[i]): a.masks[0] for i, a in zip(present, answers, strict=True)}
+
+
+def _target_row(result, obj: int, frame: Scene, oracle: dict[int, np.ndarray]):
+    """``(tracked, own IoU, best other IoU, oracle IoU)`` of one target on one frame; the IoUs
+    with its own object are NaN when the object is not in the ground truth."""
+    from ..tracking.states import TRACK_TRACKED
+
+    tracked = result.state == TRACK_TRACKED and result.mask is not None
+    own_index = np.flatnonzero(frame.ids == obj)
+    if tracked and len(frame):
+        ious = iou_matrix(result.mask[None], frame.masks)[0]
+    else:
+        ious = np.zeros(len(frame))
+    other = np.delete(ious, own_index)
+    if not len(own_index):
+        return tracked, float("nan"), float(other.max(initial=0.0)), float("nan")
+    oracle_iou = iou_matrix(oracle[obj][None], frame.masks[own_index])[0, 0]
+    return tracked, float(ious[own_index[0]]), float(other.max(initial=0.0)), float(oracle_iou)
+
+
+def _identity_frame(found, labels, frame: Scene) -> tuple[dict[int, int], MotFrame]:
+    """The frame's confirmed tracks matched to the ground truth: object ID -> track ID, and
+    the frame for ``motmetrics``."""
+    from ..masks import rle_to_mask
+    from ..tracking.states import TRACK_TRACKED
+
+    confirmed = [
+        (inst, lab.track_id)
+        for inst, lab in zip(found, labels, strict=True)
+        if lab.state == TRACK_TRACKED and lab.track_id > 0
+    ]
+    hw = frame.image.shape[:2]
+    masks = np.array([rle_to_mask(inst.rle) for inst, _ in confirmed], dtype=bool)
+    iou = iou_matrix(frame.masks, masks.reshape(-1, *hw)) if len(frame) else np.zeros((0, 0))
+    iou = iou.reshape(len(frame), len(confirmed))
+    track_ids = np.array([tid for _, tid in confirmed], dtype=np.int64)
+    matched = match_truth(iou)
+    assignment = {int(frame.ids[g]): int(track_ids[p]) for g, p in matched.items()}
+    return assignment, MotFrame(frame.ids.copy(), track_ids, iou)
+
+
+def _traces(objects: dict[int, int], rows: dict[int, list], seq: TrackingSequence):
+    """Each target's rows as a :class:`TargetTrace` (index 0 = frame 1), with its exits."""
+    exits: dict[int, list[int]] = {}
+    for obj, f in seq.exits():
+        exits.setdefault(obj, []).append(f - 1)
+    traces = []
+    for target_id, obj in sorted(objects.items()):
+        tracked, own, other, oracle = (np.array(c) for c in zip(*rows[target_id], strict=True))
+        traces.append(
+            TargetTrace(obj, tracked.astype(bool), own, other, oracle, exits.get(obj, []))
+        )
+    return traces
+
+
+# ----------------------------------------------------------------------------- the evaluation
+
+
+def evaluate_tracking(
+    model_dir: str | Path = DEFAULT_MODEL_DIR,
+    *,
+    sequences: int = 8,
+    n_frames: int = 60,
+    hw: tuple[int, int] = (240, 320),
+    seed_base: int = TRACKING_SEED_BASE,
+    precision: str = "int8",
+    threads: int = 2,
+    settings: TrackingSettings | None = None,
+    reacquire: bool = True,
+    mode: str = "object_aware",
+) -> dict[str, Any]:
+    """Run :func:`run_sequence` on ``sequences`` held-out sequences and measure.
+
+    Args:
+        model_dir: the demo model's folder (``encoder.<precision>.onnx``, ``decoder.fp32.onnx``,
+            ``detector.onnx``); its SegEvery settings (``DEMO_SEGEVERY_PARAMS``) apply.
+        sequences: sequences, seeds ``seed_base, seed_base + 1, ...``.
+        n_frames: frames per sequence (>= 2).
+        hw: ``(H, W)`` of the frames.
+        seed_base: first seed (default: the held-out :data:`TRACKING_SEED_BASE`).
+        precision: encoder precision (``segfast demo`` and the node default to int8).
+        threads: ONNX Runtime intra-op threads.
+        settings: the trackers' thresholds (None: the defaults).
+        reacquire: re-acquire lost targets from SegEvery instances (as the node does).
+        mode: SegEvery strategy.
+
+    Returns:
+        A JSON-ready dict: ``context``, ``segevery_ids``, ``targets``, ``goals`` (each measure
+        with its goal and verdict), ``sequences`` (per-sequence measures) and ``timings_ms``.
+
+    Raises:
+        FileNotFoundError: a model file is missing.
+        ValueError: a bad count or size.
+    """
+    from ..bench.scene_motion import generate_tracking_sequence
+    from ..runtime.onnx_backend import OnnxRuntimeBackend
+    from ..runtime.predictor import Predictor
+    from ..tracking.settings import TrackingSettings
+    from .model_choice import ModelChoice, segevery_for
+
+    if sequences < 1:
+        raise ValueError(f"sequences must be >= 1, got {sequences}")
+    model_dir = Path(model_dir)
+    settings = settings or TrackingSettings()
+    backend = OnnxRuntimeBackend.from_dir(model_dir, precision, intra_op_threads=threads)
+    predictor = Predictor(backend)
+    detector = model_dir / "detector.onnx"
+    choice = ModelChoice(model_dir, detector if detector.is_file() else None, "", demo=True)
+    segevery, segevery_params, _ = segevery_for(choice, mode, choice.detector)
+    runs = []
+    for i in range(sequences):
+        seq = generate_tracking_sequence(seed_base + i, n_frames, hw)
+        runs.append(
+            run_sequence(
+                predictor, segevery, seq, settings, seed=seed_base + i, reacquire=reacquire
+            )
+        )
+    context = {
+        "model_dir": str(model_dir),
+        "model": backend.info.name,
+        "precision": precision,
+        "threads": threads,
+        "sequences": sequences,
+        "frames": n_frames,
+        "hw": list(hw),
+        "seed_base": seed_base,
+        "segevery": {"mode": mode, **{k: str(v) for k, v in segevery_params.items()}},
+        "tracking_settings": asdict(settings),
+        "reacquire": reacquire,
+        "min_target_fraction": MIN_TARGET_FRACTION,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
+    return tracking_report(runs, context)
+
+
+def _f(value: Any, spec: str = ".3f") -> str:
+    return "-" if value is None else f"{value:{spec}}"
+
+
+def format_tracking(report: dict[str, Any]) -> str:
+    """The goals table, the measures behind them and the per-sequence table."""
+    c, ids, tg = report["context"], report["segevery_ids"], report["targets"]
+    verdicts = {True: "pass", False: "MISS", None: "n/a"}
+    goal_cols = [
+        ("measure", lambda r: r[0], "<20s"),
+        ("value", lambda r: r[1]["value"], ">8.4f"),
+        (
+            "goal",
+            lambda r: (">= " if r[1]["higher_is_better"] else "<= ") + f"{r[1]['goal']:g}",
+            ">8s",
+        ),
+        ("verdict", lambda r: verdicts[r[1]["pass"]], ">7s"),
+    ]
+    seq_cols = [
+        ("seed", "seed", ">8d"),
+        ("id kept", "id_kept", ">8.3f"),
+        ("IDF1", "idf1", ">6.3f"),
+        ("MOTA", "mota", ">7.3f"),
+        ("IDsw", "id_switches", ">5.0f"),
+        ("targets", "targets", ">7d"),
+        ("ratio", "ratio", ">6.3f"),
+        ("wrong", "wrong_object_rate", ">6.3f"),
+        ("exits", "exits", ">5d"),
+        ("lost<=3", "lost_within_3", ">7.2f"),
+    ]
+    seq_cols = [(title, lambda r, k=key: r[k], spec) for title, key, spec in seq_cols]
+    lines = [
+        f"eval-tracking: {c['model']} ({c['model_dir']}, {c['precision']}), {c['sequences']} "
+        f"held-out sequences x {c['frames']} frames {c['hw'][0]}x{c['hw'][1]} (seeds "
+        f"{c['seed_base']}+), SegEvery {c['segevery']['mode']}, reacquire {c['reacquire']}",
+        "",
+        format_columns(list(report["goals"].items()), goal_cols),
+        "",
+        f"SegEvery IDs: {ids['kept']}/{ids['pairs']} consecutive matches kept their ID; IDF1 "
+        f"{_f(ids['idf1'])}, MOTA {_f(ids['mota'])}, {_f(ids['id_switches'], '.0f')} ID "
+        f"switches, {_f(ids['misses'], '.0f')} misses, {_f(ids['false_positives'], '.0f')} false "
+        f"positives of {_f(ids['objects'], '.0f')} object-frames",
+        f"targets: {tg['targets']}, mIoU {_f(tg['miou'])} vs oracle {_f(tg['oracle_miou'])} "
+        f"({_f(tg['targets_at_ratio_0_9'], '.2f')} of targets at >= 0.9x, worst "
+        f"{_f(tg['worst_target_ratio'], '.2f')}x); wrong object on {tg['wrong_frames']} of "
+        f"{tg['target_frames']} target-frames ({tg['targets_ever_wrong']} targets); exits "
+        f"{tg['exits']}: lost within {LOST_WITHIN} {_f(tg['lost_within_3'], '.2f')}, never "
+        f"{tg['lost_never']}, max latency {_f(tg['lost_latency_max'], 'd')}; target decoder "
+        f"calls per frame {tg['decoder_calls_per_frame']:.2f}",
+        "median ms per frame: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in report["timings_ms"].items()),
+        "",
+        format_columns(report["sequences"], seq_cols),
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``segfast eval-tracking``'s flags."""
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="the demo model's folder")
+    p.add_argument("--sequences", type=int, default=8, help="held-out sequences (default 8)")
+    p.add_argument("--frames", type=int, default=60, help="frames per sequence (default 60)")
+    p.add_argument("--hw", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
+    p.add_argument(
+        "--seed-base",
+        type=int,
+        default=TRACKING_SEED_BASE,
+        help=f"first sequence seed (default {TRACKING_SEED_BASE}, held out from training and "
+        "from the demo model's evaluation)",
+    )
+    p.add_argument("--precision", choices=("fp32", "int8"), default="int8")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a TrackingSettings field, e.g. min_hits=1 (repeatable; default: the defaults)",
+    )
+    p.add_argument(
+        "--no-reacquire", action="store_true", help="no re-acquisition from SegEvery instances"
+    )
+    p.add_argument("--json", help="write the report here")
+
+
+def tracking_settings(pairs: Sequence[str]) -> TrackingSettings:
+    """TrackingSettings from ``FIELD=VALUE`` strings (values parsed as Python literals).
+
+    Raises:
+        ValueError: a malformed pair, an unknown field or a value out of its range.
+    """
+    import ast
+
+    from ..tracking.settings import TrackingSettings
+
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--set {pair!r}: expected FIELD=VALUE, e.g. min_hits=1")
+        try:
+            values[name.strip().removeprefix("tracking.")] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--set {pair!r}: {text!r} is not a number or bool") from None
+    return TrackingSettings.from_dict(values)
+
+
+def eval_tracking_command(args: argparse.Namespace) -> int:
+    """Run the evaluation, print the table, write the JSON; exit 0 (missed goals are
+    reported, not errors)."""
+    report = evaluate_tracking(
+        args.model_dir,
+        sequences=args.sequences,
+        n_frames=args.frames,
+        hw=tuple(args.hw),
+        seed_base=args.seed_base,
+        precision=args.precision,
+        threads=args.threads,
+        settings=tracking_settings(args.set),
+        reacquire=not args.no_reacquire,
+    )
+    print(format_tracking(report))
+    if args.json:
+        write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
