@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -92,11 +93,13 @@ def write_bag(
     encodings: dict[int, str] | None = None,
     extra_topics: bool = True,
     raw: dict[int, bytes] | None = None,
+    images: Sequence[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """A bag with ``frames`` images on TOPIC (and, with ``extra_topics``, a second camera and a
-    string topic). ``raw`` replaces the bytes of TOPIC's message ``i`` by ``raw[i]``."""
+    string topic). ``raw`` replaces the bytes of TOPIC's message ``i`` by ``raw[i]``; ``images``
+    are the frames (default: ``synthetic_scene(seed=i)``)."""
     store = typestore()
-    images = []
+    source, written = images, []
     msgtype = "sensor_msgs/msg/CompressedImage" if compressed else IMAGE
     with Writer(path, version=9, storage_plugin=STORAGE[storage]) as writer:
         cam = writer.add_connection(TOPIC, msgtype, typestore=store)
@@ -104,8 +107,8 @@ def write_bag(
             other = writer.add_connection("/cam2/image_raw", IMAGE, typestore=store)
             text = writer.add_connection("/status", "std_msgs/msg/String", typestore=store)
         for i in range(frames):
-            rgb = synthetic_scene(seed=i)
-            images.append(rgb)
+            rgb = synthetic_scene(seed=i) if source is None else source[i]
+            written.append(rgb)
             if compressed:
                 msg = compressed_msg(store, rgb, i)
             else:
@@ -118,7 +121,7 @@ def write_bag(
                 writer.write(text, t, store.serialize_cdr(status, "std_msgs/msg/String"))
                 img2 = image_msg(store, rgb[:40, :40].copy(), i)
                 writer.write(other, t, store.serialize_cdr(img2, IMAGE))
-    return images
+    return written
 
 
 def read_bag(path: Path) -> dict[str, list[tuple[int, Any]]]:
