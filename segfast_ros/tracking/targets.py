@@ -1,0 +1,345 @@
+"""Prompted targets: objects a planner adds once and gets a mask for on every frame after.
+
+A target is added from a prompt set (points and/or a box, as ``srv/Segment.srv`` lays them
+out) on one frame's embedding. On each later frame every target still followed is decoded in
+ONE batched decoder call: its prompt is its previous mask's box moved by a constant-velocity
+prediction from its last two frames (clipped to the image, padded a little), with its previous
+low-res logits as ``mask_input`` (``tracking.use_mask_input``). The answer is checked; a target
+whose predicted IoU, stability, area change or overlap with its previous mask says it is not
+the same object any more, or whose predicted box has left the image, is *lost*: reported with
+no mask and the box where it was last seen, and not decoded again until it is re-acquired (a
+SegEvery instance that overlaps its last mask, :meth:`TargetTracker.reacquire`, or the planner
+prompting it again, ``add(ids=...)``).
+
+Single points: a set of one point (no box) is decoded with SAM's three multimask outputs and
+the one of highest predicted IoU is kept, as SAM recommends for an ambiguous single click;
+every other set (a box, or several points) takes the single-mask output. The choice is per
+call (the decoder's output selection is shared by a batch): a request's sets all have the same
+layout, so all or none of them are single points.
+
+No ROS, no torch: the node's ``~/track`` service and the offline replay both use it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from ..masks import Instance, rle_to_mask
+from ..runtime.predictor import Predictor
+from ..segany import PromptSetMasks, decode_prompt_sets, prompt_kwargs
+from .associate import match
+from .overlap import Footprints, iou_matrix
+from .settings import TrackingSettings
+from .states import TRACK_LOST, TRACK_TRACKED
+from .target_state import TargetResult, TargetState
+
+__all__ = ["MAX_TARGET_ID", "TargetError", "TargetResult", "TargetTracker"]
+
+#: Largest target ID: the ``mono16`` label image of ``~/tracks/label`` holds 1..65535.
+MAX_TARGET_ID: int = 65535
+
+
+class TargetError(ValueError):
+    """A ``~/track`` request that cannot be done; the message goes verbatim into the response."""
+
+
+def _empty_prompt() -> np.ndarray:
+    return np.zeros(0, dtype=np.float32)
+
+
+def _ids_text(ids: Sequence[int]) -> str:
+    return ", ".join(str(i) for i in ids)
+
+
+class TargetTracker:
+    """Prompted targets followed frame to frame on cached embeddings (thread-safe).
+
+    Args:
+        settings: limits and lost thresholds (``tracking.*`` parameters).
+        mask_threshold: logit above which a pixel is in a mask.
+        stability_offset: logit offset of the stability score.
+    """
+
+    def __init__(
+        self,
+        settings: TrackingSettings | None = None,
+        *,
+        mask_threshold: float = 0.0,
+        stability_offset: float = 1.0,
+    ) -> None:
+        self._settings = settings or TrackingSettings()
+        self._mask_threshold = float(mask_threshold)
+        self._stability_offset = float(stability_offset)
+        self._lock = threading.RLock()
+        self._targets: dict[int, TargetState] = {}
+        self._next_id = 1
+        #: Decoder calls made (one per add, and per step with at least one target to decode).
+        self.decoder_calls = 0
+
+    @property
+    def settings(self) -> TrackingSettings:
+        return self._settings
+
+    def configure(self, settings: TrackingSettings) -> None:
+        """New limits and thresholds; the targets are kept (even past a lower max_targets)."""
+        with self._lock:
+            self._settings = settings
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._targets)
+
+    def results(self) -> list[TargetResult]:
+        """The latest result of every target, in ID order."""
+        with self._lock:
+            return [self._targets[i].result for i in sorted(self._targets)]
+
+    def ids(self) -> list[int]:
+        """The target IDs in use, ascending."""
+        with self._lock:
+            return sorted(self._targets)
+
+    # ------------------------------------------------------------------------ add / remove
+
+    def add(
+        self,
+        predictor: Predictor,
+        frame_key: int,
+        *,
+        points: npt.ArrayLike = (),
+        labels: npt.ArrayLike = (),
+        boxes: npt.ArrayLike = (),
+        points_per_set: int = 0,
+        ids: Sequence[int] = (),
+    ) -> list[TargetResult]:
+        """Add one target per prompt set, or prompt existing targets again (``ids``).
+
+        The prompt sets are those of ``srv/Segment.srv`` (one per box; else one per group of
+        ``points_per_set`` points; else all points one set), decoded in one decoder call on
+        ``predictor``'s frame. All or nothing: on any error no target is added or changed.
+
+        Args:
+            predictor: with the embedding of the frame ``frame_key`` set.
+            frame_key: stamp (ns) of that frame.
+            points, labels, boxes, points_per_set: the prompt sets, flat as in Segment.srv.
+            ids: empty to add new targets; else the existing targets to prompt again, one per
+                prompt set in order (re-acquisition by the planner: a lost target is followed
+                again).
+
+        Returns:
+            The new results of the added (or prompted) targets, in prompt-set order.
+
+        Raises:
+            ValueError: malformed, NaN or out-of-image prompts (the message names which).
+            TargetError: past ``tracking.max_targets``, unknown or repeated ``ids``, a set count
+                that does not match ``ids``, or a prompt set whose mask is empty.
+        """
+        with self._lock:
+            targets = self._check_ids(ids)
+            kwargs = prompt_kwargs(
+                points,
+                labels,
+                boxes,
+                points_per_set=points_per_set,
+                low_res_size=predictor.info.low_res_size,
+            )
+            n_sets = _num_sets(kwargs)
+            if targets and n_sets != len(targets):
+                raise TargetError(
+                    f"{n_sets} prompt sets for {len(targets)} ids ({_ids_text(ids)}): "
+                    "give one prompt set per id"
+                )
+            if not targets:
+                self._check_room(n_sets)
+            # One point alone is ambiguous: decode SAM's three masks and keep the best.
+            single_point = "box" not in kwargs and kwargs["point_coords"].shape[1] == 1
+            kwargs["multimask_output"] = single_point
+            answers = self._decode(predictor, kwargs)
+            empty = [i for i, a in enumerate(answers) if not a.masks[0].any()]
+            if empty:
+                raise TargetError(
+                    f"prompt set(s) {_ids_text(empty)} segment nothing on this frame: "
+                    "no target added; prompt on the object"
+                )
+            hw = predictor.original_size
+            assert hw is not None  # decoded
+            new_ids = [t.target_id for t in targets] or self._allocate(n_sets)
+            out = []
+            for target_id, answer in zip(new_ids, answers, strict=True):
+                target = TargetState.prompted(target_id, answer, int(frame_key), hw)
+                self._targets[target_id] = target
+                out.append(target.result)
+            return out
+
+    def remove(self, ids: Sequence[int]) -> list[int]:
+        """Remove targets; unknown IDs: a TargetError and nothing is removed.
+
+        Returns:
+            The removed IDs, in the order given.
+        """
+        with self._lock:
+            self._check_ids(ids)
+            for target_id in ids:
+                del self._targets[int(target_id)]
+            return [int(i) for i in ids]
+
+    def clear(self) -> list[int]:
+        """Remove every target; returns the removed IDs, ascending."""
+        with self._lock:
+            removed = sorted(self._targets)
+            self._targets.clear()
+            return removed
+
+    def _check_ids(self, ids: Sequence[int]) -> list[TargetState]:
+        """The targets of ``ids``; a TargetError naming unknown or repeated ones."""
+        wanted = [int(i) for i in ids]
+        unknown = [i for i in wanted if i not in self._targets]
+        if unknown:
+            known = _ids_text(sorted(self._targets)) or "none"
+            raise TargetError(f"unknown target ids: {_ids_text(unknown)} (targets now: {known})")
+        repeated = sorted({i for i in wanted if wanted.count(i) > 1})
+        if repeated:
+            raise TargetError(f"target ids given more than once: {_ids_text(repeated)}")
+        return [self._targets[i] for i in wanted]
+
+    def _check_room(self, n_new: int) -> None:
+        limit = self._settings.max_targets
+        total = len(self._targets) + n_new
+        if total > limit:
+            raise TargetError(
+                f"adding {n_new} targets would make {total} targets; tracking.max_targets is "
+                f"{limit} (remove targets first)"
+            )
+
+    def _allocate(self, n: int) -> list[int]:
+        """``n`` IDs not in use, counting on from the last one given (wrapping after 65535)."""
+        out: list[int] = []
+        candidate = self._next_id
+        while len(out) < n:
+            if candidate not in self._targets:
+                out.append(candidate)
+            candidate = candidate % MAX_TARGET_ID + 1
+        self._next_id = candidate
+        return out
+
+    def _decode(self, predictor: Predictor, kwargs: dict) -> list[PromptSetMasks]:
+        """All prompt sets in one decoder call, best mask of each first."""
+        answers = list(
+            decode_prompt_sets(
+                predictor,
+                kwargs,
+                mask_threshold=self._mask_threshold,
+                stability_offset=self._stability_offset,
+            )
+        )
+        self.decoder_calls += 1
+        return answers
+
+    # ------------------------------------------------------------------------------- frames
+
+    def step(self, predictor: Predictor, frame_key: int) -> list[TargetResult]:
+        """Follow every target onto a new frame; returns every target's result, in ID order.
+
+        The tracked targets whose last frame is older than ``frame_key`` are decoded in ONE
+        batched decoder call (none: no call), then checked; the lost ones are reported lost on
+        this frame without a decode. Targets already at or after ``frame_key`` (added on this
+        frame, say) keep their latest result.
+
+        Args:
+            predictor: with the embedding of the frame ``frame_key`` set.
+            frame_key: stamp (ns) of that frame.
+
+        Raises:
+            ValueError: no image set on ``predictor``.
+        """
+        with self._lock:
+            hw = predictor.original_size
+            if hw is None:
+                raise ValueError("no image is set: set the frame's embedding before step()")
+            key = int(frame_key)
+            due: list[tuple[TargetState, np.ndarray]] = []
+            for target_id in sorted(self._targets):
+                target = self._targets[target_id]
+                if target.state != TRACK_TRACKED:
+                    target.still_lost(key)
+                    continue
+                if target.key >= key:
+                    continue
+                prompt, reason = target.prompt_box(key, hw)
+                if prompt is None:
+                    target.lose(key, _empty_prompt(), reason)
+                else:
+                    due.append((target, prompt))
+            if due:
+                kwargs = self._step_kwargs(due, predictor.info.low_res_size)
+                answers = self._decode(predictor, kwargs)
+                for (target, prompt), answer in zip(due, answers, strict=True):
+                    target.follow(answer, prompt, key, self._settings)
+            return [self._targets[i].result for i in sorted(self._targets)]
+
+    def _step_kwargs(self, due: list[tuple[TargetState, np.ndarray]], low_res_size: int) -> dict:
+        """The batched decoder arguments of a step: box prompts, previous logits if all have."""
+        boxes = np.stack([prompt for _, prompt in due])
+        use_logits = self._settings.use_mask_input and all(t.low_res is not None for t, _ in due)
+        logits = np.stack([t.low_res for t, _ in due]) if use_logits else ()
+        return prompt_kwargs((), (), boxes, mask_input=logits, low_res_size=low_res_size)
+
+    # ------------------------------------------------------------------------ re-acquisition
+
+    def reacquire(self, instances: Sequence[Instance], frame_key: int) -> list[int]:
+        """Lost targets that a SegEvery instance of a newer frame overlaps follow it again.
+
+        A lost target is re-acquired by the instance whose mask overlaps its last mask with
+        IoU >= ``tracking.reacquire_iou`` (one instance per target, best overlaps first), if
+        the instance's frame is newer than the one the target was lost on and no tracked
+        target already follows it. The target is tracked again from the instance (its next
+        prompt: the instance's box, without ``mask_input``).
+
+        Returns:
+            The re-acquired IDs, ascending.
+        """
+        with self._lock:
+            key = int(frame_key)
+            lost = [
+                t
+                for _, t in sorted(self._targets.items())
+                if t.state == TRACK_LOST and t.lost_at < key
+            ]
+            if not lost or not instances:
+                return []
+            return self._reacquire(lost, instances, key)
+
+    def _reacquire(
+        self, lost: list[TargetState], instances: Sequence[Instance], key: int
+    ) -> list[int]:
+        hw = tuple(int(v) for v in instances[0].rle["size"])
+        found = Footprints.from_instances(instances, hw)
+        lost = [t for t in lost if t.hw == hw]
+        if not lost:
+            return []
+        threshold = self._settings.reacquire_iou
+        iou = iou_matrix(Footprints.from_masks(np.stack([t.mask for t in lost])), found)
+        tracked = [
+            t.mask for t in self._targets.values() if t.state == TRACK_TRACKED and t.hw == hw
+        ]
+        if tracked:
+            # An instance a tracked target already follows is not a lost one's.
+            taken = iou_matrix(Footprints.from_masks(np.stack(tracked)), found) >= threshold
+            iou[:, taken.any(axis=0)] = 0.0
+        done = []
+        for row, col in match(iou, threshold).pairs:
+            inst = instances[int(col)]
+            lost[int(row)].resume(inst, rle_to_mask(inst.rle), key)
+            done.append(lost[int(row)].target_id)
+        return sorted(done)
+
+
+def _num_sets(kwargs: dict) -> int:
+    """Prompt sets in :func:`~segfast_ros.segany.prompt_kwargs` output (always batched)."""
+    if "box" in kwargs:
+        return int(kwargs["box"].shape[0])
+    return int(kwargs["point_coords"].shape[0])
