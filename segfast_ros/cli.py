@@ -267,7 +267,11 @@ def _add_replay_parser(sub: Any) -> None:
         "--rate", type=float, help="process at most HZ frames per second of bag time"
     )
     _add_replay_segevery_args(p)
-    p.add_argument("--prompts", help="YAML file of scripted SegAny calls (points/boxes at times)")
+    p.add_argument(
+        "--prompts",
+        help="YAML file of scripted calls: SegAny points/boxes, and targets to track (track: "
+        "true) or drop (untrack: [ids]), at bag times or stamps",
+    )
     p.add_argument("--copy-input", action="store_true", help="copy all input topics through")
     p.add_argument("--overlay-topic", action="store_true", help="also write <ns>/overlay images")
     p.add_argument("--namespace", default="/segfast", help="output topic prefix (the node's)")
@@ -305,7 +309,8 @@ def _add_replay_segevery_args(p: argparse.ArgumentParser) -> None:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="SegEvery strategy option, e.g. points_per_side=16 (repeatable)",
+        help="SegEvery strategy option, e.g. points_per_side=16, or a tracking setting, e.g. "
+        "tracking.max_targets=4 (as the node's tracking.* parameters; repeatable)",
     )
 
 

@@ -89,18 +89,21 @@ def replay_command(args: argparse.Namespace) -> int:
     import json
 
     from ..replay import replay
+    from ..replay.options import split_tracking
     from ..runtime.predictor import Predictor
 
     choice = replay_model(args)
     detector = args.detector or (choice.detector if choice else None)
+    tracking, overrides = split_tracking(strategy_options(args.set))
     segevery, settings, source = segevery_for(
         choice,
         args.mode,
         detector,
-        overrides=strategy_options(args.set),
+        overrides=overrides,
         detector_source="--detector" if args.detector else "the demo model's",
     )
     options = _replay_options(args, settings, source)
+    options.tracking = tracking
     options.check()
     if choice is not None:
         backend = make_backend(args, args.precision, model_dir=choice.onnx_dir)

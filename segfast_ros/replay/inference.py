@@ -1,9 +1,19 @@
-"""The replay's middle stage, on the caller's thread: the encoder, SegEvery and the scripted SegAny
-prompts, frame by frame in bag order.
+"""The replay's middle stage, on the caller's thread: the encoder, SegEvery, tracking and the
+scripted calls, frame by frame in bag order.
 
-Each decoded frame is encoded once; SegEvery runs on it when its bag-time schedule says so, and
-the prompts due are answered from its embedding (or the previous frame's, for a ``time`` prompt
-due before it). Results go to the writer thread through the bounded results queue.
+Each decoded frame is encoded once; SegEvery runs on it when its bag-time schedule says so, its
+instances get track IDs (and may re-acquire lost targets), the prompted targets are followed
+onto it in one batched decoder call, and the calls due are answered from its embedding (or the
+previous frame's, for a ``time`` call due before it). Results go to the writer thread through
+the bounded results queue.
+
+A frame's targets (``<ns>/tracks``) are passed on once every call on that frame is answered,
+that is when the next frame arrives (``time`` calls due before it are answered from this
+frame) or the bag ends: a target added on a frame is on that frame's tracks message, with the
+mask its prompt gave, and is followed from the next frame on; one removed on a frame is not
+on it. The frame key the trackers see is the header stamp (ns), raised to one more than the
+previous frame's key when the stamps of the bag do not increase (all zero, say), so that every
+processed frame is a new frame to them.
 """
 
 from __future__ import annotations
@@ -13,9 +23,11 @@ from collections.abc import Callable
 
 from ..pipeline.frames import stamp_to_ns
 from ..pipeline.render import InstanceRecord, answer_records
+from ..pipeline.tracks import Tracking
 from ..runtime.predictor import Predictor
 from ..segany import decode_prompt_sets, prompt_kwargs
 from ..segevery.base import SegEvery, SegEveryResult
+from ..tracking.states import TRACK_LOST, TRACK_TRACKED
 from .items import (
     END,
     CopiedMessage,
@@ -25,10 +37,11 @@ from .items import (
     ReadFailed,
     SegEveryOutput,
     SkippedFrame,
+    TracksOutput,
 )
 from .options import ReplayOptions
 from .outputs import Progress
-from .prompts import ScriptedPrompt
+from .prompts import SEGMENT, TRACK, UNTRACK, ScriptedPrompt
 from .reader import FrameReader
 from .schedule import PromptSchedule, SegEverySchedule
 from .summary import ReplaySummary
@@ -62,7 +75,11 @@ class Inference:
         self.timings = summary.timings_ms
         self.segevery_due = SegEverySchedule(opts.segevery_rate_hz)
         self.prompts = PromptSchedule(opts.prompts, bag_start)
+        self.tracking = Tracking(opts.tracking)
         self.last: DecodedFrame | None = None  # the latest processed frame
+        self._pending: DecodedFrame | None = None  # the frame whose targets wait for its calls
+        self._decoded, self._step_ms = 0, 0.0  # on that frame: targets decoded, the step's ms
+        self._states: dict[int, int] = {}  # each target's state on the last tracks written
 
     def run(
         self,
@@ -72,7 +89,8 @@ class Inference:
         on_frame: Callable[[ReplaySummary], None] | None,
     ) -> None:
         """Process the reader's items until it is done, the input fails or a write fails;
-        then, if nothing went wrong, answer the prompts due after the last frame."""
+        then, if nothing went wrong, answer the calls due after the last frame, and pass on
+        the last frame's targets (unless a write failed)."""
         summary = self.summary
         while True:
             item = frames.get()
@@ -95,40 +113,99 @@ class Inference:
             progress.update(summary.processed, f"{summary.instances} instances")
             if on_frame is not None:
                 on_frame(summary)
-        if summary.complete and writer.error is None:
+        if writer.error is not None:
+            return
+        if summary.complete:
             for p in self.prompts.after_last():  # due after the last frame: answered from it
                 self._answer(p, self.last)
+        self._flush_tracks()
+        if summary.complete:
             for stamp, p in self.prompts.unmatched():
                 summary.prompt_errors.append(
                     f"{p.name}: no processed frame has header stamp {stamp} ns"
                 )
 
     def _frame(self, item: DecodedFrame) -> None:
-        """Encode a frame, run SegEvery if due, answer the prompts due; pass the results on."""
+        """Encode a frame, run SegEvery if due, follow the targets, answer the calls due; pass
+        the results on."""
         summary, timings = self.summary, self.timings
         summary.selected += 1
-        # Time prompts due before this frame are answered from the previous frame.
+        # Time prompts due before this frame are answered from the previous frame, which is
+        # then complete: its targets go out.
         for p in self.prompts.due_before(item.bag_time):
             self._answer(p, self.last)
+        self._flush_tracks()
         item.index = summary.processed
+        stamp = stamp_to_ns(item.msg.header.stamp)
+        item.key = stamp if self.last is None else max(stamp, self.last.key + 1)
         start = time.perf_counter()
         self.predictor.set_image(item.image)
         encoded = time.perf_counter()
         timings["decode_image"].append(item.decode_ms)
         timings["encoder"].append(1e3 * (encoded - start))
-        result = self._segevery(item, encoded) if self.segevery_due.due(item.bag_time) else None
-        for p in self.prompts.at_stamp(stamp_to_ns(item.msg.header.stamp)):
+        if self.segevery_due.due(item.bag_time):
+            self._segevery(item, encoded)
+        self._follow_targets(item)
+        self.last = item
+        for p in self.prompts.at_stamp(stamp):
             self._answer(p, item)
         timings["inference"].append(1e3 * (time.perf_counter() - start))
-        self.last = item
         summary.processed += 1
-        if result is not None:
-            summary.segevery_frames += 1
-            summary.instances += len(result.instances)
-            summary.decoder_prompts += result.decoder_prompts
-            self.queues.put(self.queues.results, SegEveryOutput(item, result))
 
-    def _segevery(self, item: DecodedFrame, encoded: float) -> SegEveryResult:
+    def _segevery(self, item: DecodedFrame, encoded: float) -> None:
+        """SegEvery on the encoded frame, then its track IDs; passed on to the writer."""
+        result = self._segevery_result(item, encoded)
+        start = time.perf_counter()
+        records = self.tracking.on_segevery(result.instances, item.key, result.image_hw)
+        self.timings["track_ids"].append(1e3 * (time.perf_counter() - start))
+        summary = self.summary
+        # IDs are given 1, 2, 3, ... and never reused: the highest is the count.
+        summary.segevery_tracks = max([summary.segevery_tracks, *(r.track_id for r in records)])
+        summary.segevery_frames += 1
+        summary.instances += len(result.instances)
+        summary.decoder_prompts += result.decoder_prompts
+        self.queues.put(self.queues.results, SegEveryOutput(item, result, records))
+
+    def _follow_targets(self, item: DecodedFrame) -> None:
+        """The targets onto the encoded frame: one batched decoder call (none without
+        targets)."""
+        targets = self.tracking.targets
+        due = {
+            r.target_id
+            for r in targets.results()
+            if r.state == TRACK_TRACKED and r.frame_key < item.key
+        }
+        start = time.perf_counter()
+        results = self.tracking.on_frame(self.predictor, item.key)
+        ms = 1e3 * (time.perf_counter() - start)
+        self._pending, self._decoded, self._step_ms = item, 0, 0.0
+        if results is None:
+            return
+        self.timings["targets"].append(ms)
+        # Decoded: those due that have this frame's box prompt (one that left the view has none).
+        self._decoded = sum(r.target_id in due and r.prompt.size == 4 for r in results)
+        self._step_ms = ms
+
+    def _flush_tracks(self) -> None:
+        """The last frame's targets to the writer, once every call on it is answered."""
+        frame, self._pending = self._pending, None
+        if frame is None:
+            return
+        results = self.tracking.targets.results()
+        if not results:
+            self._states = {}
+            return
+        summary = self.summary
+        for r in results:
+            before = self._states.get(r.target_id)
+            summary.targets_lost += before == TRACK_TRACKED and r.state == TRACK_LOST
+            summary.targets_reacquired += before == TRACK_LOST and r.state == TRACK_TRACKED
+        self._states = {r.target_id: r.state for r in results}
+        summary.tracks_frames += 1
+        item = TracksOutput(frame, results, self._decoded, self._step_ms)
+        self.queues.put(self.queues.results, item)
+
+    def _segevery_result(self, item: DecodedFrame, encoded: float) -> SegEveryResult:
         """SegEvery on the encoded frame, its stages timed (``encoded``: the encoder's end)."""
         timings = self.timings
         result = self.segevery(self.predictor, item.image)
@@ -143,7 +220,8 @@ class Inference:
         return result
 
     def _answer(self, prompt: ScriptedPrompt, frame: DecodedFrame | None) -> None:
-        """Answer one scripted prompt on ``frame`` (the predictor holds its embedding)."""
+        """Answer one scripted call on ``frame`` (the predictor holds its embedding); a call
+        that fails (a bad prompt, an unknown target ID) is reported and the replay goes on."""
         summary = self.summary
         if frame is None:
             summary.prompt_errors.append(
@@ -151,16 +229,49 @@ class Inference:
                 "node answers a call before its first frame)"
             )
             return
-        start = time.perf_counter()
         try:
-            records, sets = _segany(self.predictor, prompt)
-        except ValueError as err:
+            if prompt.action == SEGMENT:
+                self._segment(prompt, frame)
+            else:
+                self._track(prompt, frame)
+        except ValueError as err:  # TargetError too
             summary.prompt_errors.append(f"{prompt.name}: {err}")
             return
+        summary.prompts_answered += 1
+
+    def _segment(self, prompt: ScriptedPrompt, frame: DecodedFrame) -> None:
+        """A SegAny call: its masks to ``<ns>/segment``."""
+        start = time.perf_counter()
+        records, sets = _segany(self.predictor, prompt)
         ms = 1e3 * (time.perf_counter() - start)
         self.timings["segany"].append(ms)
-        summary.prompts_answered += 1
         self.queues.put(self.queues.results, PromptAnswer(frame, prompt, records, sets, ms))
+
+    def _track(self, prompt: ScriptedPrompt, frame: DecodedFrame) -> None:
+        """``Track.srv``'s ADD (new targets, or ``ids`` prompted again), REMOVE or CLEAR on
+        ``frame``, whose targets are not written yet: the change is on its tracks message.
+
+        Raises:
+            ValueError: a malformed or out-of-image prompt; TargetError (a ValueError): past
+                ``tracking.max_targets``, unknown IDs, a prompt that segments nothing.
+        """
+        targets, summary = self.tracking.targets, self.summary
+        if prompt.action == TRACK:
+            results = targets.add(
+                self.predictor,
+                frame.key,
+                points=prompt.points,
+                labels=prompt.labels,
+                boxes=prompt.boxes,
+                points_per_set=prompt.points_per_set,
+                ids=prompt.ids,
+            )
+            self._decoded += len(results)
+            summary.targets_added += 0 if prompt.ids else len(results)
+        elif prompt.action == UNTRACK:
+            summary.targets_removed += len(targets.remove(prompt.ids))
+        else:
+            summary.targets_removed += len(targets.clear())
 
 
 def _segany(predictor: Predictor, prompt: ScriptedPrompt) -> tuple[list[InstanceRecord], int]:

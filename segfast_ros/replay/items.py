@@ -2,9 +2,10 @@
 
 The reader puts :class:`DecodedFrame`, :class:`CopiedMessage`, :class:`SkippedFrame` and
 :class:`ReadFailed` items, then :data:`END`, into ``frames``; the caller's thread puts
-:class:`CopiedMessage`, :class:`SegEveryOutput` and :class:`PromptAnswer` items, then
-:data:`END`, into ``results``, which the writer drains. Both queues are bounded and FIFO: a
-full queue makes its producer wait, so nothing is dropped and the order is the bag's.
+:class:`CopiedMessage`, :class:`SegEveryOutput`, :class:`PromptAnswer` and
+:class:`TracksOutput` items, then :data:`END`, into ``results``, which the writer drains. Both
+queues are bounded and FIFO: a full queue makes its producer wait, so nothing is dropped and
+the order is the bag's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..pipeline.render import InstanceRecord
 from ..segevery.base import SegEveryResult
+from ..tracking.targets import TargetResult
 from .prompts import ScriptedPrompt
 
 #: The last item a queue carries: its producer is done.
@@ -34,6 +36,8 @@ class DecodedFrame:
         msg: the deserialized message (its header is reused for the outputs).
         image: ``(H, W, 3)`` uint8 RGB.
         decode_ms: deserializing and decoding time.
+        key: the frame key the trackers see (set by the caller; -1 until then): the header
+            stamp (ns), or one more than the previous frame's when the stamps do not increase.
     """
 
     index: int
@@ -41,6 +45,7 @@ class DecodedFrame:
     msg: Any
     image: np.ndarray
     decode_ms: float
+    key: int = -1
 
 
 @dataclass
@@ -68,10 +73,36 @@ class ReadFailed:
 
 @dataclass
 class SegEveryOutput:
-    """SegEvery's instances on a frame (caller -> writer)."""
+    """SegEvery's instances on a frame (caller -> writer).
+
+    Attributes:
+        frame: the frame.
+        result: SegEvery's result.
+        records: the ``Instance.msg`` fields of ``result.instances``, in order, with their
+            track IDs and states.
+    """
 
     frame: DecodedFrame
     result: SegEveryResult
+    records: list[InstanceRecord]
+
+
+@dataclass
+class TracksOutput:
+    """The prompted targets on a frame, once every call on that frame is answered (caller ->
+    writer).
+
+    Attributes:
+        frame: the frame.
+        results: every target, in ID order (lost ones too).
+        decoded: targets decoded for this frame (the step's batch and any added on it).
+        ms: the step's time (the batched decoder call and the lost checks).
+    """
+
+    frame: DecodedFrame
+    results: list[TargetResult]
+    decoded: int
+    ms: float
 
 
 @dataclass

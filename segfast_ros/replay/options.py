@@ -5,13 +5,18 @@ Plain values, checked once (:meth:`ReplayOptions.check`) before any bag is opene
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..tracking.settings import TrackingSettings
 from .prompts import ScriptedPrompt
+
+#: ``--set`` keys with this prefix are tracking settings, as the node's ``tracking.*``.
+TRACKING_PREFIX = "tracking."
 
 
 @dataclass
@@ -31,7 +36,9 @@ class ReplayOptions:
         overlay_topic: also write overlays to ``<namespace>/overlay``.
         storage: output storage, ``mcap`` or ``sqlite3``.
         overwrite: replace an existing output bag.
-        prompts: scripted SegAny calls.
+        prompts: scripted SegAny calls and prompted targets.
+        tracking: SegEvery track IDs' and prompted targets' thresholds (as the node's
+            ``tracking.*`` parameters).
         coco: write COCO results JSON here.
         overlay_video: write an mp4 of the overlays here.
         contact_sheet: write a PNG contact sheet of overlays here.
@@ -53,6 +60,7 @@ class ReplayOptions:
     storage: str = "mcap"
     overwrite: bool = False
     prompts: Sequence[ScriptedPrompt] = ()
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
     coco: Path | None = None
     overlay_video: Path | None = None
     contact_sheet: Path | None = None
@@ -61,6 +69,15 @@ class ReplayOptions:
     model: str = ""
     segevery_settings: Mapping[str, Any] = field(default_factory=dict)
     segevery_settings_source: str = ""
+
+    def tracking_changes(self) -> dict[str, Any]:
+        """The tracking settings that differ from the defaults (for the summary)."""
+        default = TrackingSettings()
+        return {
+            f.name: getattr(self.tracking, f.name)
+            for f in dataclasses.fields(self.tracking)
+            if getattr(self.tracking, f.name) != getattr(default, f.name)
+        }
 
     def check(self) -> None:
         if self.every < 1:
@@ -76,3 +93,20 @@ class ReplayOptions:
             raise ValueError(f"the output namespace must start with '/', got {self.namespace!r}")
         if self.queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
+
+
+def split_tracking(
+    pairs: Sequence[tuple[str, object]],
+) -> tuple[TrackingSettings, list[tuple[str, object]]]:
+    """``--set`` pairs split: the ``tracking.<field>`` ones as settings, the rest (SegEvery's).
+
+    Raises:
+        ValueError: an unknown tracking field (the accepted ones listed) or a value out of its
+            range, named with the ``tracking.`` prefix as given.
+    """
+    given = {k.removeprefix(TRACKING_PREFIX): v for k, v in pairs if k.startswith(TRACKING_PREFIX)}
+    try:
+        settings = TrackingSettings.from_dict(given)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--set {TRACKING_PREFIX}*: {err}") from None
+    return settings, [(k, v) for k, v in pairs if not k.startswith(TRACKING_PREFIX)]

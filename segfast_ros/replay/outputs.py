@@ -14,40 +14,61 @@ from typing import Any, TextIO
 import cv2
 import numpy as np
 
-from ..masks import Instance
+from ..pipeline.render import InstanceRecord
+from ..tracking.states import TRACK_LOST
 
-#: The one COCO category of class-agnostic SegEvery instances.
+#: The category of class-agnostic SegEvery instances.
 CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
+#: The category of prompted targets' masks: a COCO evaluation against class-agnostic ground
+#: truth (category 1) leaves them out, so they never count twice against SegEvery's.
+TARGET_CATEGORY = {"id": 2, "name": "target", "supercategory": "object"}
+#: ``source`` of an annotation, by category.
+SOURCES = {CATEGORY["id"]: "segevery", TARGET_CATEGORY["id"]: "target"}
 
 
 class CocoResults:
-    """COCO instance-segmentation results, one image per processed frame.
+    """COCO instance-segmentation results, one image per processed frame that has any.
 
     The file has COCO's dataset layout (``images``, ``annotations``, ``categories``) so that it
     opens as is; ``annotations`` alone is the results list that ``COCO.loadRes`` takes. Masks
     are uncompressed RLE (``{"size": [H, W], "counts": [...]}``, column-major), which
-    pycocotools reads; every annotation also carries ``score`` (predicted IoU),
-    ``stability`` and the ``prompt`` that produced it. Image ``file_name`` is
-    ``<topic>@<stamp_ns>``: the frame's topic and header stamp.
+    pycocotools reads. Image ``file_name`` is ``<topic>@<stamp_ns>``: the frame's topic and
+    header stamp.
+
+    Two kinds of annotation, told apart by ``category_id`` and ``source``:
+
+    * SegEvery instances: category 1 (``object``), ``source`` ``"segevery"``;
+    * prompted targets found on the frame: category 2 (``target``), ``source`` ``"target"``.
+      A target lost on a frame has no annotation there (it has no mask); the output bag's
+      ``<ns>/tracks`` reports it with ``track_state`` lost.
+
+    Every annotation also carries ``score`` (predicted IoU), ``stability``, the ``prompt``
+    that produced it (for a target: the box decoded on that frame), ``track_id`` (the SegEvery
+    track or target ID; 0 for a SegEvery instance whose track is not born yet) and
+    ``track_state`` (``Instance.TRACK_*``: 1 tentative, 2 tracked).
     """
 
     def __init__(self, info: dict[str, Any] | None = None) -> None:
         self.images: list[dict[str, Any]] = []
         self.annotations: list[dict[str, Any]] = []
         self.info = dict(info or {})
+        self._image_ids: dict[int, int] = {}
 
-    def add_frame(
+    def image(
         self,
+        key: int,
         *,
         topic: str,
         stamp_ns: int,
         bag_time_ns: int,
         frame_id: str,
         hw: tuple[int, int],
-        instances: list[Instance],
     ) -> int:
-        """Add one frame and its instances; returns the COCO image id (1-based)."""
-        image_id = len(self.images) + 1
+        """The COCO image id (1-based) of frame ``key`` (its index among the processed
+        frames), the image added on the first call."""
+        if key in self._image_ids:
+            return self._image_ids[key]
+        image_id = self._image_ids[key] = len(self.images) + 1
         self.images.append(
             {
                 "id": image_id,
@@ -59,26 +80,36 @@ class CocoResults:
                 "frame_id": frame_id,
             }
         )
-        for inst in instances:
-            x1, y1, x2, y2 = (float(v) for v in inst.box)
+        return image_id
+
+    def add(self, image_id: int, records: list[InstanceRecord], *, targets: bool = False) -> None:
+        """Annotations of ``image_id``: SegEvery instances, or with ``targets`` the prompted
+        targets (those lost on the frame are left out)."""
+        category = TARGET_CATEGORY["id"] if targets else CATEGORY["id"]
+        for rec in records:
+            if rec.track_state == TRACK_LOST:
+                continue
+            x, y, w, h = (float(v) for v in rec.roi)
             self.annotations.append(
                 {
                     "id": len(self.annotations) + 1,
                     "image_id": image_id,
-                    "category_id": CATEGORY["id"],
+                    "category_id": category,
+                    "source": SOURCES[category],
                     "segmentation": {
-                        "size": [int(v) for v in inst.rle["size"]],
-                        "counts": [int(c) for c in inst.rle["counts"]],
+                        "size": [int(v) for v in rec.mask_hw],
+                        "counts": [int(c) for c in rec.rle_counts],
                     },
-                    "area": int(inst.area),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": int(rec.area),
+                    "bbox": [x, y, w, h],
                     "iscrowd": 0,
-                    "score": float(inst.score),
-                    "stability": float(inst.stability),
-                    "prompt": [float(v) for v in np.asarray(inst.prompt).reshape(-1)],
+                    "score": float(rec.score),
+                    "stability": float(rec.stability),
+                    "prompt": [float(v) for v in np.asarray(rec.prompt).reshape(-1)],
+                    "track_id": int(rec.track_id),
+                    "track_state": int(rec.track_state),
                 }
             )
-        return image_id
 
     def save(self, path: str | Path) -> None:
         """Write the JSON file (parents created)."""
@@ -88,7 +119,7 @@ class CocoResults:
             "info": self.info,
             "images": self.images,
             "annotations": self.annotations,
-            "categories": [CATEGORY],
+            "categories": [CATEGORY, TARGET_CATEGORY],
         }
         path.write_text(json.dumps(doc))
 

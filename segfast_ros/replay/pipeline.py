@@ -4,15 +4,16 @@ Three threads, so that image decoding and writing overlap with inference:
 
 * the **reader** (:mod:`.reader`) deserializes and decodes the selected frames (and passes
   copied messages on);
-* the **caller's thread** (:mod:`.inference`) runs the encoder, SegEvery and the scripted
-  SegAny prompts;
+* the **caller's thread** (:mod:`.inference`) runs the encoder, SegEvery, the trackers (SegEvery
+  track IDs, prompted targets) and the scripted calls;
 * the **writer** (:mod:`.writer`) paints label images and overlays, serializes and writes the
   output bag, and feeds the COCO file, the video and the contact sheet.
 
 Queues between them (:mod:`.items`) are bounded and FIFO, so nothing is dropped and the output
 does not depend on timing: the same bag and options give the same output bag, message for
 message. Frames are selected, and prompts scheduled, on bag time (the time each message was
-recorded), never on the wall clock (:mod:`.schedule`).
+recorded), never on the wall clock (:mod:`.schedule`); the trackers see only the frames, in
+order, so track IDs and targets are the same run after run too.
 
 If the input turns out corrupt part-way, or the run is interrupted (Ctrl-C), what was processed
 so far is written and the output bag is closed properly, so it opens in any reader.
@@ -58,12 +59,18 @@ def replay(
     Output topics (``<ns>`` is ``options.namespace``), each message with its source frame's
     header and written at the source message's bag time:
 
-    * ``<ns>/instances`` (``segfast_ros/msg/InstanceArray``): SegEvery, one per frame;
+    * ``<ns>/instances`` (``segfast_ros/msg/InstanceArray``): SegEvery, one per frame, each
+      instance with its ``track_id`` / ``track_state``;
     * ``<ns>/instances/label`` (``sensor_msgs/Image``, mono16): instance ``i`` is label
       ``i + 1``, 0 is the background;
     * ``<ns>/overlay`` (``sensor_msgs/Image``, rgb8), with ``overlay_topic``;
     * ``<ns>/segment`` (``InstanceArray``, strategy ``segany``): one per scripted prompt, all
-      masks of its prompt sets in order (best first within a set).
+      masks of its prompt sets in order (best first within a set);
+    * ``<ns>/tracks`` (``InstanceArray``, strategy ``targets``, ``decoder_prompts`` the targets
+      decoded, ``segevery_ms`` the step's time) and ``<ns>/tracks/label`` (mono16, pixel =
+      target ID): the prompted targets (lost ones too, with no mask), on every processed frame
+      from the one the first target is added on, while at least one target exists. Written
+      only when the prompts add targets (``track:`` entries, see :mod:`.prompts`).
 
     Args:
         input_bag: rosbag2 folder (mcap or sqlite3).
@@ -92,6 +99,7 @@ def replay(
         model=opts.model,
         segevery_settings=dict(opts.segevery_settings),
         segevery_settings_source=opts.segevery_settings_source,
+        tracking_settings=opts.tracking_changes(),
     )
     store = bags.typestore()
     reader = bags.open_reader(input_bag)

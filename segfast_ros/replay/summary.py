@@ -22,6 +22,8 @@ STAGES: tuple[str, ...] = (
     "detector",
     "decoder",
     "postprocess",
+    "track_ids",
+    "targets",
     "segany",
     "render",
     "write",
@@ -39,6 +41,7 @@ class ReplaySummary:
     model: str = ""
     segevery_settings: dict[str, Any] = field(default_factory=dict)
     segevery_settings_source: str = ""
+    tracking_settings: dict[str, Any] = field(default_factory=dict)
     topic_messages: int = 0
     selected: int = 0
     processed: int = 0
@@ -48,6 +51,12 @@ class ReplaySummary:
     skipped: Counter = field(default_factory=Counter)
     prompts_answered: int = 0
     prompt_errors: list[str] = field(default_factory=list)
+    segevery_tracks: int = 0
+    targets_added: int = 0
+    targets_removed: int = 0
+    targets_lost: int = 0
+    targets_reacquired: int = 0
+    tracks_frames: int = 0
     written: Counter = field(default_factory=Counter)
     copied: int = 0
     timings_ms: dict[str, list[float]] = field(default_factory=dict)
@@ -108,6 +117,7 @@ class ReplaySummary:
             "skipped": dict(self.skipped),
             "prompts_answered": self.prompts_answered,
             "prompt_errors": self.prompt_errors,
+            "tracking": self._tracking_json(),
             "written": dict(self.written),
             "copied": self.copied,
             "stages": stages,
@@ -119,6 +129,35 @@ class ReplaySummary:
             "interrupted": self.interrupted,
             "files": self.files,
         }
+
+    def _tracking_json(self) -> dict[str, Any]:
+        return {
+            "settings": self.tracking_settings,
+            "segevery_tracks": self.segevery_tracks,
+            "targets_added": self.targets_added,
+            "targets_removed": self.targets_removed,
+            "targets_lost": self.targets_lost,
+            "targets_reacquired": self.targets_reacquired,
+            "tracks_frames": self.tracks_frames,
+            "step_median_ms": _or_none(self.median_ms("targets")),
+        }
+
+    def _tracking_lines(self) -> list[str]:
+        """SegEvery's track IDs, and the prompted targets when there were any."""
+        lines = []
+        if self.segevery_frames:
+            lines.append(f"  SegEvery tracks: {self.segevery_tracks} track IDs given")
+        if self.targets_added or self.tracks_frames:
+            lines.append(
+                f"  targets: {self.targets_added} added, {self.targets_removed} removed, "
+                f"{self.targets_lost} times lost, {self.targets_reacquired} re-acquired; "
+                f"<ns>/tracks on {self.tracks_frames} frames, step median "
+                f"{self.median_ms('targets'):.1f} ms"
+            )
+        if self.tracking_settings:
+            given = ", ".join(f"{k}={v}" for k, v in self.tracking_settings.items())
+            lines.append(f"  tracking settings: {given} (--set; the rest: defaults)")
+        return lines
 
     def _setup_lines(self) -> list[str]:
         """What ran: the model, and the SegEvery settings with where they come from."""
@@ -141,6 +180,7 @@ class ReplaySummary:
         ]
         for reason, n in sorted(self.skipped.items()):
             lines.append(f"  skipped {n} frame(s): {reason}")
+        lines.extend(self._tracking_lines())
         if self.prompts_answered or self.prompt_errors:
             lines.append(
                 f"  scripted prompts: {self.prompts_answered} answered, "
@@ -171,6 +211,11 @@ class ReplaySummary:
             lines.append(f"  ERROR: {self.error}")
             lines.append("  the output holds the frames processed before the error")
         return "\n".join(lines)
+
+
+def _or_none(value: float) -> float | None:
+    """JSON has no NaN: None instead."""
+    return None if math.isnan(value) else value
 
 
 def _ratio(a: float, b: float) -> str:

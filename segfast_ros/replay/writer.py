@@ -19,19 +19,23 @@ from typing import Any
 
 import numpy as np
 
-from ..masks import Instance
 from ..pipeline.frames import stamp_to_ns
 from ..pipeline.image_msgs import image_fields, rgb_pixels
-from ..pipeline.render import (
-    InstanceRecord,
-    instance_record,
-    instances_to_label_image,
-    overlay,
-)
+from ..pipeline.render import InstanceRecord, instances_to_label_image, overlay
+from ..pipeline.tracks import target_records, targets_label_image
 from . import bags
-from .items import END, CopiedMessage, PromptAnswer, Queues, SegEveryOutput
+from .items import (
+    END,
+    CopiedMessage,
+    DecodedFrame,
+    PromptAnswer,
+    Queues,
+    SegEveryOutput,
+    TracksOutput,
+)
 from .options import ReplayOptions
 from .outputs import CocoResults, ContactSheet, OverlayVideo
+from .prompts import TRACK
 from .summary import ReplaySummary
 
 
@@ -45,8 +49,9 @@ class OutputWriter:
     closes the bag.
 
     Output topics (``<ns>`` is ``opts.namespace``): ``<ns>/instances``,
-    ``<ns>/instances/label``, ``<ns>/segment`` and, with ``overlay_topic``, ``<ns>/overlay``;
-    see :func:`~segfast_ros.replay.pipeline.replay`.
+    ``<ns>/instances/label``, ``<ns>/segment``, with ``overlay_topic`` ``<ns>/overlay``, and,
+    when the prompts add targets, ``<ns>/tracks`` and ``<ns>/tracks/label``; see
+    :func:`~segfast_ros.replay.pipeline.replay`.
 
     Args:
         path: the output bag folder (prepared: it does not exist).
@@ -143,6 +148,9 @@ class OutputWriter:
         }
         if opts.overlay_topic:
             self.topics["overlay"] = (f"{ns}/overlay", bags.IMAGE)
+        if any(p.action == TRACK for p in opts.prompts):
+            self.topics["tracks"] = (f"{ns}/tracks", array_type)
+            self.topics["tracks_label"] = (f"{ns}/tracks/label", bags.IMAGE)
         self.conns = {
             key: writer.add_connection(name, msgtype, typestore=store)
             for key, (name, msgtype) in self.topics.items()
@@ -184,14 +192,42 @@ class OutputWriter:
         elif isinstance(item, PromptAnswer):
             msg = self._array(item.frame.msg.header, "segany", item.records, item.sets, item.ms)
             self._write("segment", msg, item.frame.bag_time)
+        elif isinstance(item, TracksOutput):
+            self._tracks(item)
         else:
             self._result(item)
+
+    def _coco_image(self, frame: DecodedFrame) -> int:
+        header = frame.msg.header
+        return self.coco.image(
+            frame.index,
+            topic=self.topic,
+            stamp_ns=stamp_to_ns(header.stamp),
+            bag_time_ns=frame.bag_time,
+            frame_id=header.frame_id,
+            hw=frame.image.shape[:2],
+        )
+
+    def _tracks(self, item: TracksOutput) -> None:
+        """The targets on a frame: ``<ns>/tracks`` and its mono16 label image (pixel = target
+        ID), and the found ones as COCO annotations."""
+        frame, header = item.frame, item.frame.msg.header
+        hw = frame.image.shape[:2]
+        start = time.perf_counter()
+        records = target_records(item.results, hw)
+        labels = targets_label_image(item.results, hw)
+        self.summary.timings_ms["render"].append(1e3 * (time.perf_counter() - start))
+        arr = self._array(header, "targets", records, item.decoded, item.ms)
+        self._write("tracks", arr, frame.bag_time)
+        self._write("tracks_label", self._image(header, labels, "mono16"), frame.bag_time)
+        if self.opts.coco:
+            self.coco.add(self._coco_image(frame), records, targets=True)
 
     def _result(self, item: SegEveryOutput) -> None:
         frame, result = item.frame, item.result
         header = frame.msg.header
         start = time.perf_counter()
-        instances: list[Instance] = result.instances
+        instances = result.instances
         labels = instances_to_label_image(instances, result.image_hw)
         need_overlay = (
             self.opts.overlay_topic
@@ -199,23 +235,15 @@ class OutputWriter:
             or (self.sheet is not None and self.sheet.wants(frame.index))
         )
         drawn = overlay(frame.image, labels) if need_overlay else None
-        records = [instance_record(inst, i) for i, inst in enumerate(instances)]
         self.summary.timings_ms["render"].append(1e3 * (time.perf_counter() - start))
         seg_ms = result.timings_ms.get("total", 0.0)
-        arr = self._array(header, result.strategy, records, result.decoder_prompts, seg_ms)
+        arr = self._array(header, result.strategy, item.records, result.decoder_prompts, seg_ms)
         self._write("instances", arr, frame.bag_time)
         self._write("label", self._image(header, labels, "mono16"), frame.bag_time)
         if self.opts.overlay_topic:
             self._write("overlay", self._image(header, rgb_pixels(drawn), "rgb8"), frame.bag_time)
         if self.opts.coco:
-            self.coco.add_frame(
-                topic=self.topic,
-                stamp_ns=stamp_to_ns(frame.msg.header.stamp),
-                bag_time_ns=frame.bag_time,
-                frame_id=header.frame_id,
-                hw=result.image_hw,
-                instances=instances,
-            )
+            self.coco.add(self._coco_image(frame), item.records)
         if self.video is not None:
             self.video.add(drawn)
         if self.sheet is not None and drawn is not None and self.sheet.wants(frame.index):
