@@ -1,8 +1,12 @@
 """What the node reports: its counters and recent timings, throttled log lines, ``/diagnostics``.
 
-:class:`Health` is shared by the node's parts (frame intake, ``~/segment``, SegEvery): each
-counts its events and failures there, and :func:`diagnostic_status` turns it, with the node's
-state, into the one ``diagnostic_msgs/DiagnosticStatus`` the node publishes.
+:class:`Health` is shared by the node's parts (frame intake, ``~/segment``, SegEvery,
+``~/track``): each counts its events and failures there, and :func:`diagnostic_status` turns
+it, with the node's state, into the one ``diagnostic_msgs/DiagnosticStatus`` the node
+publishes.
+
+The prompted targets (``~/track``, ``~/tracks``) add how many targets are followed and lost,
+their step's time, and their calls' and steps' counters.
 
 Two kinds of time. Rates and the staleness of the input are about the data, so they are in the
 clock ``Health`` is given, the node's (sim time under ``use_sim_time``, as diagnostic_updater
@@ -41,6 +45,12 @@ COUNTERS = (
     "segment_busy",
     "segevery_skipped",
     "segevery_errors",
+    "track_calls",
+    "track_errors",
+    "track_busy",
+    "tracks_published",
+    "tracks_skipped",
+    "tracks_errors",
 )
 
 
@@ -63,6 +73,7 @@ class Health:
         latency: frame arrival to embedding ready (value: ms).
         segany: ``~/segment`` calls (value: service ms).
         segevery_runs: SegEvery passes (value: ms).
+        tracks_runs: prompted-target steps published on ``~/tracks`` (value: ms).
         now: the clock given, in seconds.
         counts: the :data:`COUNTERS`.
         last_error: the latest failure, as reported in ``/diagnostics``.
@@ -76,6 +87,7 @@ class Health:
         self.latency = RateWindow(clock=clock)
         self.segany = RateWindow(clock=clock)
         self.segevery_runs = RateWindow(clock=clock)
+        self.tracks_runs = RateWindow(clock=clock)
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.last_error = ""
         self._lock = threading.Lock()
@@ -113,6 +125,8 @@ class NodeState:
         model_warnings: what loading the model warned about.
         encoder: the encoder worker, while active.
         cache: the embedding cache, while configured.
+        tracks: the prompted targets' values (:meth:`TargetTracking.diagnostics
+            <segfast_ros.ros.tracking.TargetTracking.diagnostics>`).
     """
 
     problem: str = ""
@@ -123,6 +137,7 @@ class NodeState:
     model_warnings: list[str] = field(default_factory=list)
     encoder: LatestWorker | None = None
     cache: EmbeddingCache | None = None
+    tracks: dict[str, str] = field(default_factory=dict)
 
 
 def _level(state: NodeState, health: Health, now: float) -> tuple[int, str]:
@@ -171,6 +186,7 @@ def _values(config: NodeConfig, state: NodeState, health: Health, now: float) ->
         "segevery_fallback": state.fallback,
         "model_warnings": " | ".join(state.model_warnings),
         "segevery_ms_p50": f"{health.segevery_runs.percentile(50):.1f}",
+        **state.tracks,
         **{k: str(v) for k, v in health.counts.items()},
         "last_error": health.last_error,
     }

@@ -2,7 +2,8 @@
 
 A frame is converted in the subscription callback and handed to the encoder's
 :class:`~segfast_ros.pipeline.frames.LatestWorker` (latest frame wins); its embedding goes into
-the stamp-keyed :class:`~segfast_ros.pipeline.frames.EmbeddingCache`. ``~/segment`` asks
+the stamp-keyed :class:`~segfast_ros.pipeline.frames.EmbeddingCache`, and is handed on to
+:attr:`FrameIntake.on_encoded` (the prompted targets' step). ``~/segment`` and ``~/track`` ask
 :meth:`FrameIntake.frame_for` for a stamp, which waits briefly for a frame still being
 encoded.
 
@@ -42,8 +43,8 @@ from segfast_ros.ros.diagnostics import Health, fmt_stamp
 from segfast_ros.ros.qos import image_input_qos, overridable
 from segfast_ros.runtime import Predictor
 
-#: How long ~/segment waits for a requested frame that is still being encoded, in wall time (a
-#: wait on the encoder, which a paused or absent /clock must not stretch).
+#: How long ~/segment and ~/track wait for a requested frame that is still being encoded, in
+#: wall time (a wait on the encoder, which a paused or absent /clock must not stretch).
 SEGMENT_WAIT_S = 2.0
 
 
@@ -64,6 +65,9 @@ class FrameIntake:
         self.cache: EmbeddingCache | None = None
         self.encoder: LatestWorker[Frame] | None = None
         self.subscriptions: list[Any] = []
+        #: Called on the encoder thread with each frame once it is cached (the tracks
+        #: worker's hand-off); it must not block.
+        self.on_encoded: Callable[[EncodedFrame], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -178,6 +182,8 @@ class FrameIntake:
             cache.put(encoded)
             self._health.encodes.add(encoded.encode_ms)
             self._health.latency.add((encoded.ready - frame.received) * 1e3)
+            if self.on_encoded is not None:
+                self.on_encoded(encoded)
         finally:
             self._frame_done(frame.key)
 

@@ -7,12 +7,17 @@ Topics and services (relative names, remappable; ``~`` is the node's namespace):
   camera. The encoder runs on a thread of its own, latest frame wins (:mod:`.intake`).
 * ``~/segment`` (``segfast_ros/srv/Segment``): SegAny from the cached embedding of a frame
   (:mod:`.segment_service`).
-* ``~/instances`` (``segfast_ros/msg/InstanceArray``), ``~/instances/label`` (``mono16``) and
-  ``~/overlay`` (``rgb8``, only while subscribed): SegEvery at ``segevery.rate``
-  (:mod:`.segevery_publisher`). Lifecycle publishers: they publish only while active.
+* ``~/track`` (``segfast_ros/srv/Track``), ``~/tracks`` (``InstanceArray``) and
+  ``~/tracks/label`` (``mono16``): prompted targets, decoded on every encoded frame in one
+  batched decoder call (:mod:`.tracking`). ``~/segment`` and ``~/track`` share one admission
+  and worker pool (:mod:`.calls`).
+* ``~/instances`` (``segfast_ros/msg/InstanceArray``, with track IDs), ``~/instances/label``
+  (``mono16``) and ``~/overlay`` (``rgb8``, only while subscribed): SegEvery at
+  ``segevery.rate`` (:mod:`.segevery_publisher`). Lifecycle publishers: they publish only
+  while active.
 * ``/diagnostics``: input rate, encoder latency, drops, cache, backend (:mod:`.diagnostics`).
 
-The camera input and the three outputs take the standard ``qos_overrides.<topic>.*``
+The camera input and the five outputs take the standard ``qos_overrides.<topic>.*``
 parameters (:mod:`.qos`).
 
 Time: with ``use_sim_time`` (ROS's standard parameter) and a ``/clock`` publisher such as
@@ -22,11 +27,13 @@ rates in ``/diagnostics`` are per second of it (:mod:`.diagnostics`). Waits, tim
 latencies and log throttling are wall time: they are about computation, and a paused
 ``/clock`` must hold none of them.
 
-Lifecycle: ``configure`` loads the model and creates the outputs, ``activate`` starts the
-subscriptions, the service, the worker threads and the SegEvery timer, ``deactivate`` and
-``cleanup`` release them, ``shutdown`` releases everything. A transition that raises is
-logged with its traceback and answered with ERROR; ``on_error`` then releases whatever
-configure and activate took, and the node is back in ``unconfigured``. The ``segfast_node``
+Lifecycle: ``configure`` loads the model and creates the outputs and the tracker,
+``activate`` starts the subscriptions, the services, the worker threads and the SegEvery
+timer, ``deactivate`` and ``cleanup`` release them, ``shutdown`` releases everything. The
+prompted targets survive a deactivate/activate cycle and go at cleanup (:mod:`.tracking`).
+A transition that raises is logged with its traceback and answered with ERROR; ``on_error``
+then releases whatever configure and activate took, and the node is back in
+``unconfigured``. The ``segfast_node``
 executable (:func:`segfast_ros.ros.entry.main`, see :mod:`.main`) configures and activates it
 at once unless the ``autostart`` parameter is false, which leaves it to a lifecycle manager.
 """
@@ -55,14 +62,17 @@ from segfast_ros.ros.diagnostics import Health, NodeState, diagnostic_status
 from segfast_ros.ros.intake import FrameIntake
 from segfast_ros.ros.params import (
     SEGEVERY,
+    TRACKING,
     NodeConfig,
     ParamSpec,
     all_params,
     backend_options,
     ros_range,
+    tracking_settings,
 )
 from segfast_ros.ros.segevery_publisher import SegEveryPublisher
 from segfast_ros.ros.segment_service import SegmentService
+from segfast_ros.ros.tracking import TargetTracking
 from segfast_ros.runtime import Backend, Predictor, load_backend
 from segfast_ros.runtime.paths import resolve_model_path
 
@@ -142,15 +152,19 @@ class SegfastNode(LifecycleNode):
         self._health = Health(self.get_logger(), clock=self._now_s)
         timers = MutuallyExclusiveCallbackGroup()  # SegEvery's and the diagnostics'
         self._frames = FrameIntake(self, self._health, MutuallyExclusiveCallbackGroup())
+        backend = lambda: self._backend  # noqa: E731 - read when called: set by configure
         self._calls = ServiceCalls(
             self, self._health, lambda: self._config.segment_queue_depth, ReentrantCallbackGroup()
         )
+        self._tracks = TargetTracking(self, self._health, self._calls, self._frames, backend)
+        self._frames.on_encoded = self._tracks.frame_encoded
         self._segevery = SegEveryPublisher(
             self,
             self._health,
-            backend=lambda: self._backend,
+            backend=backend,
             cache=lambda: self._frames.cache,
             timer_group=timers,
+            tracking=lambda: self._tracks.tracking,
         )
         self._service = SegmentService(
             self,
@@ -158,7 +172,7 @@ class SegfastNode(LifecycleNode):
             self._calls,
             self._frames,
             config=lambda: self._config,
-            backend=lambda: self._backend,
+            backend=backend,
         )
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # The node's clock, as diagnostic_updater's: a period of sim seconds under sim time,
@@ -201,8 +215,13 @@ class SegfastNode(LifecycleNode):
 
     @property
     def segment_pool(self) -> Any:
-        """The ``~/segment`` worker pool while active (None otherwise)."""
+        """The ``~/segment`` and ``~/track`` worker pool while active (None otherwise)."""
         return self._calls.pool
+
+    @property
+    def tracks(self) -> TargetTracking:
+        """The prompted targets: ``~/track``, ``~/tracks`` and their tracker."""
+        return self._tracks
 
     # ------------------------------------------------------------------ parameters
 
@@ -223,13 +242,16 @@ class SegfastNode(LifecycleNode):
         strategy_changed = any(
             n.startswith(f"{SEGEVERY}.") and n != f"{SEGEVERY}.rate" for n in changed
         )
-        if strategy_changed and self._backend is not None:
-            # Build first: a value the strategy refuses (or a detector that does not load)
-            # leaves the running one untouched and is reported to the caller.
-            try:
+        try:
+            # Build first: a value the settings refuse (or a detector that does not load)
+            # leaves the running ones untouched and is reported to the caller.
+            settings = tracking_settings(values)
+            if strategy_changed and self._backend is not None:
                 self._segevery.strategy = self._segevery.build_strategy(values, fallback=False)
-            except (ValueError, FileNotFoundError) as err:
-                return SetParametersResult(successful=False, reason=str(err))
+        except (ValueError, FileNotFoundError) as err:
+            return SetParametersResult(successful=False, reason=str(err))
+        if any(n.startswith(f"{TRACKING}.") for n in changed):
+            self._tracks.reconfigure(settings, bool(values[f"{TRACKING}.segevery_ids"]))
         config = NodeConfig.from_values(values)
         if self._frames.cache is not None:
             self._frames.cache.resize(config.cache_size)
@@ -254,13 +276,16 @@ class SegfastNode(LifecycleNode):
             self._backend = self._load_backend(cfg, model_dir)
         except Exception as err:  # any load failure is reported; the node stays up
             return self._configure_failed(f"cannot load the model from {model_dir}: {err}")
+        values = self._values
         try:
-            self._segevery.strategy = self._segevery.build_strategy(self._values, fallback=True)
+            self._segevery.strategy = self._segevery.build_strategy(values, fallback=True)
+            tracking = tracking_settings(values)
         except ValueError as err:  # e.g. hierarchical with fewer than 4 points per side
-            return self._configure_failed(f"SegEvery settings refused: {err}")
+            return self._configure_failed(f"SegEvery or tracking settings refused: {err}")
         predictor = Predictor(self._backend, interpolation=cfg.resize_interpolation)
         self._frames.configure(predictor, cfg.cache_size)
         self._segevery.create_publishers()
+        self._tracks.configure(tracking, values[f"{TRACKING}.segevery_ids"])
         self._problem = ""
         info = self._backend.info
         self.get_logger().info(
@@ -311,11 +336,14 @@ class SegfastNode(LifecycleNode):
         self._frames.subscribe(cfg.use_compressed)
         self._calls.start(cfg.segment_workers)
         self._service.start()
+        self._tracks.start()
         self._active = True
         self._segevery.start(cfg.segevery_rate)
         self.get_logger().info(
-            f"active: images on {self._frames.topic}, service {self._service.name}, "
-            f"instances on {self._segevery.publishers['instances'].topic_name}"
+            f"active: images on {self._frames.topic}, services {self._service.name} and "
+            f"{self._tracks.name}, instances on "
+            f"{self._segevery.publishers['instances'].topic_name}, targets on "
+            f"{self._tracks.publishers['tracks'].topic_name}"
         )
         return super().on_activate(state)  # enables the lifecycle publishers
 
@@ -355,8 +383,8 @@ class SegfastNode(LifecycleNode):
         """Undo activate: no more input, service or timers; running work finishes first.
 
         Args:
-            drain: answer the ~/segment calls already admitted before the service goes (see
-                :meth:`ServiceCalls.stop`).
+            drain: answer the ~/segment and ~/track calls already admitted before the
+                services go (see :meth:`ServiceCalls.stop`).
         """
         self._active = False
         self._frames.unsubscribe()
@@ -364,10 +392,12 @@ class SegfastNode(LifecycleNode):
         self._segevery.stop_timer()
         self._frames.stop_encoder()
         self._segevery.stop_worker()
+        self._tracks.stop_worker()
 
     def _release_model(self) -> None:
-        """Undo configure: outputs, model, cache."""
+        """Undo configure: outputs, targets, model, cache."""
         self._segevery.release()
+        self._tracks.release()
         self._frames.release()
         self._backend = None
         self._model_warnings = []
@@ -401,6 +431,7 @@ class SegfastNode(LifecycleNode):
             model_warnings=self._model_warnings,
             encoder=self._frames.encoder,
             cache=self._frames.cache,
+            tracks=self._tracks.diagnostics(),
         )
         return diagnostic_status(
             self.get_fully_qualified_name(), self._config, state, self._health

@@ -1,25 +1,30 @@
 """The node's parameters: one table of names, defaults, ranges and descriptions.
 
-Every parameter is declared from :data:`NODE_PARAMS` and the SegEvery strategies' own typed
-fields (:func:`segevery_params`), so the ranges a user sees in ``ros2 param describe`` are the
-ones the library enforces. Values are read into the typed :class:`NodeConfig` once, and
-runtime changes go through :func:`check_change`.
+Every parameter is declared from :data:`NODE_PARAMS`, the SegEvery strategies' own typed
+fields (:func:`segevery_params`) and the tracking settings' (:func:`tracking_params`), so the
+ranges a user sees in ``ros2 param describe`` are the ones the library enforces. Values are
+read into the typed :class:`NodeConfig` (and :class:`TrackingSettings`) once, and runtime
+changes are checked by :meth:`ParamSpec.check`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from segfast_ros.segevery.registry import STRATEGIES
 from segfast_ros.segevery.settings import ParamRange
+from segfast_ros.tracking.settings import TrackingSettings
 
 #: Largest value ROS integer ranges accept (int64), used as "no upper bound".
 _INT_MAX = 2**63 - 1
 #: Prefix of the SegEvery strategy parameters: ``segevery.<strategy>.<field>``.
 SEGEVERY = "segevery"
+#: Prefix of the tracking parameters: ``tracking.<field>`` (:class:`TrackingSettings`).
+TRACKING = "tracking"
 #: Detector settings of the object-aware strategy that are not strategy fields.
 DETECTOR_PARAMS = ("detector", "conf", "iou", "max_det")
 
@@ -134,18 +139,18 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "segment.queue_depth",
         32,
-        "Most ~/segment calls the node holds at once, running or waiting for a worker. A call "
-        "past it is answered at once with success=false and a message saying the node is "
-        "busy. Also the depth of the service's DDS request queue (see the README for what "
-        "happens when a burst overflows that before the node takes the requests).",
+        "Most ~/segment and ~/track calls the node holds at once (both together), running or "
+        "waiting for a worker. A call past it is answered at once with success=false and a "
+        "message saying the node is busy.",
         range=_num(32, 1, 4096),
         read_only=True,
     ),
     ParamSpec(
         "segment.workers",
         2,
-        "Threads that decode ~/segment calls concurrently (each call uses the decoder's own "
-        "intra-op threads too). More than the cores the decoder can use only adds waiting.",
+        "Threads that decode ~/segment and ~/track calls concurrently (each call uses the "
+        "decoder's own intra-op threads too). More than the cores the decoder can use only "
+        "adds waiting.",
         range=_num(2, 1, 64),
         read_only=True,
     ),
@@ -242,6 +247,21 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
 )
 
 
+def _field_params(prefix: str, cls: type, describe: Any) -> list[ParamSpec]:
+    """``<prefix>.<field>`` for every ranged or boolean field of dataclass ``cls``.
+
+    Numeric fields carry the range the class itself enforces (:func:`~.settings.param`);
+    boolean fields are plain switches; other fields (objects) are left out.
+    ``describe(field)`` is the parameter's description.
+    """
+    assert dataclasses.is_dataclass(cls)
+    return [
+        ParamSpec(f"{prefix}.{f.name}", f.default, describe(f), range=f.metadata.get("range"))
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("range") is not None or isinstance(f.default, bool)
+    ]
+
+
 def segevery_params() -> tuple[ParamSpec, ...]:
     """``segevery.<strategy>.<field>`` for every typed field of every registered strategy.
 
@@ -251,26 +271,64 @@ def segevery_params() -> tuple[ParamSpec, ...]:
     """
     specs = []
     for name, cls in sorted(STRATEGIES.items()):
-        assert dataclasses.is_dataclass(cls)
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        for f in dataclasses.fields(cls):
-            spec_range = f.metadata.get("range")
-            if spec_range is None and not isinstance(f.default, bool):
-                continue  # objects (the detector) are configured by the parameters above
-            specs.append(
-                ParamSpec(
-                    f"{SEGEVERY}.{name}.{f.name}",
-                    f.default,
-                    f"{name} SegEvery: {f.name} ({doc})",
-                    range=spec_range,
-                )
-            )
+        specs += _field_params(
+            f"{SEGEVERY}.{name}", cls, lambda f, n=name, d=doc: f"{n} SegEvery: {f.name} ({d})"
+        )
     return tuple(specs)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: text}`` from the ``Attributes:`` section of ``cls``'s docstring (Google
+    style: ``name: text`` lines, continued by deeper-indented ones)."""
+    docs: dict[str, str] = {}
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    if "Attributes:" not in lines:
+        return docs
+    name = ""
+    for line in lines[lines.index("Attributes:") + 1 :]:
+        if line and not line.startswith(" "):
+            break  # the next section
+        text = line.strip()
+        head, sep, rest = text.partition(": ")
+        if sep and line.startswith("    ") and not line.startswith("     ") and " " not in head:
+            name, docs[head] = head, rest
+        elif name and text:
+            docs[name] += " " + text
+    return docs
+
+
+def tracking_params() -> tuple[ParamSpec, ...]:
+    """``tracking.<field>`` for every setting of :class:`TrackingSettings` (with its range),
+    and ``tracking.segevery_ids``."""
+    docs = field_docs(TrackingSettings)
+    specs = _field_params(TRACKING, TrackingSettings, lambda f: docs.get(f.name, f.name))
+    specs.append(
+        ParamSpec(
+            f"{TRACKING}.segevery_ids",
+            True,
+            "SegEvery's ~/instances carry track IDs (track_id, track_state) that persist "
+            "while an object stays in view; false: every instance is TRACK_NONE, track_id 0. "
+            "Lost prompted targets are re-acquired from SegEvery either way.",
+        )
+    )
+    return tuple(specs)
+
+
+def tracking_settings(values: dict[str, Any]) -> TrackingSettings:
+    """:class:`TrackingSettings` from parameter values (``tracking.<field>``).
+
+    Raises:
+        ValueError: a value the settings refuse (the message names it and its range).
+    """
+    names = {s.name.removeprefix(f"{TRACKING}.") for s in tracking_params()}
+    names.discard("segevery_ids")
+    return TrackingSettings.from_dict({n: values[f"{TRACKING}.{n}"] for n in sorted(names)})
 
 
 def all_params() -> tuple[ParamSpec, ...]:
     """Every parameter the node declares."""
-    return NODE_PARAMS + segevery_params()
+    return NODE_PARAMS + segevery_params() + tracking_params()
 
 
 def ros_range(spec: ParamSpec) -> tuple[str, float, float] | None:

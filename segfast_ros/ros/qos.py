@@ -12,14 +12,15 @@ Defaults, and why:
 
 * camera input: best effort, keep last 1, volatile. The newest frame only, and a camera
   driver is never held back by a slow encoder (it matches reliable and best-effort cameras).
-* ``~/instances``: reliable, keep last 2, volatile (as before QoS became overridable: small
-  messages a planner should not lose).
-* ``~/instances/label`` and ``~/overlay``: reliable, keep last 1, volatile. rviz's Image
-  display asks for reliable, keep last 5, volatile (rviz_common's ``qos_profile(5)``), which a
-  best-effort publisher would never match; ``ros2 bag record`` asks for what the publishers
-  offer (reliable when all are), so it records these reliably too. Keep last 1 because each
-  is a full frame (66 MB of labels and 100 MB of overlay at 8K): a reliable writer keeps that
-  many for resending, and only the newest is worth resending.
+* ``~/instances`` and ``~/tracks``: reliable, keep last 2, volatile (as before QoS became
+  overridable: small messages a planner should not lose).
+* ``~/instances/label``, ``~/tracks/label`` and ``~/overlay``: reliable, keep last 1,
+  volatile. rviz's Image display asks for reliable, keep last 5, volatile (rviz_common's
+  ``qos_profile(5)``), which a best-effort publisher would never match; ``ros2 bag record``
+  asks for what the publishers offer (reliable when all are), so it records these reliably
+  too. Keep last 1 because each is a full frame (66 MB of labels and 100 MB of overlay at
+  8K): a reliable writer keeps that many for resending, and only the newest is worth
+  resending.
 
 Each call returns a new profile: rclpy writes the overrides into the profile it is given, and
 a shared one would carry one node's overrides into the next entity.
@@ -46,12 +47,12 @@ def image_input_qos() -> QoSProfile:
 
 
 def instances_qos() -> QoSProfile:
-    """``~/instances``: reliable, keep last 2, volatile."""
+    """``~/instances`` and ``~/tracks``: reliable, keep last 2, volatile."""
     return _keep_last(2, ReliabilityPolicy.RELIABLE)
 
 
 def image_output_qos() -> QoSProfile:
-    """``~/instances/label`` and ``~/overlay``: reliable, keep last 1, volatile (rviz, bags)."""
+    """Label images and ``~/overlay``: reliable, keep last 1, volatile (rviz, bags)."""
     return _keep_last(1, ReliabilityPolicy.RELIABLE)
 
 
@@ -60,12 +61,12 @@ def overridable() -> QoSOverridingOptions:
     return QoSOverridingOptions.with_default_policies()
 
 
-#: ``~/segment``'s DDS request queue: reliable, and every request is kept until the node takes
-#: it. rclpy's default keeps the last 10 and DDS drops older requests silently when a burst
-#: outgrows that before the executor takes them, so those callers never got an answer. The
-#: node bounds what it holds itself (``segment.queue_depth``) and refuses the rest as busy.
-#: Clients with many calls in flight use it too, so that no response is dropped on their side.
-#: (Services take no QoS override parameters: rclpy has none for them.)
+#: ``~/segment``'s and ``~/track``'s DDS request queue: reliable, and every request is kept
+#: until the node takes it. rclpy's default keeps the last 10 and DDS drops older requests
+#: silently when a burst outgrows that before the executor takes them, so those callers never
+#: got an answer. The node bounds what it holds itself (``segment.queue_depth``) and refuses
+#: the rest as busy. Clients with many calls in flight use it too, so that no response is
+#: dropped on their side. (Services take no QoS override parameters: rclpy has none for them.)
 SERVICE_QOS = QoSProfile(
     depth=1, history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE
 )

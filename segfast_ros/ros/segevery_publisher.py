@@ -5,6 +5,11 @@ A timer at ``segevery.rate`` hands the newest cached frame (if SegEvery has not 
 when the next tick comes makes that tick a skip. The three outputs are lifecycle publishers:
 created at ``configure``, they publish only while the node is active.
 
+Each pass's instances go through the node's tracking (:mod:`.tracking`): with
+``tracking.segevery_ids`` they carry a ``track_id`` and ``track_state`` that persist while the
+object stays in view (``TRACK_NONE`` otherwise), and a lost prompted target that an instance
+overlaps well is re-acquired. ``~/instances/label`` keeps the index + 1 labels.
+
 The timer runs on the node's clock: under ``use_sim_time`` it ticks ``segevery.rate`` times per
 second of sim time (faster than wall time when a bag plays fast, never while ``/clock`` is
 paused), as the replay schedules SegEvery on bag time. A pass's ``segevery_ms`` is the CPU work's
@@ -23,11 +28,13 @@ from sensor_msgs.msg import Image
 
 from segfast_ros.msg import InstanceArray
 from segfast_ros.pipeline.frames import EmbeddingCache, EncodedFrame, LatestWorker
+from segfast_ros.pipeline.render import instance_record
+from segfast_ros.pipeline.tracks import Tracking
 from segfast_ros.ros.conversions import (
-    instance_to_msg,
     instances_to_label_image,
     labels_to_mono16_msg,
     overlay,
+    record_to_msg,
     rgb_to_image_msg,
 )
 from segfast_ros.ros.diagnostics import Health, fmt_stamp
@@ -48,6 +55,8 @@ class SegEveryPublisher:
         backend: the loaded model (None while unconfigured).
         cache: the embedding cache (None while unconfigured).
         timer_group: the callback group of the SegEvery timer.
+        tracking: the node's tracking (None while unconfigured): each pass's instances get
+            their track IDs from it, and its lost targets a chance to be re-acquired.
     """
 
     def __init__(
@@ -57,8 +66,10 @@ class SegEveryPublisher:
         backend: Callable[[], Backend | None],
         cache: Callable[[], EmbeddingCache | None],
         timer_group: Any,
+        tracking: Callable[[], Tracking | None],
     ) -> None:
         self._node = node
+        self._tracking = tracking
         self._health = health
         self._backend = backend
         self._cache = cache
@@ -190,11 +201,16 @@ class SegEveryPublisher:
         result = strategy(encoded.predictor(backend), image)
         elapsed = (time.perf_counter() - start) * 1e3
         header = encoded.frame.header
+        tracking = self._tracking()
+        if tracking is not None:  # track IDs (or TRACK_NONE) and re-acquisition
+            records = tracking.on_segevery(result.instances, encoded.key, encoded.hw)
+        else:
+            records = [instance_record(inst, i) for i, inst in enumerate(result.instances)]
         pubs["instances"].publish(
             InstanceArray(
                 header=header,
                 strategy=result.strategy,
-                instances=[instance_to_msg(inst, i) for i, inst in enumerate(result.instances)],
+                instances=[record_to_msg(rec) for rec in records],
                 decoder_prompts=int(result.decoder_prompts),
                 segevery_ms=float(elapsed),
             )
@@ -202,7 +218,7 @@ class SegEveryPublisher:
         # One full-frame array or message at a time: at 8K the label image is 66 MB, the
         # overlay 100 MB, and each message holds a copy of its array.
         labels = instances_to_label_image(result.instances, encoded.hw)
-        del result
+        del result, records
         pubs["label"].publish(labels_to_mono16_msg(labels, header))
         if image is not None and pubs["overlay"].get_subscription_count() > 0:
             drawn = overlay(image, labels)
