@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..bench.report import format_columns, write_json
+from ..bench.report import write_json
 from .metrics import DEFAULT_MODEL_DIR, iou_matrix
 from .tracking_metrics import (
-    LOST_WITHIN,
     MotFrame,
     SequenceRun,
     TargetTrace,
+    format_tracking,
     match_truth,
     tracking_report,
 )
@@ -43,9 +43,12 @@ from .tracking_metrics import (
 if TYPE_CHECKING:
     from ..bench.scene_motion import TrackingSequence
     from ..bench.scenes import Scene
+    from ..masks import Instance
     from ..runtime.predictor import Predictor
     from ..segevery.base import SegEvery
+    from ..tracking.instances import TrackLabel
     from ..tracking.settings import TrackingSettings
+    from ..tracking.targets import TargetResult, TargetTracker
 
 #: First seed of the held-out tracking sequences.
 TRACKING_SEED_BASE = 3_000_000
@@ -78,7 +81,7 @@ def run_sequence(
         key = (t + 1) * FRAME_NS
         run.timed("encoder", predictor.set_image, frame.image)
         if t == 0:
-            objects = _add_targets(targets, predictor, frame, key)
+            objects = _add_targets(targets, predictor, frame, key, run)
             rows = {i: [] for i in objects}
             calls = targets.decoder_calls
         else:
@@ -100,15 +103,31 @@ def run_sequence(
     return run
 
 
-def _add_targets(targets, predictor: Predictor, frame: Scene, key: int) -> dict[int, int]:
+def _add_targets(
+    targets: TargetTracker, predictor: Predictor, frame: Scene, key: int, run: SequenceRun
+) -> dict[int, int]:
     """Add every object of at least :data:`MIN_TARGET_FRACTION` of the frame, in one call;
-    target ID -> object ID."""
+    target ID -> object ID. Should a box segment nothing (the call adds nothing then), the
+    others are added one by one and the refused ones counted in ``run.refused``."""
+    from ..tracking.targets import TargetError
+
     h, w = frame.image.shape[:2]
     big = frame.masks.sum(axis=(1, 2)) >= MIN_TARGET_FRACTION * h * w
-    if not big.any():
+    boxes, ids = frame.boxes[big], frame.ids[big].tolist()
+    if not len(boxes):
         return {}
-    added = targets.add(predictor, key, boxes=frame.boxes[big])
-    return {r.target_id: int(i) for r, i in zip(added, frame.ids[big], strict=True)}
+    try:
+        added = targets.add(predictor, key, boxes=boxes)
+        return {r.target_id: i for r, i in zip(added, ids, strict=True)}
+    except TargetError:
+        pass
+    out = {}
+    for box, i in zip(boxes, ids, strict=True):
+        try:
+            out[targets.add(predictor, key, boxes=box[None])[0].target_id] = i
+        except TargetError:
+            run.refused += 1
+    return out
 
 
 def _oracle_masks(
@@ -125,7 +144,9 @@ def _oracle_masks(
     return {int(frame.ids[i]): a.masks[0] for i, a in zip(present, answers, strict=True)}
 
 
-def _target_row(result, obj: int, frame: Scene, oracle: dict[int, np.ndarray]):
+def _target_row(
+    result: TargetResult, obj: int, frame: Scene, oracle: dict[int, np.ndarray]
+) -> tuple[bool, float, float, float]:
     """``(tracked, own IoU, best other IoU, oracle IoU)`` of one target on one frame; the IoUs
     with its own object are NaN when the object is not in the ground truth."""
     from ..tracking.states import TRACK_TRACKED
@@ -143,7 +164,9 @@ def _target_row(result, obj: int, frame: Scene, oracle: dict[int, np.ndarray]):
     return tracked, float(ious[own_index[0]]), float(other.max(initial=0.0)), float(oracle_iou)
 
 
-def _identity_frame(found, labels, frame: Scene) -> tuple[dict[int, int], MotFrame]:
+def _identity_frame(
+    found: Sequence[Instance], labels: Sequence[TrackLabel], frame: Scene
+) -> tuple[dict[int, int], MotFrame]:
     """The frame's confirmed tracks matched to the ground truth: object ID -> track ID, and
     the frame for ``motmetrics``."""
     from ..masks import rle_to_mask
@@ -164,7 +187,9 @@ def _identity_frame(found, labels, frame: Scene) -> tuple[dict[int, int], MotFra
     return assignment, MotFrame(frame.ids.copy(), track_ids, iou)
 
 
-def _traces(objects: dict[int, int], rows: dict[int, list], seq: TrackingSequence):
+def _traces(
+    objects: dict[int, int], rows: dict[int, list], seq: TrackingSequence
+) -> list[TargetTrace]:
     """Each target's rows as a :class:`TargetTrace` (index 0 = frame 1), with its exits."""
     exits: dict[int, list[int]] = {}
     for obj, f in seq.exits():
@@ -255,65 +280,35 @@ def evaluate_tracking(
         "min_target_fraction": MIN_TARGET_FRACTION,
         "machine": platform.machine(),
         "python": platform.python_version(),
+        "commit": _commit(),
     }
     return tracking_report(runs, context)
 
 
-def _f(value: Any, spec: str = ".3f") -> str:
-    return "-" if value is None else f"{value:{spec}}"
+def _commit() -> str | None:
+    """The checkout's commit, with ``+dirty`` when the trackers have uncommitted changes (what
+    the numbers were measured on); None outside a git checkout."""
+    import subprocess
 
-
-def format_tracking(report: dict[str, Any]) -> str:
-    """The goals table, the measures behind them and the per-sequence table."""
-    c, ids, tg = report["context"], report["segevery_ids"], report["targets"]
-    verdicts = {True: "pass", False: "MISS", None: "n/a"}
-    goal_cols = [
-        ("measure", lambda r: r[0], "<20s"),
-        ("value", lambda r: r[1]["value"], ">8.4f"),
-        (
-            "goal",
-            lambda r: (">= " if r[1]["higher_is_better"] else "<= ") + f"{r[1]['goal']:g}",
-            ">8s",
-        ),
-        ("verdict", lambda r: verdicts[r[1]["pass"]], ">7s"),
-    ]
-    seq_cols = [
-        ("seed", "seed", ">8d"),
-        ("id kept", "id_kept", ">8.3f"),
-        ("IDF1", "idf1", ">6.3f"),
-        ("MOTA", "mota", ">7.3f"),
-        ("IDsw", "id_switches", ">5.0f"),
-        ("targets", "targets", ">7d"),
-        ("ratio", "ratio", ">6.3f"),
-        ("wrong", "wrong_object_rate", ">6.3f"),
-        ("exits", "exits", ">5d"),
-        ("lost<=3", "lost_within_3", ">7.2f"),
-    ]
-    seq_cols = [(title, lambda r, k=key: r[k], spec) for title, key, spec in seq_cols]
-    lines = [
-        f"eval-tracking: {c['model']} ({c['model_dir']}, {c['precision']}), {c['sequences']} "
-        f"held-out sequences x {c['frames']} frames {c['hw'][0]}x{c['hw'][1]} (seeds "
-        f"{c['seed_base']}+), SegEvery {c['segevery']['mode']}, reacquire {c['reacquire']}",
-        "",
-        format_columns(list(report["goals"].items()), goal_cols),
-        "",
-        f"SegEvery IDs: {ids['kept']}/{ids['pairs']} consecutive matches kept their ID; IDF1 "
-        f"{_f(ids['idf1'])}, MOTA {_f(ids['mota'])}, {_f(ids['id_switches'], '.0f')} ID "
-        f"switches, {_f(ids['misses'], '.0f')} misses, {_f(ids['false_positives'], '.0f')} false "
-        f"positives of {_f(ids['objects'], '.0f')} object-frames",
-        f"targets: {tg['targets']}, mIoU {_f(tg['miou'])} vs oracle {_f(tg['oracle_miou'])} "
-        f"({_f(tg['targets_at_ratio_0_9'], '.2f')} of targets at >= 0.9x, worst "
-        f"{_f(tg['worst_target_ratio'], '.2f')}x); wrong object on {tg['wrong_frames']} of "
-        f"{tg['target_frames']} target-frames ({tg['targets_ever_wrong']} targets); exits "
-        f"{tg['exits']}: lost within {LOST_WITHIN} {_f(tg['lost_within_3'], '.2f')}, never "
-        f"{tg['lost_never']}, max latency {_f(tg['lost_latency_max'], 'd')}; target decoder "
-        f"calls per frame {tg['decoder_calls_per_frame']:.2f}",
-        "median ms per frame: "
-        + ", ".join(f"{k} {v:.1f}" for k, v in report["timings_ms"].items()),
-        "",
-        format_columns(report["sequences"], seq_cols),
-    ]
-    return "\n".join(lines)
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "segfast_ros/tracking"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 # ----------------------------------------------------------------------------- command line

@@ -1,6 +1,9 @@
 """The measures of the tracking evaluation, on plain arrays (no model): ID persistence, the MOT
 metrics through ``motmetrics``, and a prompted target's quality, wrong-object frames and lost
-latency. :mod:`.tracking_eval` feeds them; the tests check them on hand-made cases.
+latency; then the report (:func:`tracking_report`: every measure, per sequence and overall,
+against :data:`GOALS`) and its table (:func:`format_tracking`). :mod:`.tracking_eval` runs the
+trackers and feeds them :class:`SequenceRun` records; the tests check the measures on hand-made
+cases.
 
 Definitions (the issue's goals are judged on them):
 
@@ -33,6 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ..bench.report import format_columns
 
 #: Least mask IoU of a prediction matched to a ground-truth object.
 MATCH_IOU = 0.5
@@ -227,6 +232,7 @@ class SequenceRun:
     timings_ms: dict[str, list[float]] = field(default_factory=dict)
     target_decoder_calls: int = 0
     steps: int = 0
+    refused: int = 0  # objects whose box segmented nothing on frame 0 (no target)
 
     def timed(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``, its wall time added to :attr:`timings_ms` under ``name``."""
@@ -256,6 +262,7 @@ def tracking_report(runs: Sequence[SequenceRun], context: dict[str, Any]) -> dic
     targets = target_summary([t for r in runs for t in r.traces])
     steps = sum(r.steps for r in runs)
     targets["decoder_calls_per_frame"] = sum(r.target_decoder_calls for r in runs) / max(steps, 1)
+    targets["refused"] = sum(r.refused for r in runs)
     per_sequence = []
     for r in runs:
         one, tg = _identity([r]), target_summary(r.traces)
@@ -302,3 +309,60 @@ def _no_nan(value: Any) -> Any:
     if isinstance(value, float | np.floating) and np.isnan(value):
         return None
     return value
+
+
+def _f(value: Any, spec: str = ".3f") -> str:
+    return "-" if value is None else f"{value:{spec}}"
+
+
+def format_tracking(report: dict[str, Any]) -> str:
+    """The goals table, the measures behind them and the per-sequence table."""
+    c, ids, tg = report["context"], report["segevery_ids"], report["targets"]
+    verdicts = {True: "pass", False: "MISS", None: "n/a"}
+    goal_cols = [
+        ("measure", lambda r: r[0], "<20s"),
+        ("value", lambda r: r[1]["value"], ">8.4f"),
+        (
+            "goal",
+            lambda r: (">= " if r[1]["higher_is_better"] else "<= ") + f"{r[1]['goal']:g}",
+            ">8s",
+        ),
+        ("verdict", lambda r: verdicts[r[1]["pass"]], ">7s"),
+    ]
+    seq_cols = [
+        ("seed", "seed", ">8d"),
+        ("id kept", "id_kept", ">8.3f"),
+        ("IDF1", "idf1", ">6.3f"),
+        ("MOTA", "mota", ">7.3f"),
+        ("IDsw", "id_switches", ">5.0f"),
+        ("targets", "targets", ">7d"),
+        ("ratio", "ratio", ">6.3f"),
+        ("wrong", "wrong_object_rate", ">6.3f"),
+        ("exits", "exits", ">5d"),
+        ("lost<=3", "lost_within_3", ">7.2f"),
+    ]
+    seq_cols = [(title, lambda r, k=key: r[k], spec) for title, key, spec in seq_cols]
+    lines = [
+        f"eval-tracking: {c['model']} ({c['model_dir']}, {c['precision']}), {c['sequences']} "
+        f"held-out sequences x {c['frames']} frames {c['hw'][0]}x{c['hw'][1]} (seeds "
+        f"{c['seed_base']}+), SegEvery {c['segevery']['mode']}, reacquire {c['reacquire']}",
+        "",
+        format_columns(list(report["goals"].items()), goal_cols),
+        "",
+        f"SegEvery IDs: {ids['kept']}/{ids['pairs']} consecutive matches kept their ID; IDF1 "
+        f"{_f(ids['idf1'])}, MOTA {_f(ids['mota'])}, {_f(ids['id_switches'], '.0f')} ID "
+        f"switches, {_f(ids['misses'], '.0f')} misses, {_f(ids['false_positives'], '.0f')} false "
+        f"positives of {_f(ids['objects'], '.0f')} object-frames",
+        f"targets: {tg['targets']}, mIoU {_f(tg['miou'])} vs oracle {_f(tg['oracle_miou'])} "
+        f"({_f(tg['targets_at_ratio_0_9'], '.2f')} of targets at >= 0.9x, worst "
+        f"{_f(tg['worst_target_ratio'], '.2f')}x); wrong object on {tg['wrong_frames']} of "
+        f"{tg['target_frames']} target-frames ({tg['targets_ever_wrong']} targets); exits "
+        f"{tg['exits']}: lost within {LOST_WITHIN} {_f(tg['lost_within_3'], '.2f')}, never "
+        f"{tg['lost_never']}, max latency {_f(tg['lost_latency_max'], 'd')}; target decoder "
+        f"calls per frame {tg['decoder_calls_per_frame']:.2f}",
+        "median ms per frame: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in report["timings_ms"].items()),
+        "",
+        format_columns(report["sequences"], seq_cols),
+    ]
+    return "\n".join(lines)
