@@ -309,6 +309,8 @@ def cmd_bench_tracking(args: argparse.Namespace) -> int:
     else:
         model_dir = resolve_model_path(DEMO_MODEL)
     context.update(model_dir=str(model_dir), precision=args.precision, threads=args.threads)
+    # Targets and node: these thresholds (max_targets there: the part's N).
+    context["target_settings"] = t.lenient_settings(max(args.targets))
     print(f"{model_dir} {args.precision}, threads {args.threads or 'all'}")
     print(t.machine_line(context))
     association = t.bench_association(args.sizes, instances=args.instances, runs=args.runs)

@@ -1,6 +1,7 @@
 """The node's frame-to-tracks latency against its encoder: part 3 of ``segfast bench-tracking``.
 
-A real node process (on an isolated domain, SegEvery off) holds N targets added through
+A real node process (on an isolated domain, SegEvery off, the tracking thresholds of
+:func:`~.tracking.lenient_settings` so that no target is lost) holds N targets added through
 ``~/track`` with box prompts on its first frame. Frames of a generated camera-motion sequence
 (:func:`~.tracking.target_sequence`) are then published one at a time; each waits until the
 node's ``~/tracks`` message with that frame's stamp arrives. The latency is publish to
@@ -25,7 +26,12 @@ from diagnostic_msgs.msg import DiagnosticArray
 from segfast_ros.bench.latency import BenchRow, bench_row
 from segfast_ros.bench.node import NS, _latest_values, _running_node
 from segfast_ros.bench.timing import percentile, time_ms
-from segfast_ros.bench.tracking import target_boxes, target_sequence
+from segfast_ros.bench.tracking import (
+    LENIENT_FIELDS,
+    lenient_settings,
+    target_boxes,
+    target_sequence,
+)
 from segfast_ros.msg import InstanceArray
 from segfast_ros.ros.harness import Client, NodeProcess, image_msg
 from segfast_ros.runtime import Predictor
@@ -78,11 +84,13 @@ def bench_node_tracking(
         model_dir, precision, providers=list(providers), intra_op_threads=threads
     )
     direct = Predictor(backend)
+    # As the library part: no target declared lost, so every frame decodes all of them.
+    settings = lenient_settings(targets)
     node_args = [
         "-p", f"precision:={precision}",
         "-p", f"providers:={list(providers)}",
         "-p", f"intra_op_threads:={threads}",
-        "-p", f"tracking.max_targets:={max(targets, 1)}",
+        *(a for f in LENIENT_FIELDS for a in ("-p", f"tracking.{f}:={getattr(settings, f)}")),
     ]  # fmt: skip
     with _running_node(model_dir, node_args, log_path) as (node, client, pub, _):
         tracks: dict[int, tuple[float, Any]] = {}
