@@ -129,4 +129,7 @@ def test_node_part_reports_frame_to_tracks_over_the_encoder(
         node["frame_to_tracks_ms"] - node["node_encoder_ms"]
     )
     assert 0 <= node["tracked_per_frame"] <= 2
+    # Frame 0 and 3 timed frames (the warm-up ones too), each sent at least once.
+    assert node["frames_sent"] >= 1 + 3 + 3 + node["frames_resent"]
+    assert 1 + 3 + 3 <= node["node_frames_received"] <= node["frames_sent"]
     assert any("frame -> ~/tracks median" in note for note in doc["notes"])
