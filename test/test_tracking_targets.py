@@ -319,3 +319,22 @@ def test_adding_while_another_thread_steps(backend, frames) -> None:
     worker.join(timeout=60)
     assert not worker.is_alive() and not errors
     assert len(tracker) == 4 and len({r.target_id for r in tracker.results()}) == 4
+
+
+class NothingBackend(CountingBackend):
+    """The demo encoder, but a decoder whose every mask is empty (logits -10): isolates what
+    add() does with a prompt that segments nothing."""
+
+    def decode(self, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        low_res, iou = super().decode(*inputs)
+        return np.full_like(low_res, -10.0), iou
+
+
+def test_a_prompt_that_segments_nothing_adds_no_target(backend, frames) -> None:
+    nothing = NothingBackend(backend.inner)
+    tracker = TargetTracker()
+    tracker.add(on(backend, frames[0]), 0, boxes=box_of(frames[0], OBJECT))
+    box = box_of(frames[0], OBJECT)
+    with pytest.raises(TargetError, match=r"prompt set\(s\) 0, 1 segment nothing"):
+        tracker.add(on(nothing, frames[0]), 0, boxes=np.tile(box, 2))
+    assert tracker.ids() == [1]
