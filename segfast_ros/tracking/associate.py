@@ -52,12 +52,11 @@ def match(iou: npt.ArrayLike, min_iou: float) -> Matches:
     if rows and cols:
         # Pairs below the threshold cannot match: make them worthless to the solver, so it
         # never trades a good pair for one that is then dropped.
-        gain = np.where(iou >= min_iou, iou, 0.0)
-        r, c = linear_sum_assignment(1.0 - gain)
-        keep = iou[r, c] >= min_iou
+        valid = iou >= min_iou
+        r, c = linear_sum_assignment(np.where(valid, 1.0 - iou, 1.0))
+        keep = valid[r, c]
         pairs = np.stack([r[keep], c[keep]], axis=1).astype(np.int64)
-    return Matches(
-        pairs,
-        np.setdiff1d(np.arange(rows), pairs[:, 0]).astype(np.int64),
-        np.setdiff1d(np.arange(cols), pairs[:, 1]).astype(np.int64),
-    )
+    free_rows, free_cols = np.ones(rows, bool), np.ones(cols, bool)
+    free_rows[pairs[:, 0]] = False
+    free_cols[pairs[:, 1]] = False
+    return Matches(pairs, np.flatnonzero(free_rows), np.flatnonzero(free_cols))

@@ -22,6 +22,8 @@ holds one word per column and 64 rows it touches: a 100 x 100 pixel object, abou
 Footprints are built straight from the RLE runs of all instances at once
 (:meth:`Footprints.from_instances`: no mask is decoded, no per-instance numpy work) or from
 boolean masks (:meth:`Footprints.from_masks`: the columns of each mask's box are packed).
+:meth:`Footprints.shifted` moves masks by whole pixels (a track's mask, where its motion says the
+object is now) without rebuilding them.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from ..masks import Instance, rle_counts
 
 #: Rows per block: one block of one column is one uint64 word.
 BLOCK: int = 64
+_BLOCK_BITS = 6  # BLOCK == 1 << _BLOCK_BITS
 
 # _LOW[k]: the k lowest bits set (k = 0..64).
 _LOW = np.array([(1 << k) - 1 for k in range(BLOCK + 1)], dtype=np.uint64)
@@ -151,6 +155,45 @@ class Footprints:
             np.concatenate([p.words for p in parts]),
         )
 
+    def shifted(self, dx: npt.ArrayLike, dy: npt.ArrayLike) -> Footprints:
+        """Each mask ``i`` moved by ``dx[i]`` columns and ``dy[i]`` rows (whole pixels, either
+        sign); the pixels moved off the image are dropped, so areas may shrink.
+
+        Raises:
+            ValueError: ``dx`` or ``dy`` not one integer per mask.
+        """
+        n = len(self)
+        dx, dy = (np.asarray(d).reshape(-1) for d in (dx, dy))
+        if len(dx) != n or len(dy) != n or not all(d.dtype.kind in "iu" for d in (dx, dy)):
+            raise ValueError(
+                f"expected one integer shift per mask ({n}), got dx {dx.shape} {dx.dtype} and "
+                f"dy {dy.shape} {dy.dtype}"
+            )
+        h, w = self.hw
+        per_col = -(-h // BLOCK)
+        owner = np.repeat(np.arange(n), np.diff(self.indptr))
+        column, row_block = np.divmod(self.blocks, per_col)
+        # Rows moved by dy = q * 64 + s (0 <= s < 64): a word shifted left by s bits (s rows down)
+        # lands in row block + q, the s bits that overflow in row block + q + 1.
+        q, s = np.divmod(dy.astype(np.int64)[owner], BLOCK)
+        s = s.astype(np.uint64)
+        low = self.words << s
+        high = np.where(s > 0, self.words >> ((np.uint64(BLOCK) - s) % np.uint64(BLOCK)), 0)
+        rows = np.stack([row_block + q, row_block + q + 1], axis=1).reshape(-1)
+        words = np.stack([low, high.astype(np.uint64)], axis=1).reshape(-1)
+        columns = np.repeat(column + dx.astype(np.int64)[owner], 2)
+        owner = np.repeat(owner, 2)
+        words[rows == per_col - 1] &= _LOW[h - (per_col - 1) * BLOCK]  # the rows below the image
+        keep = (columns >= 0) & (columns < w) & (rows >= 0) & (rows < per_col) & (words != 0)
+        blocks, words, owner = columns[keep] * per_col + rows[keep], words[keep], owner[keep]
+        # Per mask the blocks stay ascending; the high part of one word and the low part of the
+        # next one in its column share a block: OR them together.
+        if len(blocks):
+            new = np.flatnonzero(np.diff(owner * (w * per_col) + blocks, prepend=-1))
+            words, blocks, owner = np.bitwise_or.reduceat(words, new), blocks[new], owner[new]
+        areas = np.bincount(owner, weights=_popcount(words), minlength=n).astype(np.int64)
+        return Footprints(self.hw, areas, _indptr(np.bincount(owner, minlength=n)), blocks, words)
+
     @functools.cached_property
     def _by_block(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(first, count, owners, words)``: the entries sorted by block; block ``g``'s are
@@ -170,7 +213,7 @@ def iou_matrix(a: Footprints, b: Footprints) -> np.ndarray:
     Raises:
         ValueError: footprints of different image sizes.
     """
-    inter = intersections(a, b).astype(np.float64)
+    inter = _intersections(a, b)
     union = a.areas[:, None] + b.areas[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0).astype(np.float32)
 
@@ -181,18 +224,24 @@ def intersections(a: Footprints, b: Footprints) -> np.ndarray:
     Raises:
         ValueError: footprints of different image sizes.
     """
+    return _intersections(a, b).astype(np.int64)
+
+
+def _intersections(a: Footprints, b: Footprints) -> np.ndarray:
+    """:func:`intersections` as float64 (exact: whole numbers far below 2**53)."""
     if a.hw != b.hw:
         raise ValueError(f"footprints of different image sizes (H, W): {a.hw} and {b.hw}")
     na, nb = len(a), len(b)
     if na == 0 or nb == 0:
-        return np.zeros((na, nb), np.int64)
+        return np.zeros((na, nb))
     first, count, a_owner, a_words = a._by_block
     hits = count[b.blocks]
     ia = _ranges(first[b.blocks], hits)  # every a entry in the same block as each b entry
     b_owner = np.repeat(np.arange(nb), np.diff(b.indptr))
     shared = _popcount(a_words[ia] & np.repeat(b.words, hits))
     pair = a_owner[ia] * nb + np.repeat(b_owner, hits)
-    return np.bincount(pair, weights=shared, minlength=na * nb).astype(np.int64).reshape(na, nb)
+    inter = np.bincount(pair, weights=shared, minlength=na * nb)  # int64 when nothing is shared
+    return inter.astype(np.float64, copy=False).reshape(na, nb)
 
 
 def _from_runs(hw: tuple[int, int], counts: Sequence[list[int]]) -> Footprints:
@@ -215,23 +264,26 @@ def _from_runs(hw: tuple[int, int], counts: Sequence[list[int]]) -> Footprints:
     areas = np.bincount(owner, weights=size, minlength=n).astype(np.int64)
     # Blocks are consecutive in column-major order: a run touches blocks g(start)..g(end - 1).
     per_col = -(-h // BLOCK)
-    x0, y0 = np.divmod(start, h)
-    x1, y1 = np.divmod(end - 1, h)
-    g0 = x0 * per_col + y0 // BLOCK
-    pieces = np.maximum(x1 * per_col + y1 // BLOCK - g0 + 1, 0)  # empty runs: none
-    block = _ranges(g0, pieces)
+    x0 = start // h
+    x1 = (end - 1) // h
+    g0 = x0 * per_col + ((start - x0 * h) >> _BLOCK_BITS)
+    pieces = np.maximum(x1 * per_col + ((end - 1 - x1 * h) >> _BLOCK_BITS) - g0 + 1, 0)
+    block = _ranges(g0, pieces)  # empty runs: no pieces
     piece_of = np.repeat(np.arange(len(pieces)), pieces)
-    column, row_block = np.divmod(block, per_col)
-    top = column * h + row_block * BLOCK  # the block's first pixel
+    column = block // per_col
+    row_block = block - column * per_col
+    top = column * h + (row_block << _BLOCK_BITS)  # the block's first pixel
     rows = np.minimum(BLOCK, h - np.arange(per_col) * BLOCK)[row_block]
     lo = np.maximum(start[piece_of] - top, 0)
     hi = np.minimum(end[piece_of] - top, rows)
-    bits = _LOW[hi] & ~_LOW[lo]
-    # Pieces of one mask in one block are disjoint and adjacent in order: OR them together.
+    words = _LOW[hi] ^ _LOW[lo]  # bits lo..hi - 1
     owner = owner[piece_of]
-    new = np.flatnonzero(np.diff(owner * (w * per_col) + block, prepend=-1))
-    words = np.bitwise_or.reduceat(bits, new) if len(bits) else bits
-    return Footprints(hw, areas, _indptr(np.bincount(owner[new], minlength=n)), block[new], words)
+    # Pieces of one mask in one block are disjoint and adjacent in order: OR them together.
+    # (Convex masks have none: one run per column and block.)
+    if len(block) > 1 and (block[1:] == block[:-1]).any():
+        new = np.flatnonzero(np.diff(owner * (w * per_col) + block, prepend=-1))
+        words, block, owner = np.bitwise_or.reduceat(words, new), block[new], owner[new]
+    return Footprints(hw, areas, _indptr(np.bincount(owner, minlength=n)), block, words)
 
 
 def _check_runs(runs: np.ndarray, lengths: np.ndarray, total: int) -> None:
