@@ -15,6 +15,7 @@ from segfast_ros.bench.scene_motion import generate_tracking_sequence
 from segfast_ros.masks import Instance, mask_to_rle, masks_to_boxes
 from segfast_ros.tracking.associate import match
 from segfast_ros.tracking.instances import InstanceTracker, TrackLabel
+from segfast_ros.tracking.overlap import Footprints
 from segfast_ros.tracking.settings import TrackingSettings
 from segfast_ros.tracking.states import TRACK_TENTATIVE, TRACK_TRACKED
 
@@ -213,3 +214,96 @@ def test_configure_keeps_tracks_and_applies_new_thresholds():
     assert ids(tracker.update(drift(5), HW)) == [1, 4, 3]
     with pytest.raises(TypeError, match="expected TrackingSettings, got dict"):
         tracker.configure({"min_hits": 1})
+
+
+# ----------------------------------------------------------------- what the cascade is for
+
+
+def moved(masks: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``masks`` (N, H, W) moved by whole pixels; what leaves the image is dropped."""
+    out = np.zeros_like(masks)
+    n, ys, xs = np.nonzero(masks)
+    ys, xs = ys + dy, xs + dx
+    keep = (ys >= 0) & (ys < masks.shape[1]) & (xs >= 0) & (xs < masks.shape[2])
+    out[n[keep], ys[keep], xs[keep]] = True
+    return out
+
+
+def test_footprints_shifted_are_the_moved_masks():
+    rng = np.random.default_rng(0)
+    hw = (150, 70)  # three blocks of rows, the last one partial
+    masks = rng.random((5, *hw)) < 0.3
+    masks[0] = False
+    masks[0, 60:70, 10:20] = True  # across a block edge
+    shifts = [(3, 5), (-7, -64), (0, 130), (-80, 0), (0, 0)]  # off the image: in part, wholly
+    got = Footprints.from_masks(masks).shifted([s[0] for s in shifts], [s[1] for s in shifts])
+    want = Footprints.from_masks(
+        np.stack([moved(m[None], *s)[0] for m, s in zip(masks, shifts, strict=True)])
+    )
+    for name in ("areas", "indptr", "blocks", "words"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    assert got.areas[3] == 0 and 0 < got.areas[2] < masks[2].sum()
+    with pytest.raises(ValueError, match=r"one integer shift per mask \(5\)"):
+        Footprints.from_masks(masks).shifted([1, 2], [1, 2])
+    with pytest.raises(ValueError, match="one integer shift per mask"):
+        Footprints.from_masks(masks).shifted(np.zeros(5), np.zeros(5))
+
+
+def test_a_tentative_track_does_not_take_the_instance_of_a_born_one():
+    # One object seen as two overlapping masks on frame 1 (IoU 0.5, not duplicates): the first
+    # continues track 1, the second starts a tentative track. On frame 2 one mask is left,
+    # closer to the tentative track's (IoU 0.85 against 0.41): it is still object 1.
+    tracker = InstanceTracker(TrackingSettings(min_hits=2, match_iou=0.3))
+    assert tracker.update(rects([(0, 60)]), HW) == [TrackLabel(0, TRACK_TENTATIVE)]
+    assert tracker.update(rects([(0, 60), (20, 80)]), HW) == [
+        TrackLabel(1, TRACK_TRACKED),
+        TrackLabel(0, TRACK_TENTATIVE),
+    ]
+    assert tracker.update(rects([(25, 85)]), HW) == [TrackLabel(1, TRACK_TRACKED)]
+    assert tracker.track_ids == [1]
+
+
+def test_a_lost_track_is_looked_for_where_its_motion_took_it():
+    # A disc moving 8 px a frame is hidden for 3 frames: it comes back 32 px on, more than its
+    # size (no overlap with where it was last seen), where its velocity puts it.
+    tracker = InstanceTracker(TrackingSettings(min_hits=1, max_missed=3))
+    for t in range(3):
+        assert ids(tracker.update(discs([(20 + 8 * t, 30), (140, 100)]), HW)) == [1, 2]
+    for _ in range(3):
+        assert ids(tracker.update(discs([(140, 100)]), HW)) == [2]
+    assert ids(tracker.update(discs([(20 + 8 * 6, 30), (140, 100)]), HW)) == [1, 2]
+    # A disc that appears at the same place with no motion before is someone new.
+    tracker = InstanceTracker(TrackingSettings(min_hits=1, max_missed=3))
+    assert ids(tracker.update(discs([(20, 60)]), HW)) == [1]
+    for _ in range(3):
+        tracker.update([], HW)
+    assert ids(tracker.update(discs([(68, 60)]), HW)) == [2]
+
+
+def test_an_object_segmented_twice_keeps_one_id():
+    # SegEvery returns the disc twice (masks of IoU ~0.9): one ID, not two.
+    a, b = discs([(60, 60)], 14), discs([(61, 60)], 14)
+    tracker = InstanceTracker(TrackingSettings(min_hits=2, max_missed=2))
+    tentative = TrackLabel(0, TRACK_TENTATIVE)
+    assert tracker.update(a + b, HW) == [tentative, tentative]
+    assert tracker.update(b + a, HW) == [tentative, TrackLabel(1, TRACK_TRACKED)]
+    for _ in range(3):
+        assert ids(tracker.update(a + b, HW)) == [1, 0]
+    assert tracker.track_ids == [1] and len(tracker) == 1
+
+
+def test_a_born_track_that_becomes_a_duplicate_gives_way_to_the_older():
+    # Two tracks: a whole disc (ID 1) and its right half (ID 2). The half grows into a second
+    # copy of the whole disc: track 2 misses while the duplication lasts and dies after
+    # max_missed; track 1 goes on. Listed in either order, the older ID keeps the object.
+    yy, xx = np.mgrid[0 : HW[0], 0 : HW[1]]
+    disc = (xx - 60) ** 2 + (yy - 60) ** 2 < 16**2
+    whole, half = as_instances(disc[None]), as_instances((disc & (xx >= 60))[None])
+    tracker = InstanceTracker(TrackingSettings(min_hits=1, max_missed=2))
+    assert ids(tracker.update(whole + half, HW)) == [1, 2]
+    assert ids(tracker.update(half + whole, HW)) == [2, 1]
+    twin = discs([(61, 60)], 16)  # the half grew to the whole disc (IoU with it ~0.94)
+    for frame in range(3):
+        assert ids(tracker.update(twin + whole, HW)) == [0, 1]
+        assert tracker.track_ids == ([1, 2] if frame < 2 else [1])
+    assert ids(tracker.update(whole + twin, HW)) == [1, 0]
