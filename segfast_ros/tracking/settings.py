@@ -53,7 +53,7 @@ class TrackingSettings:
 
     # SegEvery track IDs
     min_hits: int = param(2, low=1, high=30)
-    max_missed: int = param(3, low=0, high=300)
+    max_missed: int = param(6, low=0, high=300)
     match_iou: float = param(0.3, low=0.05, high=0.95)
     # Prompted targets
     max_targets: int = param(16, low=1, high=256)
