@@ -36,6 +36,7 @@ def test_declared_ranges_are_the_contract():
         "lost_stability": (float, 0.0, 1.0),
         "max_area_change": (float, 1.1, 100.0),
         "reacquire_iou": (float, 0.05, 1.0),
+        "min_appearance": (float, 0.0, 1.0),
     }
 
 

@@ -85,7 +85,7 @@ def run_sequence(
             rows = {i: [] for i in objects}
             calls = targets.decoder_calls
         else:
-            results = run.timed("targets", targets.step, predictor, key)
+            results = run.timed("targets", targets.step, predictor, key, frame.image)
             oracle = run.timed("oracle", _oracle_masks, predictor, frame, list(objects.values()))
             for result in results:
                 rows[result.target_id].append(
@@ -97,7 +97,7 @@ def run_sequence(
         run.assignments.append(assignment)
         run.mot.append(mot)
         if reacquire and t > 0:
-            run.timed("reacquire", targets.reacquire, found, key)
+            run.timed("reacquire", targets.reacquire, found, key, frame.image)
     run.target_decoder_calls, run.steps = targets.decoder_calls - calls, len(seq) - 1
     run.traces = _traces(objects, rows, seq)
     return run
@@ -117,14 +117,14 @@ def _add_targets(
     if not len(boxes):
         return {}
     try:
-        added = targets.add(predictor, key, boxes=boxes)
+        added = targets.add(predictor, key, boxes=boxes, image=frame.image)
         return {r.target_id: i for r, i in zip(added, ids, strict=True)}
     except TargetError:
         pass
     out = {}
     for box, i in zip(boxes, ids, strict=True):
         try:
-            out[targets.add(predictor, key, boxes=box[None])[0].target_id] = i
+            out[targets.add(predictor, key, boxes=box[None], image=frame.image)[0].target_id] = i
         except TargetError:
             run.refused += 1
     return out

@@ -47,6 +47,11 @@ class TrackingSettings:
             object, or its object left the view).
         reacquire_iou: a lost target comes back when a SegEvery instance overlaps its last
             mask with at least this IoU.
+        min_appearance: with the frames' images, a target whose mask's colours are less alike
+            (Bhattacharyya coefficient of coarse RGB histograms) than this to the target's as
+            it was added is lost (it slid onto an occluder or a neighbour), and a SegEvery
+            instance re-acquires a lost target only if at least this alike. 0 turns the
+            appearance cue off.
         use_mask_input: refine each target with its previous frame's low-resolution logits
             as the decoder's ``mask_input`` (steadier masks); off prompts with the box alone.
     """
@@ -61,6 +66,7 @@ class TrackingSettings:
     lost_stability: float = param(0.5, low=0.0, high=1.0)
     max_area_change: float = param(3.0, low=1.1, high=100.0)
     reacquire_iou: float = param(0.5, low=0.05, high=1.0)
+    min_appearance: float = param(0.6, low=0.0, high=1.0)
     use_mask_input: bool = True
 
     def __post_init__(self) -> None:

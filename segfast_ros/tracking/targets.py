@@ -44,6 +44,7 @@ import numpy.typing as npt
 from ..masks import Instance, rle_to_mask
 from ..runtime.predictor import Predictor
 from ..segany import PromptSetMasks, decode_prompt_sets, prompt_kwargs
+from . import appearance as colour
 from .associate import match
 from .overlap import Footprints, iou_matrix
 from .settings import TrackingSettings
@@ -51,6 +52,13 @@ from .states import TRACK_LOST, TRACK_TRACKED
 from .target_state import TargetResult, TargetState
 
 __all__ = ["MAX_TARGET_ID", "TargetError", "TargetResult", "TargetTracker"]
+
+#: With appearance, a SegEvery instance may re-acquire a lost target when it overlaps the
+#: target's last mask with at least this IoU ...
+NEAR_IOU: float = 0.2
+#: ... or when its box centre is within this many of the target's last box diagonals of the
+#: last box's centre (and its colours are alike: ``tracking.min_appearance``).
+SEARCH_RADIUS: float = 1.0
 
 #: Largest target ID: the ``mono16`` label image of ``~/tracks/label`` holds 1..65535.
 MAX_TARGET_ID: int = 65535
@@ -128,6 +136,7 @@ class TargetTracker:
         boxes: npt.ArrayLike = (),
         points_per_set: int = 0,
         ids: Sequence[int] = (),
+        image: np.ndarray | None = None,
     ) -> list[TargetResult]:
         """Add one target per prompt set, or prompt existing targets again (``ids``).
 
@@ -142,6 +151,8 @@ class TargetTracker:
             ids: empty to add new targets; else the existing targets to prompt again, one per
                 prompt set in order (re-acquisition by the planner: a lost target is followed
                 again).
+            image: the frame's ``(H, W, 3)`` uint8 image: each target's appearance (its
+                colours under the mask) is taken from it; None: no appearance cue.
 
         Returns:
             The new results of the added (or prompted) targets, in prompt-set order.
@@ -180,10 +191,11 @@ class TargetTracker:
                 )
             hw = predictor.original_size
             assert hw is not None  # decoded
+            _check_image(image, hw)
             new_ids = [t.target_id for t in targets] or self._allocate(n_sets)
             out = []
             for target_id, answer in zip(new_ids, answers, strict=True):
-                target = TargetState.prompted(target_id, answer, int(frame_key), hw)
+                target = TargetState.prompted(target_id, answer, int(frame_key), hw, image)
                 self._targets[target_id] = target
                 out.append(target.result)
             return out
@@ -254,7 +266,9 @@ class TargetTracker:
 
     # ------------------------------------------------------------------------------- frames
 
-    def step(self, predictor: Predictor, frame_key: int) -> list[TargetResult]:
+    def step(
+        self, predictor: Predictor, frame_key: int, image: np.ndarray | None = None
+    ) -> list[TargetResult]:
         """Follow every target onto a new frame; returns every target's result, in ID order.
 
         The tracked targets whose last frame is older than ``frame_key`` are decoded in ONE
@@ -265,6 +279,8 @@ class TargetTracker:
         Args:
             predictor: with the embedding of the frame ``frame_key`` set.
             frame_key: stamp (ns) of that frame.
+            image: that frame's ``(H, W, 3)`` uint8 image, for the appearance checks (None:
+                geometry and scores only).
 
         Raises:
             ValueError: no image set on ``predictor``.
@@ -273,6 +289,7 @@ class TargetTracker:
             hw = predictor.original_size
             if hw is None:
                 raise ValueError("no image is set: set the frame's embedding before step()")
+            _check_image(image, hw)
             key = int(frame_key)
             due: list[tuple[TargetState, np.ndarray]] = []
             for target_id in sorted(self._targets):
@@ -291,7 +308,7 @@ class TargetTracker:
                 kwargs = self._step_kwargs(due, predictor.info.low_res_size)
                 answers = self._decode(predictor, kwargs)
                 for (target, prompt), answer in zip(due, answers, strict=True):
-                    target.follow(answer, prompt, key, self._settings)
+                    target.follow(answer, prompt, key, self._settings, image)
             return [self._targets[i].result for i in sorted(self._targets)]
 
     def _step_kwargs(self, due: list[tuple[TargetState, np.ndarray]], low_res_size: int) -> dict:
@@ -303,7 +320,9 @@ class TargetTracker:
 
     # ------------------------------------------------------------------------ re-acquisition
 
-    def reacquire(self, instances: Sequence[Instance], frame_key: int) -> list[int]:
+    def reacquire(
+        self, instances: Sequence[Instance], frame_key: int, image: np.ndarray | None = None
+    ) -> list[int]:
         """Lost targets that a SegEvery instance of a newer frame overlaps follow it again.
 
         A lost target is re-acquired by the instance whose mask overlaps its last mask with
@@ -311,6 +330,12 @@ class TargetTracker:
         the instance's frame is newer than the one the target was lost on and no tracked
         target already follows it. The target is tracked again from the instance (its next
         prompt: the instance's box, without ``mask_input``).
+
+        With ``image`` (the instances' frame) and targets that have an appearance, colour
+        decides instead: an instance that overlaps the last mask with IoU >= :data:`NEAR_IOU`,
+        or lies within :data:`SEARCH_RADIUS` box diagonals of it, with an area within
+        ``tracking.max_area_change``, re-acquires the target whose colours it matches best,
+        if at least ``tracking.min_appearance`` alike.
 
         Returns:
             The re-acquired IDs, ascending.
@@ -324,10 +349,14 @@ class TargetTracker:
             ]
             if not lost or not instances:
                 return []
-            return self._reacquire(lost, instances, key)
+            return self._reacquire(lost, instances, key, image)
 
     def _reacquire(
-        self, lost: list[TargetState], instances: Sequence[Instance], key: int
+        self,
+        lost: list[TargetState],
+        instances: Sequence[Instance],
+        key: int,
+        image: np.ndarray | None,
     ) -> list[int]:
         hw = tuple(int(v) for v in instances[0].rle["size"])
         found = Footprints.from_instances(instances, hw)
@@ -342,13 +371,66 @@ class TargetTracker:
         if tracked:
             # An instance a tracked target already follows is not a lost one's.
             taken = iou_matrix(Footprints.from_masks(np.stack(tracked)), found) >= threshold
-            iou[:, taken.any(axis=0)] = 0.0
+            iou[:, taken.any(axis=0)] = -1.0
+        looks = self._instance_looks(instances, image, lost)
+        if looks is not None:
+            iou = _appearance_affinity(lost, instances, iou, looks, self._settings)
+            threshold = self._settings.min_appearance
         done = []
         for row, col in match(iou, threshold).pairs:
-            inst = instances[int(col)]
-            lost[int(row)].resume(inst, rle_to_mask(inst.rle), key)
-            done.append(lost[int(row)].target_id)
+            inst, target = instances[int(col)], lost[int(row)]
+            target.resume(inst, rle_to_mask(inst.rle), key)
+            done.append(target.target_id)
         return sorted(done)
+
+    def _instance_looks(
+        self, instances: Sequence[Instance], image: np.ndarray | None, lost: list[TargetState]
+    ) -> list[np.ndarray | None] | None:
+        """Each instance's colour histogram, or None when appearance is not used."""
+        if image is None or self._settings.min_appearance <= 0.0:
+            return None
+        if any(t.appearance is None for t in lost):
+            return None
+        return [colour.colour_histogram(image, rle_to_mask(inst.rle)) for inst in instances]
+
+
+def _appearance_affinity(
+    lost: list[TargetState],
+    instances: Sequence[Instance],
+    iou: np.ndarray,
+    looks: list[np.ndarray | None],
+    settings: TrackingSettings,
+) -> np.ndarray:
+    """``(lost, instances)`` colour similarity where an instance may be the lost target (else
+    0): it overlaps the target's last mask (IoU >= :data:`NEAR_IOU`) or lies near it (box
+    centres within :data:`SEARCH_RADIUS` of its last box's diagonals), its area is within
+    ``max_area_change`` of the target's, and no tracked target follows it (``iou`` < 0)."""
+    out = np.zeros_like(iou)
+    boxes = np.stack([np.asarray(inst.box, dtype=np.float64).reshape(4) for inst in instances])
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    areas = np.array([inst.area for inst in instances], dtype=np.float64)
+    for i, target in enumerate(lost):
+        size = float(np.hypot(*(target.box[2:] - target.box[:2])))
+        dist = np.hypot(*(centres - (target.box[:2] + target.box[2:]) / 2).T)
+        ratio = areas / max(target.area, 1)
+        near = (iou[i] >= NEAR_IOU) | (dist <= SEARCH_RADIUS * size)
+        fits = (ratio <= settings.max_area_change) & (ratio * settings.max_area_change >= 1.0)
+        for j in np.flatnonzero(near & fits & (iou[i] >= 0.0)):
+            if looks[j] is not None and target.appearance is not None:
+                out[i, j] = colour.similarity(looks[j], target.appearance)
+    return out
+
+
+def _check_image(image: np.ndarray | None, hw: tuple[int, int]) -> None:
+    """A ValueError unless ``image`` is None or an ``(H, W, 3)`` uint8 image of size ``hw``."""
+    if image is None:
+        return
+    shape = tuple(np.shape(image))
+    if shape != (*hw, 3) or np.asarray(image).dtype != np.uint8:
+        raise ValueError(
+            f"image must be the frame's ({hw[0]}, {hw[1]}, 3) uint8 image, got shape {shape} "
+            f"{np.asarray(image).dtype}"
+        )
 
 
 def _num_sets(kwargs: dict) -> int:
