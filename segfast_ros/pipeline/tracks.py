@@ -133,7 +133,11 @@ class Tracking:
         self.targets.configure(settings)
 
     def on_segevery(
-        self, instances: Sequence[Instance], frame_key: int, hw: tuple[int, int]
+        self,
+        instances: Sequence[Instance],
+        frame_key: int,
+        hw: tuple[int, int],
+        image: np.ndarray | None = None,
     ) -> list[InstanceRecord]:
         """One SegEvery frame: its records (with track IDs) and the re-acquisition of targets.
 
@@ -141,17 +145,29 @@ class Tracking:
             instances: the frame's SegEvery instances, in their published order.
             frame_key: stamp (ns) of the frame.
             hw: ``(H, W)`` of the frame.
+            image: the frame's ``(H, W, 3)`` uint8 RGB image: lost targets are re-acquired by
+                colour as well as overlap (None: by overlap only).
         """
         if self.segevery_ids:
             records = tracked_records(instances, self.instances.update(instances, hw))
         else:
             records = [instance_record(inst, i) for i, inst in enumerate(instances)]
         if instances and len(self.targets):
-            self.targets.reacquire(instances, frame_key)
+            self.targets.reacquire(instances, frame_key, image)
         return records
 
-    def on_frame(self, predictor: Predictor, frame_key: int) -> list[TargetResult] | None:
-        """Follow the targets onto a newly encoded frame; None when there are no targets."""
+    def on_frame(
+        self, predictor: Predictor, frame_key: int, image: np.ndarray | None = None
+    ) -> list[TargetResult] | None:
+        """Follow the targets onto a newly encoded frame; None when there are no targets.
+
+        Args:
+            predictor: with the embedding of frame ``frame_key`` set.
+            frame_key: stamp (ns) of the frame.
+            image: the frame's ``(H, W, 3)`` uint8 RGB image, for the targets' appearance cue
+                (None: geometry and scores only; :meth:`TargetTracker.step
+                <segfast_ros.tracking.targets.TargetTracker.step>`).
+        """
         if not len(self.targets):
             return None
-        return self.targets.step(predictor, frame_key)
+        return self.targets.step(predictor, frame_key, image)

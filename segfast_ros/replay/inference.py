@@ -156,7 +156,9 @@ class Inference:
         """SegEvery on the encoded frame, then its track IDs; passed on to the writer."""
         result = self._segevery_result(item, encoded)
         start = time.perf_counter()
-        records = self.tracking.on_segevery(result.instances, item.key, result.image_hw)
+        records = self.tracking.on_segevery(
+            result.instances, item.key, result.image_hw, item.image
+        )
         self.timings["track_ids"].append(1e3 * (time.perf_counter() - start))
         summary = self.summary
         # IDs are given 1, 2, 3, ... and never reused: the highest is the count.
@@ -176,7 +178,7 @@ class Inference:
             if r.state == TRACK_TRACKED and r.frame_key < item.key
         }
         start = time.perf_counter()
-        results = self.tracking.on_frame(self.predictor, item.key)
+        results = self.tracking.on_frame(self.predictor, item.key, item.image)
         ms = 1e3 * (time.perf_counter() - start)
         self._pending, self._decoded, self._step_ms = item, 0, 0.0
         if results is None:
@@ -265,6 +267,7 @@ class Inference:
                 boxes=prompt.boxes,
                 points_per_set=prompt.points_per_set,
                 ids=prompt.ids,
+                image=frame.image,
             )
             self._decoded += len(results)
             summary.targets_added += 0 if prompt.ids else len(results)

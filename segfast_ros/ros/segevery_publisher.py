@@ -203,7 +203,7 @@ class SegEveryPublisher:
         header = encoded.frame.header
         tracking = self._tracking()
         if tracking is not None:  # track IDs (or TRACK_NONE) and re-acquisition
-            records = tracking.on_segevery(result.instances, encoded.key, encoded.hw)
+            records = tracking.on_segevery(result.instances, encoded.key, encoded.hw, image)
         else:
             records = [instance_record(inst, i) for i, inst in enumerate(result.instances)]
         pubs["instances"].publish(

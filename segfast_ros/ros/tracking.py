@@ -211,9 +211,12 @@ class TargetTracking:
         """
         worker = self._worker
         if worker is not None:
-            # A step reads only the embedding; a worker stopped meanwhile (deactivate) refuses.
+            # With its pixels: the step's appearance cue reads them. Memory: the frame waiting
+            # is the cache's latest (one more reference to the array the cache holds); the
+            # frame being stepped is at most one more, an older one the cache has let go.
+            # A worker stopped meanwhile (deactivate) refuses.
             with contextlib.suppress(RuntimeError):
-                worker.submit(encoded.without_pixels())
+                worker.submit(encoded)
 
     def _step(self, encoded: EncodedFrame) -> None:
         """One frame's step of every target, then ``~/tracks`` and ``~/tracks/label``."""
@@ -222,7 +225,7 @@ class TargetTracking:
             return
         start = time.perf_counter()
         before = {r.target_id: r.frame_key for r in tracking.targets.results()}
-        results = tracking.on_frame(encoded.predictor(backend), encoded.key)
+        results = tracking.on_frame(encoded.predictor(backend), encoded.key, encoded.frame.image)
         elapsed = (time.perf_counter() - start) * 1e3
         if not results:
             return  # no targets: nothing to publish
@@ -303,6 +306,9 @@ class TargetTracking:
             boxes=list(req.boxes),
             points_per_set=int(req.points_per_set),
             ids=[int(i) for i in req.ids],
+            # None on a cached frame older than the latest (its pixels are let go): the
+            # targets then take their colours at their first confident step with an image.
+            image=encoded.frame.image,
         )
         self._catch_up(tracking, encoded.key, backend)
         latest = {r.target_id: r for r in tracking.targets.results()}
@@ -314,6 +320,8 @@ class TargetTracking:
         """Step the targets through the cached frames newer than ``key``, in stamp order.
 
         Targets already at a frame are not decoded again there, so only the new ones are.
+        Only the latest cached frame still has its pixels: the steps before it run without the
+        appearance cue.
         """
         cache = self._frames.cache
         if cache is None:
@@ -321,7 +329,7 @@ class TargetTracking:
         for newer in sorted(k for k in cache.list_keys() if k > key):
             encoded = cache.get(newer)
             if encoded is not None:  # evicted meanwhile: the next one still catches up
-                tracking.targets.step(encoded.predictor(backend), newer)
+                tracking.targets.step(encoded.predictor(backend), newer, encoded.frame.image)
 
     def _fill(self, resp: Track.Response, results: Sequence[TargetResult]) -> None:
         """``targets`` and ``header`` of a response from target results."""

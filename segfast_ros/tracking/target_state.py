@@ -19,7 +19,9 @@ owns the IDs, the lock and the batching, this module the per-target geometry:
   colours are less alike than ``tracking.min_appearance`` is lost: it slid onto an occluder or
   a neighbour. The model is not updated while tracking: a moving average followed the mask
   onto the occluder within a few frames (on tuning sequences the wrong-object rate fell from
-  8.9% to 5.5% with an average at rate 0.1, to 1.2% anchored).
+  8.9% to 5.5% with an average at rate 0.1, to 1.2% anchored). A target prompted without an
+  image (on an older cached frame, whose pixels the node let go) takes its model from the
+  first step that has an image and passes the lost checks.
 """
 
 from __future__ import annotations
@@ -181,6 +183,10 @@ class TargetState:
         if reason:
             self.lose(key, prompt, reason)
             return
+        if self.appearance is None and image is not None:
+            # Prompted on a frame without pixels: the first confident step with an image
+            # gives the model (kept from then on, as one taken at the prompt).
+            self.appearance = colour.colour_histogram(image, mask)
         box = _box(mask)
         self.interval = key - self.key
         self.velocity = (box - self.box) / self.interval

@@ -152,7 +152,8 @@ class TargetTracker:
                 prompt set in order (re-acquisition by the planner: a lost target is followed
                 again).
             image: the frame's ``(H, W, 3)`` uint8 image: each target's appearance (its
-                colours under the mask) is taken from it; None: no appearance cue.
+                colours under the mask) is taken from it; None (a frame whose pixels are
+                gone): taken at the target's first confident step with an image instead.
 
         Returns:
             The new results of the added (or prompted) targets, in prompt-set order.
@@ -279,8 +280,9 @@ class TargetTracker:
         Args:
             predictor: with the embedding of the frame ``frame_key`` set.
             frame_key: stamp (ns) of that frame.
-            image: that frame's ``(H, W, 3)`` uint8 image, for the appearance checks (None:
-                geometry and scores only).
+            image: that frame's ``(H, W, 3)`` uint8 image, for the appearance checks, and
+                the appearance of a target prompted without one (None: geometry and scores
+                only).
 
         Raises:
             ValueError: no image set on ``predictor``.
