@@ -4,8 +4,9 @@ Real trackers keep an appearance model beside the geometry: a mask that keeps it
 changes colour has slid onto an occluder or a neighbour. The model here is a normalized
 joint RGB histogram with :data:`BINS` bins per channel (coarse, so the scene's lighting
 gradients and an object's texture stay in one or two bins), compared with the Bhattacharyya
-coefficient (1 = the same distribution, 0 = no colour in common) and updated with an
-exponential moving average while the target is confidently tracked.
+coefficient (1 = the same distribution, 0 = no colour in common). A target's model is taken
+once, from the mask it was added (or prompted again) with, and not updated while it is tracked
+(see :mod:`.target_state`).
 
 numpy/cv2 only.
 """
@@ -28,7 +29,12 @@ def colour_histogram(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
 
     Returns:
         The histogram (sums to 1), or None when the mask is empty.
+
+    Raises:
+        ValueError: an image that is not ``(H, W, 3)`` uint8, or a mask of another size.
     """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got shape {image.shape} {image.dtype}")
     if image.shape[:2] != mask.shape:
         raise ValueError(
             f"image {image.shape[:2]} and mask {mask.shape} must have the same (H, W)"
