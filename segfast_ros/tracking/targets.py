@@ -180,6 +180,8 @@ class TargetTracker:
                 )
             if not targets:
                 self._check_room(n_sets)
+            if predictor.original_size is not None:
+                _check_image(image, predictor.original_size)  # before spending a decode
             # One point alone is ambiguous: decode SAM's three masks and keep the best.
             single_point = "box" not in kwargs and kwargs["point_coords"].shape[1] == 1
             kwargs["multimask_output"] = single_point
@@ -192,7 +194,6 @@ class TargetTracker:
                 )
             hw = predictor.original_size
             assert hw is not None  # decoded
-            _check_image(image, hw)
             new_ids = [t.target_id for t in targets] or self._allocate(n_sets)
             out = []
             for target_id, answer in zip(new_ids, answers, strict=True):
@@ -341,26 +342,33 @@ class TargetTracker:
 
         Returns:
             The re-acquired IDs, ascending.
+
+        Raises:
+            ValueError: ``image`` is not the instances' ``(H, W, 3)`` uint8 frame.
         """
         with self._lock:
+            if not instances:
+                return []
+            hw = tuple(int(v) for v in instances[0].rle["size"])
+            _check_image(image, hw)
             key = int(frame_key)
             lost = [
                 t
                 for _, t in sorted(self._targets.items())
                 if t.state == TRACK_LOST and t.lost_at < key
             ]
-            if not lost or not instances:
+            if not lost:
                 return []
-            return self._reacquire(lost, instances, key, image)
+            return self._reacquire(lost, instances, hw, key, image)
 
     def _reacquire(
         self,
         lost: list[TargetState],
         instances: Sequence[Instance],
+        hw: tuple[int, int],
         key: int,
         image: np.ndarray | None,
     ) -> list[int]:
-        hw = tuple(int(v) for v in instances[0].rle["size"])
         found = Footprints.from_instances(instances, hw)
         lost = [t for t in lost if t.hw == hw]
         if not lost:
