@@ -1,98 +1,46 @@
 """Prompted targets (tracking.targets) with the shipped demo model on generated sequences.
 
-Real ONNX Runtime sessions of models/demo; frames from bench.scenes.generate_sequence (camera
-pan and zoom, exact masks with object identities). Each frame is encoded once per module and
-the tests set its embedding, so the whole file takes seconds. Decoder calls are counted at the
-backend (a thin wrapper), not taken from the tracker.
+The model, the sequence and the ground-truth helpers are in tracking_frames.py (shared with
+test_tracking_targets_appearance.py).
 """
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from tracking_frames import (
+    FRAMES,
+    HW,
+    OBJECT,
+    CountingBackend,
+    box_of,
+    demo_backend,
+    encoded_sequence,
+    gt_mask,
+    instances_of,
+    iou,
+    on,
+)
 
-from segfast_ros.bench.scenes import generate_sequence
-from segfast_ros.masks import Instance, mask_to_rle
-from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
 from segfast_ros.runtime.predictor import Predictor
 from segfast_ros.tracking.settings import TrackingSettings
 from segfast_ros.tracking.states import TRACK_LOST, TRACK_TRACKED
 from segfast_ros.tracking.target_state import TargetState
 from segfast_ros.tracking.targets import MAX_TARGET_ID, TargetError, TargetTracker
 
-MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
-HW = (240, 320)
-# generate_sequence(4, ...): object 9 (the largest on frame 0) stays in view on frames 0-6,
-# is cut by the frame edge from frame 5 and is gone from the ground truth from frame 7.
-SEED, OBJECT, FRAMES = 4, 9, 10
-
-
-class CountingBackend:
-    """The demo backend, counting decoder calls (what "one call per frame" is about)."""
-
-    def __init__(self, backend: OnnxRuntimeBackend) -> None:
-        self.inner = backend
-        self.name = backend.name
-        self.info = backend.info
-        self.decodes = 0
-        self._lock = threading.Lock()
-
-    def encode(self, image: np.ndarray) -> np.ndarray:
-        return self.inner.encode(image)
-
-    def decode(self, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with self._lock:
-            self.decodes += 1
-        return self.inner.decode(*inputs)
-
 
 @pytest.fixture(scope="module")
 def backend() -> CountingBackend:
-    return CountingBackend(OnnxRuntimeBackend.from_dir(MODEL_DIR, "fp32", intra_op_threads=1))
+    return demo_backend()
 
 
 @pytest.fixture(scope="module")
 def frames(backend: CountingBackend) -> list:
     """The sequence, each frame with its embedding (encoded once)."""
-    seq = generate_sequence(SEED, FRAMES, HW)
-    predictor = Predictor(backend)
-    for scene in seq:
-        predictor.set_image(scene.image)
-        scene.embedding = predictor.get_image_embedding()
-    return seq
-
-
-def on(backend: CountingBackend, scene) -> Predictor:
-    """A predictor on ``scene``'s embedding."""
-    predictor = Predictor(backend)
-    predictor.set_embedding(scene.embedding, HW)
-    return predictor
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
-
-
-def gt_mask(scene, obj: int) -> np.ndarray | None:
-    hits = np.flatnonzero(scene.ids == obj)
-    return scene.masks[hits[0]] if len(hits) else None
-
-
-def box_of(scene, obj: int) -> np.ndarray:
-    return scene.boxes[np.flatnonzero(scene.ids == obj)[0]]
-
-
-def instances_of(scene) -> list[Instance]:
-    """The scene's ground-truth objects as SegEvery instances."""
-    rles = mask_to_rle(scene.masks)
-    return [
-        Instance(rle, box, 0.9, 0.95, int(m.sum()), np.zeros(0, np.float32))
-        for rle, box, m in zip(rles, scene.boxes, scene.masks, strict=True)
-    ]
+    return encoded_sequence(backend)
 
 
 # ---------------------------------------------------------------------------- following
