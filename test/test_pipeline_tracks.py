@@ -149,3 +149,56 @@ def test_configure_reaches_both_trackers() -> None:
     settings = TrackingSettings(max_targets=3, match_iou=0.6)
     tracking.configure(settings)
     assert tracking.targets.settings == settings and tracking.instances.settings == settings
+
+
+def _recoloured(scene, obj: int) -> np.ndarray:
+    """``scene``'s image with object ``obj`` in other colours (inverted, channels rotated)."""
+    image = scene.image.copy()
+    mask = scene.masks[list(scene.ids).index(obj)]
+    image[mask] = (255 - image[mask])[:, [1, 2, 0]]
+    return image
+
+
+@pytest.mark.parametrize("with_images", [True, False])
+def test_on_frame_images_give_a_target_added_without_one_its_colours(
+    predictor: Predictor, with_images: bool
+) -> None:
+    """A target added without an image (the node's ADD on an older cached frame) takes its
+    colour model at its first confident step with one; a later frame where its object has
+    other colours is then lost. Without images (the control) the same frames keep it."""
+    seq = generate_sequence(4, 30, (240, 320))
+    big = int(np.argmax(seq[1].masks.sum(axis=(1, 2))))
+    tracking = Tracking()
+    predictor.set_image(seq[1].image)
+    (added,) = tracking.targets.add(predictor, 1, boxes=seq[1].boxes[big])  # no image
+    predictor.set_image(seq[2].image)
+    (step,) = tracking.on_frame(predictor, 2, seq[2].image if with_images else None)
+    assert step.state == TRACK_TRACKED  # the confident step that takes the colours
+    image = _recoloured(seq[3], seq[1].ids[big])
+    predictor.set_image(image)
+    (result,) = tracking.on_frame(predictor, 3, image if with_images else None)
+    assert result.target_id == added.target_id
+    assert result.state == (TRACK_LOST if with_images else TRACK_TRACKED)
+
+
+@pytest.mark.parametrize("with_image", [True, False])
+def test_on_segevery_image_lets_colour_reacquire_a_moved_target(
+    predictor: Predictor, with_image: bool
+) -> None:
+    """A lost target whose object has moved (IoU 0.29 with its last mask, under
+    reacquire_iou) comes back from a SegEvery frame by colour only when the image is given."""
+    seq, hw = generate_sequence(4, 30, (240, 320)), (240, 320)
+    big = int(np.argmax(seq[1].masks.sum(axis=(1, 2))))
+    tracking = Tracking()
+    predictor.set_image(seq[1].image)
+    tracking.targets.add(predictor, 1, boxes=seq[1].boxes[big], image=seq[1].image)
+    grey = np.full((*hw, 3), 128, np.uint8)
+    predictor.set_image(grey)
+    assert [r.state for r in tracking.on_frame(predictor, 2, grey)] == [TRACK_LOST]
+    later = seq[15]
+    moved = later.masks[list(later.ids).index(seq[1].ids[big])]
+    assert (moved & seq[1].masks[big]).sum() / (moved | seq[1].masks[big]).sum() < 0.5
+    insts = [instance(m) for m in later.masks]
+    tracking.on_segevery(insts, 15, hw, later.image if with_image else None)
+    (result,) = tracking.targets.results()
+    assert result.state == (TRACK_TRACKED if with_image else TRACK_LOST)
