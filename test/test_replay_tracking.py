@@ -8,6 +8,7 @@ frames (``Scene.ids``).
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import subprocess
@@ -288,6 +289,36 @@ def test_add_remove_and_clear_on_their_frames(
     assert tracks[3][1].decoder_prompts == followed + 1, [
         i.track_state for i in tracks[2][1].instances
     ]
+
+
+def test_every_target_call_gets_its_frames_image(
+    tmp_path: Path, bag: Path, scenes: list[Scene], predictor: Predictor, monkeypatch
+) -> None:
+    """The appearance cue's input: the add, each step and SegEvery's re-acquisition get the
+    pixels of the frame they work on (spies that call through to the real tracker)."""
+    calls: list[tuple[str, int, Any]] = []
+
+    def spy(name: str) -> None:
+        real = getattr(TargetTracker, name)
+
+        def call(self: TargetTracker, *args: Any, **kwargs: Any) -> Any:
+            bound = inspect.signature(real).bind(self, *args, **kwargs)
+            calls.append((name, bound.arguments["frame_key"], bound.arguments.get("image")))
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(TargetTracker, name, call)
+
+    for name in ("add", "step", "reacquire"):
+        spy(name)
+    prompts = [{"time": 0.0, "boxes": [box_of(scenes[0], biggest(scenes[0]))], "track": True}]
+    summary = run(bag, tmp_path / "out", predictor, prompts)
+    assert summary.complete and not summary.prompt_errors, summary.prompt_errors
+    frame_of = {sec * 10**9 + nsec: i for i, (sec, nsec) in enumerate(map(stamp, range(FRAMES)))}
+    assert {name for name, _, _ in calls} == {"add", "step", "reacquire"}
+    assert [k for name, k, _ in calls if name == "step"] == list(frame_of)[1:]
+    for name, key, image in calls:
+        assert image is not None, (name, key)
+        assert np.array_equal(image, scenes[frame_of[key]].image), (name, key)
 
 
 def test_bad_target_calls_are_reported_and_the_replay_goes_on(
