@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed: run `make setup`")
@@ -20,7 +21,10 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.context import Context
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from std_msgs.msg import Header
 
+from segfast_ros.bench.scenes import generate_sequence
+from segfast_ros.pipeline.frames import Frame
 from segfast_ros.ros.calls import ServiceCalls
 from segfast_ros.ros.diagnostics import Health
 from segfast_ros.ros.harness import free_domain_id
@@ -196,3 +200,54 @@ def test_a_call_that_deactivation_catches_is_refused_as_not_active(node: Segfast
     with pytest.raises(StopIteration) as done:
         fresh.send(None)
     assert done.value.value.message.startswith("not active: t is being deactivated")
+
+
+def _frame(key_s: int, image: np.ndarray) -> Frame:
+    header = Header(frame_id="cam")
+    header.stamp.sec = key_s
+    return Frame(key_s * 10**9, image, header)
+
+
+def test_targets_get_the_pixels_of_the_frames_they_are_on(
+    node: SegfastNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The appearance cue's input in the node: ADD on the latest frame gets its image, on an
+    older cached one none (the cache let its pixels go) and its catch-up step on the latest
+    gets the latest's; the tracks worker steps every new frame with that frame's pixels."""
+    assert node.trigger_configure() == SUCCESS
+    assert node.trigger_activate() == SUCCESS
+    seq = generate_sequence(4, 3, (240, 320))
+    tracking, calls = node.tracks.tracking, []
+    assert tracking is not None
+    targets = tracking.targets
+    real_add, real_step = targets.add, targets.step
+
+    def add(predictor: Any, key: int, *, image: Any = None, **kw: Any) -> Any:
+        calls.append(("add", key, image))
+        return real_add(predictor, key, image=image, **kw)
+
+    def step(predictor: Any, key: int, image: Any = None) -> Any:
+        calls.append(("step", key, image))
+        return real_step(predictor, key, image)
+
+    monkeypatch.setattr(targets, "add", add)
+    monkeypatch.setattr(targets, "step", step)
+    worker = node.tracks.worker
+    assert worker is not None
+    for i in range(2):
+        node._frames._encode(_frame(i + 1, seq[i].image))
+    assert worker.wait_idle(30)
+    big = int(np.argmax(seq[0].masks.sum(axis=(1, 2))))
+    box = [float(v) for v in seq[0].boxes[big]]
+    req = _request(Track.Request.ADD, boxes=box, stamp_ns=10**9)  # the older cached frame
+    resp = node.tracks._answer(req, Track.Response(), 0.0)
+    assert resp.success, resp.message
+    (a, b) = calls
+    assert a[:2] == ("add", 10**9) and a[2] is None
+    assert b[:2] == ("step", 2 * 10**9) and np.array_equal(b[2], seq[1].image)
+    calls.clear()
+    node._frames._encode(_frame(3, seq[2].image))
+    assert worker.wait_idle(30)
+    ((name, key, image),) = calls
+    assert (name, key) == ("step", 3 * 10**9) and np.array_equal(image, seq[2].image)
+    assert node.trigger_deactivate() == SUCCESS
