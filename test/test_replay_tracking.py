@@ -211,7 +211,8 @@ def steady_object(scenes: list[Scene]) -> int:
 
 
 def reference_target(predictor: Predictor, scenes: list[Scene], box: list[float]) -> list[Any]:
-    """A TargetTracker given the box on frame 0 and stepped on every later frame."""
+    """A TargetTracker given the box on frame 0 and stepped on every later frame, with each
+    frame's pixels (the appearance cue) as the replay gives them."""
     tracker = TargetTracker()
     ref = Predictor(predictor.backend)
     out = []
@@ -219,9 +220,9 @@ def reference_target(predictor: Predictor, scenes: list[Scene], box: list[float]
         ref.set_image(scene.image)
         key = stamp(i)[0] * 10**9 + stamp(i)[1]
         if i == 0:
-            (result,) = tracker.add(ref, key, boxes=[box])
+            (result,) = tracker.add(ref, key, boxes=[box], image=scene.image)
         else:
-            (result,) = tracker.step(ref, key)
+            (result,) = tracker.step(ref, key, scene.image)
         out.append(result)
     return out
 
