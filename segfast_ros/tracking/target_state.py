@@ -47,6 +47,9 @@ BOX_PAD: float = 0.05
 #: A predicted box whose visible part (inside the image) is narrower or shorter than this many
 #: pixels has left the view: the target is lost without a decode.
 MIN_VISIBLE_SIDE: float = 2.0
+#: A mask touching the image border with less than this fraction of the largest area the
+#: target had is leaving the view: lost, rather than followed as a shrinking sliver.
+EXIT_FRACTION: float = 0.2
 #: Islands of a decoded mask smaller than this fraction of its area are dropped.
 ISLAND_FRACTION: float = 0.1
 #: A new mask overlapping the last good one less than this (IoU) is another object.
@@ -99,6 +102,7 @@ class TargetState:
         lost_at: frame key it was lost on (while lost).
         lost_reason: why it was lost ("" while tracked), for logs.
         appearance: colour histogram of the target (:mod:`.appearance`), None without images.
+        peak_area: the largest mask it had since it was prompted (for the exit check).
     """
 
     result: TargetResult
@@ -112,6 +116,7 @@ class TargetState:
     lost_at: int = 0
     lost_reason: str = ""
     appearance: np.ndarray | None = None
+    peak_area: int = 0
 
     @classmethod
     def prompted(
@@ -129,7 +134,16 @@ class TargetState:
         prompt = np.zeros(0) if answer.prompt is None else answer.prompt
         result = _result(target_id, TRACK_TRACKED, key, mask, box, answer, prompt)
         look = None if image is None else colour.colour_histogram(image, mask)
-        return cls(result, hw, box, key, mask, low_res=answer.low_res, appearance=look)
+        return cls(
+            result,
+            hw,
+            box,
+            key,
+            mask,
+            low_res=answer.low_res,
+            appearance=look,
+            peak_area=int(np.count_nonzero(mask)),
+        )
 
     @property
     def target_id(self) -> int:
@@ -191,6 +205,7 @@ class TargetState:
         self.interval = key - self.key
         self.velocity = (box - self.box) / self.interval
         self.box, self.key, self.mask, self.low_res = box, key, mask, answer.low_res
+        self.peak_area = max(self.peak_area, int(np.count_nonzero(mask)))
         self.result = _result(self.target_id, TRACK_TRACKED, key, mask, box, answer, prompt)
 
     def lost_reason_of(
@@ -202,6 +217,11 @@ class TargetState:
         area, last = int(np.count_nonzero(mask)), self.area
         if area == 0:
             return "empty mask"
+        if area < EXIT_FRACTION * self.peak_area and _touches_border(mask):
+            return (
+                f"leaving the view: {area} px at the image border, under {EXIT_FRACTION:g} of "
+                f"its largest {self.peak_area} px"
+            )
         if score < s.lost_score:
             return f"predicted IoU {score:.3f} < tracking.lost_score {s.lost_score:g}"
         if stability < s.lost_stability:
@@ -260,6 +280,10 @@ def main_regions(mask: np.ndarray) -> np.ndarray:
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two ``(H, W)`` masks (0 when both are empty)."""
     return float(iou_matrix(Footprints.from_masks(a[None]), Footprints.from_masks(b[None]))[0, 0])
+
+
+def _touches_border(mask: np.ndarray) -> bool:
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
 
 
 def _box(mask: np.ndarray) -> np.ndarray:
