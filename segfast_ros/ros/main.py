@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import rclpy
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
@@ -43,6 +44,23 @@ class ManagedNode(Protocol):
     def destroy_node(self) -> None: ...
 
     def get_logger(self) -> Any: ...
+
+
+def spin(executor: Any, signals: ShutdownSignals) -> None:
+    """Spin until a signal or a shutdown, surviving entities destroyed mid-wait.
+
+    A transition (deactivate, cleanup) runs on an executor thread and destroys subscriptions,
+    publishers and services while this thread may be building the next wait set from them; the
+    QoS event handlers of a destroyed subscription or publisher then raise ``InvalidHandle``
+    there (rclpy guards timers, subscriptions and services against it, not waitables). It
+    ended the node with a traceback, seen once in a full test run on a loaded machine. The
+    entity is gone, so the next ``spin_once`` builds a wait set without it.
+    """
+    while not signals.received and rclpy.ok():
+        try:
+            executor.spin_once(timeout_sec=SIGNAL_POLL_S)
+        except InvalidHandle:
+            continue
 
 
 def _autostart(node: ManagedNode, signals: ShutdownSignals) -> None:
@@ -116,8 +134,7 @@ def run(
     executor.add_node(node)  # type: ignore[arg-type]
     try:
         _autostart(node, signals)
-        while not signals.received and rclpy.ok():
-            executor.spin_once(timeout_sec=SIGNAL_POLL_S)
+        spin(executor, signals)
     except ExternalShutdownException:
         pass  # the context was shut down from outside: end as after a signal
     finally:
