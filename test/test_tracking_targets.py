@@ -78,21 +78,21 @@ def test_n_targets_cost_one_decoder_call_per_frame(backend, frames) -> None:
     big = np.flatnonzero(scene.masks.sum(axis=(1, 2)) > 800)[:5]
     assert len(big) >= 3
     tracker = TargetTracker(TrackingSettings(lost_score=0.0, lost_stability=0.0))
-    before = backend.decodes
+    before = backend.decode_calls
     added = tracker.add(on(backend, scene), 0, boxes=scene.boxes[big])
     assert [r.target_id for r in added] == list(range(1, len(big) + 1))
-    assert backend.decodes - before == 1 and tracker.decoder_calls == 1
+    assert backend.decode_calls - before == 1 and tracker.decoder_calls == 1
     for t in (1, 2, 3):
-        before = backend.decodes
+        before = backend.decode_calls
         results = tracker.step(on(backend, frames[t]), t)
-        assert backend.decodes - before == 1
+        assert backend.decode_calls - before == 1
         assert [r.target_id for r in results] == [r.target_id for r in added]
         assert all(r.frame_key == t for r in results if r.state == TRACK_TRACKED)
     assert tracker.decoder_calls == 4
     # Nothing older than the frame: no decode at all.
-    before = backend.decodes
+    before = backend.decode_calls
     tracker.step(on(backend, frames[3]), 3)
-    assert backend.decodes == before and tracker.decoder_calls == 4
+    assert backend.decode_calls == before and tracker.decoder_calls == 4
 
 
 def test_a_removed_object_is_lost_and_not_found_on_the_others(backend, frames) -> None:
@@ -113,9 +113,9 @@ def test_a_removed_object_is_lost_and_not_found_on_the_others(backend, frames) -
     assert [r.state for r in rest] == [TRACK_TRACKED, TRACK_TRACKED]
     # Lost targets are not decoded again: with only the others removed, no decoder call.
     tracker.remove([r.target_id for r in rest])
-    before = backend.decodes
+    before = backend.decode_calls
     (again,) = tracker.step(on(backend, frames[2]), 2)
-    assert again.state == TRACK_LOST and again.frame_key == 2 and backend.decodes == before
+    assert again.state == TRACK_LOST and again.frame_key == 2 and backend.decode_calls == before
 
 
 def test_a_lost_target_is_reacquired_from_segevery_or_the_planner(backend, frames) -> None:
@@ -163,9 +163,9 @@ def test_a_single_point_takes_the_best_of_three_masks(backend, frames) -> None:
     point = [float(xs[len(xs) // 2]) + 0.5, float(ys[len(ys) // 2]) + 0.5]
     predictor = on(backend, scene)
     best = predictor.predict([point], [1], multimask_output=True).scores.max()
-    before = backend.decodes
+    before = backend.decode_calls
     (result,) = TargetTracker().add(predictor, 0, points=[point], labels=[1])
-    assert backend.decodes - before == 1
+    assert backend.decode_calls - before == 1
     assert result.score == pytest.approx(float(best)) and result.prompt.shape == (0,)
 
 
@@ -279,7 +279,7 @@ class NothingBackend(CountingBackend):
 
 
 def test_a_prompt_that_segments_nothing_adds_no_target(backend, frames) -> None:
-    nothing = NothingBackend(backend.inner)
+    nothing = NothingBackend(backend.backend)
     tracker = TargetTracker()
     tracker.add(on(backend, frames[0]), 0, boxes=box_of(frames[0], OBJECT))
     box = box_of(frames[0], OBJECT)

@@ -94,12 +94,12 @@ def test_an_object_replaced_by_another_colour_is_lost_with_the_cue(backend, fram
 def test_a_wrong_image_is_a_value_error_and_changes_nothing(backend, frames, image, shape):
     expected = rf"image must be the frame's \(240, 320, 3\) uint8 image, got shape {shape}"
     tracker = added(backend, frames[0])
-    before, calls = tracker.results(), backend.decodes
+    before, calls = tracker.results(), backend.decode_calls
     with pytest.raises(ValueError, match=expected):
         tracker.add(on(backend, frames[0]), 0, boxes=box_of(frames[0], OBJECT), image=image)
     with pytest.raises(ValueError, match=expected):
         tracker.step(on(backend, frames[1]), 1, image=image)
-    assert backend.decodes == calls and tracker.results() == before  # no decode, no change
+    assert backend.decode_calls == calls and tracker.results() == before  # no decode, no change
     lost = lost_on_a_blank_frame(backend, frames)
     with pytest.raises(ValueError, match=expected):
         lost.reacquire(instances_of(frames[2]), 2, image=image)

@@ -9,12 +9,12 @@ thin wrapper), not taken from the tracker.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from segfast_ros.bench.scenes import generate_sequence
+from segfast_ros.bench.tracking import CountingBackend
 from segfast_ros.masks import Instance, mask_to_rle
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
 from segfast_ros.runtime.predictor import Predictor
@@ -24,25 +24,6 @@ HW = (240, 320)
 # generate_sequence(4, ...): object 9 (the largest on frame 0) stays in view on frames 0-6,
 # is cut by the frame edge from frame 5 and is gone from the ground truth from frame 7.
 SEED, OBJECT, FRAMES = 4, 9, 10
-
-
-class CountingBackend:
-    """The demo backend, counting decoder calls (what "one call per frame" is about)."""
-
-    def __init__(self, backend: OnnxRuntimeBackend) -> None:
-        self.inner = backend
-        self.name = backend.name
-        self.info = backend.info
-        self.decodes = 0
-        self._lock = threading.Lock()
-
-    def encode(self, image: np.ndarray) -> np.ndarray:
-        return self.inner.encode(image)
-
-    def decode(self, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with self._lock:
-            self.decodes += 1
-        return self.inner.decode(*inputs)
 
 
 def demo_backend() -> CountingBackend:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -247,6 +248,7 @@ class CountingBackend:
         self.decode_calls = 0
         self.prompt_sets = 0
         self.decode_ms = 0.0
+        self._lock = threading.Lock()  # trackers may decode from several threads
 
     def encode(self, image: np.ndarray) -> np.ndarray:
         return self.backend.encode(image)
@@ -259,14 +261,16 @@ class CountingBackend:
         mask_input: np.ndarray,
         has_mask_input: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        self.decode_calls += 1
-        self.prompt_sets += int(point_coords.shape[0])
+        with self._lock:
+            self.decode_calls += 1
+            self.prompt_sets += int(point_coords.shape[0])
         out, elapsed = time_ms(
             lambda: self.backend.decode(
                 image_embeddings, point_coords, point_labels, mask_input, has_mask_input
             )
         )
-        self.decode_ms += elapsed
+        with self._lock:
+            self.decode_ms += elapsed
         return out
 
 
