@@ -14,6 +14,8 @@ from segfast_ros.masks import Instance, mask_to_rle
 from segfast_ros.pipeline.render import instance_record, mask_record
 from segfast_ros.pipeline.tracks import (
     Tracking,
+    decoded_count,
+    due_targets,
     target_records,
     targets_label_image,
     tracked_records,
@@ -202,3 +204,24 @@ def test_on_segevery_image_lets_colour_reacquire_a_moved_target(
     tracking.on_segevery(insts, 15, hw, later.image if with_image else None)
     (result,) = tracking.targets.results()
     assert result.state == (TRACK_TRACKED if with_image else TRACK_LOST)
+
+
+def test_decoded_count_counts_the_targets_a_step_decoded(predictor: Predictor) -> None:
+    seq = generate_sequence(4, 3, (240, 320))
+    tracking = Tracking()
+    predictor.set_image(seq[0].image)
+    big = int(np.argmax(seq[0].masks.sum(axis=(1, 2))))
+    tracking.targets.add(predictor, 0, boxes=seq[0].boxes[big])
+    # Decoded on a blocked view, and lost there: it was decoded, so it counts.
+    predictor.set_image(np.full((240, 320, 3), 128, np.uint8))
+    due = due_targets(tracking.targets.results(), 1)
+    lost = tracking.on_frame(predictor, 1)
+    assert lost is not None and [r.state for r in lost] == [TRACK_LOST]
+    assert due == {lost[0].target_id} and decoded_count(due, lost) == 1
+    # Lost before the step: reported on the next frame without a decode, so it does not count,
+    # although its result carries the last box prompt.
+    predictor.set_image(seq[2].image)
+    due = due_targets(tracking.targets.results(), 2)
+    still = tracking.on_frame(predictor, 2)
+    assert still is not None and still[0].state == TRACK_LOST and still[0].prompt.size == 4
+    assert due == set() and decoded_count(due, still) == 0

@@ -83,6 +83,27 @@ def targets_label_image(results: Sequence[TargetResult], hw: tuple[int, int]) ->
     return labels
 
 
+def due_targets(results: Sequence[TargetResult], frame_key: int) -> set[int]:
+    """IDs of the targets a step onto frame ``frame_key`` decodes: tracked, on an older frame.
+
+    Args:
+        results: the targets' latest results, taken before the step.
+        frame_key: the frame the step goes to.
+    """
+    return {r.target_id for r in results if r.state == TRACK_TRACKED and r.frame_key < frame_key}
+
+
+def decoded_count(due: set[int], results: Sequence[TargetResult]) -> int:
+    """Targets a step decoded (an ``InstanceArray``'s ``decoder_prompts`` on ``~/tracks``).
+
+    Args:
+        due: :func:`due_targets` before the step.
+        results: the step's results. A due target decoded there has that frame's box prompt,
+            found or lost; one whose predicted box left the view was not decoded (no prompt).
+    """
+    return sum(r.target_id in due and r.prompt.size == 4 for r in results)
+
+
 def tracked_records(
     instances: Sequence[Instance], labels: Sequence[TrackLabel]
 ) -> list[InstanceRecord]:

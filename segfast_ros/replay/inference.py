@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from ..pipeline.frames import stamp_to_ns
 from ..pipeline.render import InstanceRecord, answer_records
-from ..pipeline.tracks import Tracking
+from ..pipeline.tracks import Tracking, decoded_count, due_targets
 from ..runtime.predictor import Predictor
 from ..segany import decode_prompt_sets, prompt_kwargs
 from ..segevery.base import SegEvery, SegEveryResult
@@ -172,11 +172,7 @@ class Inference:
         """The targets onto the encoded frame: one batched decoder call (none without
         targets)."""
         targets = self.tracking.targets
-        due = {
-            r.target_id
-            for r in targets.results()
-            if r.state == TRACK_TRACKED and r.frame_key < item.key
-        }
+        due = due_targets(targets.results(), item.key)
         start = time.perf_counter()
         results = self.tracking.on_frame(self.predictor, item.key, item.image)
         ms = 1e3 * (time.perf_counter() - start)
@@ -184,8 +180,7 @@ class Inference:
         if results is None:
             return
         self.timings["targets"].append(ms)
-        # Decoded: those due that have this frame's box prompt (one that left the view has none).
-        self._decoded = sum(r.target_id in due and r.prompt.size == 4 for r in results)
+        self._decoded = decoded_count(due, results)
         self._step_ms = ms
 
     def _flush_tracks(self) -> None:

@@ -39,7 +39,13 @@ from std_msgs.msg import Header
 
 from segfast_ros.msg import InstanceArray
 from segfast_ros.pipeline.frames import EncodedFrame, LatestWorker
-from segfast_ros.pipeline.tracks import Tracking, target_records, targets_label_image
+from segfast_ros.pipeline.tracks import (
+    Tracking,
+    decoded_count,
+    due_targets,
+    target_records,
+    targets_label_image,
+)
 from segfast_ros.ros.calls import ServiceCalls
 from segfast_ros.ros.conversions import labels_to_mono16_msg, record_to_msg, stamp_to_ns
 from segfast_ros.ros.diagnostics import Health, fmt_stamp
@@ -224,7 +230,7 @@ class TargetTracking:
         if tracking is None or backend is None or not pubs:
             return
         start = time.perf_counter()
-        before = {r.target_id: r.frame_key for r in tracking.targets.results()}
+        due = due_targets(tracking.targets.results(), encoded.key)
         results = tracking.on_frame(encoded.predictor(backend), encoded.key, encoded.frame.image)
         elapsed = (time.perf_counter() - start) * 1e3
         if not results:
@@ -245,7 +251,7 @@ class TargetTracking:
                 header=header,
                 strategy=TARGETS_STRATEGY,
                 instances=[record_to_msg(r) for r in target_records(results, encoded.hw)],
-                decoder_prompts=decoded(before, results, encoded.key),
+                decoder_prompts=decoded_count(due, results),
                 segevery_ms=float(elapsed),
             )
         )
@@ -351,14 +357,3 @@ class TargetTracking:
         header = Header(frame_id=latest.frame.header.frame_id if latest else "")
         header.stamp.sec, header.stamp.nanosec = divmod(key, 1_000_000_000)
         return header, latest.hw if latest else (0, 0)
-
-
-def decoded(before: dict[int, int], results: Sequence[TargetResult], key: int) -> int:
-    """Targets a step decoded on frame ``key``: a box prompt there, and an older frame before
-    the step (``before``: target ID to frame key); not one added on it or lost without a
-    decode."""
-    return sum(
-        1
-        for r in results
-        if r.frame_key == key and r.prompt.size == 4 and before.get(r.target_id, key) < key
-    )
