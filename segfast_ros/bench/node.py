@@ -109,7 +109,7 @@ def bench_node(
         "-p", f"intra_op_threads:={threads}",
         "-p", f"cache_size:={max(4, frames + 1)}",
     ]  # fmt: skip
-    with _running_node(model_dir, node_args, log_path) as (node, client, pub, segment):
+    with running_node(model_dir, node_args, log_path) as (node, client, pub, segment):
         diagnostics: list[Any] = []
         client.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
         direct_encode, resent = _time_frames(
@@ -117,13 +117,13 @@ def bench_node(
         )
         # The node's own windows (last 100 frames) hold the timed frames and the warm-up ones;
         # the warm-up is small, and medians are robust to it.
-        values = _latest_values(client, diagnostics)
+        values = latest_values(client, diagnostics)
         # The request names the last frame sent, which is in the node's cache.
         service_ms, predict_ms = _time_calls(
             client, segment, direct, image, frames + warmup, calls, warmup
         )
         # The node's own view of the calls: time inside the service handler.
-        handler = _latest_values(client, diagnostics)
+        handler = latest_values(client, diagnostics)
 
     def node_row(stage: str, values: dict[str, str], key: str, runs: int) -> BenchRow:
         """A row from the node's own p50/p95 of ``key`` in its diagnostics."""
@@ -214,7 +214,7 @@ def _time_calls(
     return service_ms, predict_ms
 
 
-def _latest_values(client: Client, diagnostics: list[Any]) -> dict[str, str]:
+def latest_values(client: Client, diagnostics: list[Any]) -> dict[str, str]:
     """The node's diagnostic values from its next ``/diagnostics`` message."""
     diagnostics.clear()
     client.spin_until(lambda: _encoded(diagnostics) > 0, 5, "diagnostics")
@@ -222,7 +222,7 @@ def _latest_values(client: Client, diagnostics: list[Any]) -> dict[str, str]:
 
 
 @contextmanager
-def _running_node(
+def running_node(
     model_dir: str | Path, args: list[str], log_path: str | Path, segment_qos: Any = None
 ) -> Iterator[tuple[NodeProcess, Client, Any, Any]]:
     """The node process on a fresh domain (SegEvery off), and a client with an image
@@ -331,7 +331,7 @@ def bench_concurrent(
         "-p", f"segment.queue_depth:={queue_depth}",
         "-p", f"segment.workers:={workers}",
     ]  # fmt: skip
-    with _running_node(model_dir, args, log_path, SERVICE_QOS) as (node, client, pub, segment):
+    with running_node(model_dir, args, log_path, SERVICE_QOS) as (node, client, pub, segment):
         h, w = image.shape[:2]
         req = Segment.Request(
             points=[Point(x=0.45 * w, y=0.5 * h)], labels=[1], multimask=multimask

@@ -25,7 +25,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 
 from segfast_ros.bench.latency import BenchRow, bench_row
-from segfast_ros.bench.node import NS, _latest_values, _running_node
+from segfast_ros.bench.node import NS, latest_values, running_node
 from segfast_ros.bench.timing import percentile, time_ms
 from segfast_ros.bench.tracking import (
     LENIENT_FIELDS,
@@ -97,7 +97,7 @@ def bench_node_tracking(
         "-p", f"intra_op_threads:={threads}",
         *(a for f in LENIENT_FIELDS for a in ("-p", f"tracking.{f}:={getattr(settings, f)}")),
     ]  # fmt: skip
-    with _running_node(model_dir, node_args, log_path) as (node, client, pub, _):
+    with running_node(model_dir, node_args, log_path) as (node, client, pub, _):
         tracks: dict[int, tuple[float, Any]] = {}
 
         def on_tracks(msg: Any) -> None:
@@ -119,7 +119,7 @@ def bench_node_tracking(
                 direct_ms.append(encode)
                 steps.append(float(msg.segevery_ms))
                 tracked.append(sum(t.track_state == TRACK_TRACKED for t in msg.instances))
-        values = _latest_values(client, diagnostics)
+        values = latest_values(client, diagnostics)
     result = _result(precision, targets, latency, direct_ms, steps, tracked, values)
     received = int(values["frames_received"])
     return replace(result, frames_resent=resent, frames_sent=sent, node_frames_received=received)
