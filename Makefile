@@ -34,10 +34,27 @@ VENDOR_PY := launch launch_ros ros2launch rosidl_runtime_py \
 	$(addprefix ros2cli_pkgs/,ros2cli ros2pkg ros2node ros2param ros2lifecycle ros2topic \
 	ros2service ros2run ros2interface)
 VENDOR_BUILD := build/vendor
+# vision_msgs (Detection2DArray/Detection3DArray in and out, issue 17) is generated the same way,
+# with a stamp of its own: the node and the replay use it when it is importable and disable those
+# outputs without it, so a checkout without the vendored folder still sets up and runs.
+VISION_MSGS_DIR := $(if $(ROS2_VENDOR_DIR),$(wildcard $(ROS2_VENDOR_DIR)/vision_msgs))
+VISION_STAMP := $(VENV)/.vision-msgs
+
+# One vendored interface package (ament_cmake + rosidl), generated with CMake against the wheels
+# exactly like our own interfaces and installed into the venv. $(1): its folder name.
+define vendor_interfaces
+	AMENT_PREFIX_PATH=$(VENV_ABS) cmake -S $(ROS2_VENDOR_DIR)/$(1) -B $(VENDOR_BUILD)/$(1) \
+		-DCMAKE_PROJECT_INCLUDE=$(CURDIR)/cmake/pip_wheels_fixup.cmake \
+		-DCMAKE_PREFIX_PATH=$(VENV_ABS) -DPython3_EXECUTABLE=$(VENV_ABS)/bin/python \
+		-DCMAKE_INSTALL_PREFIX=$(VENV_ABS) -DBUILD_TESTING=OFF
+	AMENT_PREFIX_PATH=$(VENV_ABS) cmake --build $(VENDOR_BUILD)/$(1) --parallel $(JOBS)
+	cmake --install $(VENDOR_BUILD)/$(1)
+endef
 
 .PHONY: setup build-tools test lint format bench demo clean
 
-setup: $(STAMP) $(ROS_STAMP) $(INSTALL_STAMP) $(if $(ROS2_VENDOR_DIR),$(VENDOR_STAMP))
+setup: $(STAMP) $(ROS_STAMP) $(INSTALL_STAMP) $(if $(ROS2_VENDOR_DIR),$(VENDOR_STAMP)) \
+	$(if $(VISION_MSGS_DIR),$(VISION_STAMP))
 
 # Checked before the long pip install, so a missing tool fails in seconds.
 build-tools:
@@ -86,20 +103,18 @@ $(VENDOR_STAMP): $(ROS_STAMP) requirements-vendor.txt | build-tools
 	@test -d "$(ROS2_VENDOR_DIR)/launch" || { echo >&2 "make setup: ROS2_VENDOR_DIR=" \
 		"$(ROS2_VENDOR_DIR) has no launch/ (expected the ros2_jazzy vendor folder)"; exit 1; }
 	$(PY) -m pip install --quiet -r requirements-vendor.txt
-	AMENT_PREFIX_PATH=$(VENV_ABS) cmake -S $(ROS2_VENDOR_DIR)/composition_interfaces \
-		-B $(VENDOR_BUILD)/composition_interfaces \
-		-DCMAKE_PROJECT_INCLUDE=$(CURDIR)/cmake/pip_wheels_fixup.cmake \
-		-DCMAKE_PREFIX_PATH=$(VENV_ABS) -DPython3_EXECUTABLE=$(VENV_ABS)/bin/python \
-		-DCMAKE_INSTALL_PREFIX=$(VENV_ABS) -DBUILD_TESTING=OFF
-	AMENT_PREFIX_PATH=$(VENV_ABS) cmake --build $(VENDOR_BUILD)/composition_interfaces \
-		--parallel $(JOBS)
-	cmake --install $(VENDOR_BUILD)/composition_interfaces
+	$(call vendor_interfaces,composition_interfaces)
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 		for pkg in $(VENDOR_PY); do cp -r "$(ROS2_VENDOR_DIR)/$$pkg" "$$tmp/"; done && \
 		chmod -R u+w "$$tmp" && \
 		$(PY) -m pip install --quiet --no-deps --no-build-isolation \
 			$(foreach pkg,$(VENDOR_PY),"$$tmp/$(notdir $(pkg))")
 	touch $(VENDOR_STAMP)
+
+# vision_msgs from its unmodified sources (~60 s on 2 cores); rebuilt with the venv's packages.
+$(VISION_STAMP): $(STAMP) | build-tools
+	$(call vendor_interfaces,vision_msgs)
+	touch $(VISION_STAMP)
 
 # NVIDIA's TensorRT API stubs, for the type checker only (basedpyright, set up in pyproject.toml:
 # it checks the TensorRT modules against them). Kept out of the venv, where they would make

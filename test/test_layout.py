@@ -26,6 +26,7 @@ ROOMS: tuple[tuple[str, ...], ...] = (
     ("segany",),
     ("segevery",),
     ("tracking",),
+    ("spatial",),
     ("pipeline",),
     ("ros", "replay"),
     ("bench",),

@@ -16,7 +16,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 #: The Makefile's setup stamps, in its order.
-STAMPS = (".installed", ".ros-interfaces", ".ros-installed-files", ".ros2-vendor")
+STAMPS = (
+    ".installed",
+    ".ros-interfaces",
+    ".ros-installed-files",
+    ".ros2-vendor",
+    ".vision-msgs",
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
 
@@ -78,7 +84,7 @@ def test_setup_installs_the_vendored_ros_tools_only_when_a_copy_is_given(
     venv = tmp_path / "venv"
     venv.mkdir()
     future = time.time() + 3600
-    for name in STAMPS[:-1]:  # set up, but never with the vendored tools
+    for name in STAMPS[:3]:  # set up, but never with the vendored tools
         (venv / name).touch()
         os.utime(venv / name, (future, future))
     vendor = tmp_path / "ros2_jazzy"
@@ -91,6 +97,24 @@ def test_setup_installs_the_vendored_ros_tools_only_when_a_copy_is_given(
     # Without a copy (no ../shared, ROS2_VENDOR_DIR empty) setup has nothing more to do.
     out = _dry_run(venv, vendor="")
     assert "composition_interfaces" not in out and "pip install" not in out
+
+
+def test_setup_builds_vision_msgs_only_when_the_vendored_copy_has_it(
+    venv: Path, tmp_path: Path
+) -> None:
+    vendor = tmp_path / "ros2_jazzy"
+    (vendor / "launch").mkdir(parents=True)
+    (venv / ".vision-msgs").unlink()
+    # A vendored folder without vision_msgs: nothing to build (the outputs are optional).
+    assert "vision_msgs" not in _dry_run(venv, vendor=vendor)
+    (vendor / "vision_msgs").mkdir()
+    (vendor / "vision_msgs" / "package.xml").touch()
+    out = _dry_run(venv, vendor=vendor)
+    assert (
+        f"cmake -S {vendor}/vision_msgs" in out
+        and "cmake --install build/vendor/vision_msgs" in out
+    )
+    assert "vision_msgs" not in _dry_run(venv, vendor="")
 
 
 def test_setup_reinstalls_the_vendored_tools_when_their_requirements_change(

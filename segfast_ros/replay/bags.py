@@ -33,7 +33,7 @@ log = logging.getLogger("segfast.replay")
 PACKAGE = "segfast_ros"
 
 #: The message files the replay writes, in dependency order.
-MESSAGES: tuple[str, ...] = ("Instance", "SegmentResult", "InstanceArray")
+MESSAGES: tuple[str, ...] = ("Position3D", "Instance", "SegmentResult", "InstanceArray")
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
