@@ -41,6 +41,7 @@ ROSDEP_KEYS = {
             "sensor_msgs",
             "std_msgs",
             "std_srvs",
+            "vision_msgs",
         )
     },
     "numpy": "python3-numpy",
