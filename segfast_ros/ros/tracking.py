@@ -316,14 +316,17 @@ class TargetTracking:
             # targets then take their colours at their first confident step with an image.
             image=encoded.frame.image,
         )
-        self._catch_up(tracking, encoded.key, backend)
+        self.catch_up(tracking, encoded.key, backend)
         latest = {r.target_id: r for r in tracking.targets.results()}
         resp.ids = [r.target_id for r in added]
         # A target removed meanwhile (a concurrent REMOVE) answers with its add's result.
         self._fill(resp, [latest.get(r.target_id, r) for r in added])
 
-    def _catch_up(self, tracking: Tracking, key: int, backend: Backend) -> None:
+    def catch_up(self, tracking: Tracking, key: int, backend: Backend) -> None:
         """Step the targets through the cached frames newer than ``key``, in stamp order.
+
+        After an add on a cached frame (``~/track`` ADD, and the targets ``~/prompts``
+        starts: :mod:`.prompts`), so the new targets are current.
 
         Targets already at a frame are not decoded again there, so only the new ones are.
         Only the latest cached frame still has its pixels: the steps before it run without the
