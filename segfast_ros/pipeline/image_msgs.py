@@ -48,6 +48,39 @@ def _as_uint8(data: Any) -> np.ndarray:
         return np.asarray(data, dtype=np.uint8).reshape(-1)
 
 
+def image_rows(msg: Any, bytes_per_pixel: int) -> np.ndarray:
+    """An Image message's pixel rows as a ``(height, width * bytes_per_pixel)`` uint8 view.
+
+    The row padding (``step`` beyond a row) is skipped by striding, without a copy. The
+    message's size fields are checked first, so that a frame over the pixel limit costs nothing.
+
+    Raises:
+        ImageError: a zero width or height, too many pixels, ``step`` smaller than a row, or
+            fewer than ``step * height`` bytes of data; the message names ``msg.encoding``.
+    """
+    encoding = msg.encoding
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ImageError(f"{encoding} image is {w}x{h} (width x height); both must be > 0")
+    try:  # before any conversion: a frame over the limit must not cost another copy first
+        check_image_pixels(h, w)
+    except ValueError as err:
+        raise ImageError(f"{encoding} {err}") from None
+    row = w * bytes_per_pixel
+    if step < row:
+        raise ImageError(
+            f"{encoding} image of width {w} has step {step}, less than width * "
+            f"{bytes_per_pixel} = {row} bytes per row"
+        )
+    data = _as_uint8(msg.data)
+    if data.size < step * h:
+        raise ImageError(
+            f"{encoding} image {w}x{h} with step {step} needs step * height = {step * h} bytes "
+            f"of data, got {data.size}"
+        )
+    return data[: step * h].reshape(h, step)[:, :row]
+
+
 def image_msg_to_rgb(msg: Any) -> np.ndarray:
     """Convert a ``sensor_msgs/Image`` (rclpy or rosbags) to an RGB array.
 
@@ -74,32 +107,13 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
             f"{', '.join(ACCEPTED_ENCODINGS)}"
         )
     channels, code = _DECODE[encoding]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise ImageError(f"{encoding} image is {w}x{h} (width x height); both must be > 0")
-    try:  # before any conversion: a frame over the limit must not cost another copy first
-        check_image_pixels(h, w)
-    except ValueError as err:
-        raise ImageError(f"{encoding} {err}") from None
-    row = w * channels
-    if step < row:
-        raise ImageError(
-            f"{encoding} image of width {w} has step {step}, less than width * {channels} = "
-            f"{row} bytes per row"
-        )
-    data = _as_uint8(msg.data)
-    if data.size < step * h:
-        raise ImageError(
-            f"{encoding} image {w}x{h} with step {step} needs step * height = {step * h} bytes "
-            f"of data, got {data.size}"
-        )
-    # A strided view that skips the row padding; cv2 reads it without a copy.
-    rows = data[: step * h].reshape(h, step)[:, :row]
+    rows = image_rows(msg, channels)
+    h, w = rows.shape[0], rows.shape[1] // channels
     if code is not None:
         pixels = rows if channels == 1 else rows.reshape(h, w, channels)
         return cv2.cvtColor(pixels, code)
     rgb = np.ascontiguousarray(rows.reshape(h, w, 3))
-    if np.may_share_memory(rgb, data):
+    if np.may_share_memory(rgb, rows):
         rgb.flags.writeable = False  # a view of the message: writes would change msg.data
     return rgb
 

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -21,6 +22,9 @@ import numpy.typing as npt
 
 from ..masks import Instance, mask_run_lengths, masks_to_boxes, rle_counts, rle_to_mask
 from ..segany import PromptSetMasks
+
+if TYPE_CHECKING:
+    from ..spatial.lift import Lifted
 
 #: Most instances a ``mono16`` label image can tell apart (label 0 is the background).
 MAX_LABELS: int = 65535
@@ -52,6 +56,8 @@ class InstanceRecord:
         prompt: float32, 0, 2 (X, Y) or 4 (XYXY) values.
         track_id: identity across frames (a SegEvery track or a prompted target), 0 for none.
         track_state: one of :mod:`segfast_ros.tracking.states` (``Instance.TRACK_*``).
+        position_3d: the mask lifted with depth (:func:`segfast_ros.spatial.lift.lift_masks`),
+            valid or not; None when it was not lifted (no depth for the frame, or not asked).
     """
 
     id: int
@@ -64,6 +70,7 @@ class InstanceRecord:
     prompt: np.ndarray
     track_id: int = 0
     track_state: int = 0
+    position_3d: Lifted | None = None
 
     def scalar_fields(self) -> dict[str, int | float]:
         """``id``, ``track_id``, ``track_state``, ``score``, ``stability``, ``area``,
@@ -83,6 +90,46 @@ class InstanceRecord:
         """The ``box`` (``sensor_msgs/RegionOfInterest``) fields."""
         x, y, w, h = self.roi
         return {"x_offset": x, "y_offset": y, "width": w, "height": h, "do_rectify": False}
+
+    def position_fields(self) -> dict[str, Any]:
+        """The ``position_3d`` (``segfast_ros/msg/Position3D``) fields as plain values.
+
+        ``valid``, ``centroid``, ``min``, ``max``, ``obb_position``, ``obb_size`` as ``(x, y,
+        z)`` metres in the colour optical frame, ``obb_orientation`` as a quaternion ``(x, y,
+        z, w)``, ``num_points``, ``valid_fraction``. As Position3D.msg says, every field but
+        ``valid`` is zero (the orientation the identity) when the instance was not lifted or
+        its lift is not valid.
+        """
+        lifted = self.position_3d
+        if lifted is None or not lifted.valid:
+            zero = (0.0, 0.0, 0.0)
+            return {
+                "valid": False,
+                "centroid": zero,
+                "min": zero,
+                "max": zero,
+                "obb_position": zero,
+                "obb_orientation": (0.0, 0.0, 0.0, 1.0),
+                "obb_size": zero,
+                "num_points": 0,
+                "valid_fraction": 0.0,
+            }
+        return {
+            "valid": True,
+            "centroid": _floats(lifted.centroid),
+            "min": _floats(lifted.min),
+            "max": _floats(lifted.max),
+            "obb_position": _floats(lifted.obb_center),
+            "obb_orientation": _floats(lifted.obb_orientation),
+            "obb_size": _floats(lifted.obb_size),
+            "num_points": int(lifted.num_points),
+            "valid_fraction": float(lifted.valid_fraction),
+        }
+
+
+def _floats(values: Sequence[float]) -> tuple[float, ...]:
+    """Plain Python floats (message fields refuse numpy scalars in some libraries)."""
+    return tuple(float(v) for v in values)
 
 
 def box_to_roi(box: npt.ArrayLike, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
