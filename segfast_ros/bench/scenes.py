@@ -118,6 +118,7 @@ def _render(
     noise_rng: np.random.Generator,
     min_area: int,
     min_visible_fraction: float,
+    layers: list[np.ndarray] | None = None,
 ) -> Scene:
     h, w = hw
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -132,6 +133,8 @@ def _render(
         if fill.any():
             paint_texture(obj.texture, *obj.local(wx, wy), image, fill)
         fills.append(fill)
+    if layers is not None:
+        layers.extend(fills)
 
     # Visible = own fill minus everything painted later; walk front to back.
     covered = np.zeros(hw, dtype=bool)
@@ -190,6 +193,7 @@ def generate_scene(
     radius: tuple[float, float] = (0.06, 0.2),
     min_area_fraction: float = 0.003,
     min_visible_fraction: float = 0.25,
+    layers: list[np.ndarray] | None = None,
 ) -> Scene:
     """Draw and render one scene.
 
@@ -203,6 +207,10 @@ def generate_scene(
             are dropped from the ground truth.
         min_visible_fraction: instances less visible than this fraction of their own fill
             (mostly hidden) are dropped too.
+        layers: when a list, it receives the full ``(H, W)`` bool fill of every object of the
+            scene's world in paint order (index = :attr:`Scene.ids`' numbering), occluded
+            parts included, and also of the objects dropped from the ground truth: what
+            :mod:`.scene_depth` gives a depth to. The scene itself does not change.
 
     Returns:
         A :class:`Scene`.
@@ -221,7 +229,7 @@ def generate_scene(
     world = sample_world(rng, (w / short, h / short), num_objects, radius)
     camera = Camera((0.0, 0.0), float(short))
     min_area = max(1, round(min_area_fraction * h * w))
-    return _render(world, camera, (h, w), rng, min_area, min_visible_fraction)
+    return _render(world, camera, (h, w), rng, min_area, min_visible_fraction, layers)
 
 
 def generate_sequence(
