@@ -17,7 +17,7 @@ import dataclasses
 import inspect
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -96,6 +96,33 @@ def validate_params(obj: Any) -> None:
         spec = f.metadata.get("range")
         if spec is not None:
             object.__setattr__(obj, f.name, spec.check(f.name, getattr(obj, f.name)))
+
+
+def check_bool(name: str, value: Any) -> None:
+    """A ValueError naming ``name`` unless ``value`` is a bool (1, "true" and None are not)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+
+
+def settings_from_dict(cls: type[_T], values: Mapping[str, Any], what: str) -> _T:
+    """``cls(**values)`` for a settings dataclass, refusing names it does not have.
+
+    Args:
+        cls: a dataclass whose construction checks its values (:func:`validate_params`).
+        values: ``{field: value}``; missing fields keep their defaults.
+        what: what the settings are, for the message (``"tracking"``, ``"depth"``).
+
+    Raises:
+        ValueError: an unknown field (the message lists the accepted ones), or whatever
+            ``cls`` refuses (a value out of range or of the wrong type).
+    """
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(
+            f"unknown {what} setting(s) {', '.join(unknown)}; accepted: {', '.join(names)}"
+        )
+    return cls(**values)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,12 +9,11 @@ fields, so ``ros2 param describe`` shows the ranges enforced here.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..segevery.settings import param, validate_params
+from ..segevery.settings import check_bool, param, settings_from_dict, validate_params
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,11 +70,7 @@ class TrackingSettings:
 
     def __post_init__(self) -> None:
         validate_params(self)
-        if not isinstance(self.use_mask_input, bool):
-            raise ValueError(
-                f"use_mask_input must be a bool, got {self.use_mask_input!r} "
-                f"({type(self.use_mask_input).__name__})"
-            )
+        check_bool("use_mask_input", self.use_mask_input)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrackingSettings:
@@ -85,10 +80,4 @@ class TrackingSettings:
             ValueError: an unknown field (the message lists the accepted ones), or a value out
                 of its range or of the wrong type (names the field and the range).
         """
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ValueError(
-                f"unknown tracking setting(s) {', '.join(unknown)}; accepted: {', '.join(names)}"
-            )
-        return cls(**values)
+        return settings_from_dict(cls, values, "tracking")

@@ -1,0 +1,393 @@
+"""Masks to 3D: each mask's robust centroid, extent and valid-depth numbers from aligned depth.
+
+The depth image is "aligned to color": one depth value (metres along the optical axis) per
+colour pixel, so a mask selects its depth pixels directly. For each instance:
+
+1. its RLE is decoded only for the columns of its ROI (cumulative run ends, sliced);
+2. the mask is eroded by ``erode_px`` within the ROI plus that margin: pixels at a mask's edge
+   mix the object's depth with the background's (flying pixels, a mask a pixel too wide);
+   erosion falls back to the plain mask when it would leave fewer than ``min_points`` valid
+   points (small or thin objects);
+3. the depth pixels under it that are valid (finite, inside ``[min_m, max_m]``, never 0) are
+   back-projected through the colour camera;
+4. the centroid is the per-axis median of those points (a few wrong depths do not move it),
+   the axis-aligned box the ``[p, 100 - p]`` per-axis percentiles, and the optional oriented
+   box the same percentiles along the points' principal axes (PCA).
+
+Everything is in the camera's optical frame (x right, y down, z forward; REP 103), metres.
+Pixels outside an instance's ROI are not read (for the tight boxes of SegEvery and the
+trackers the ROI holds the whole mask). numpy and cv2 only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..masks import mask_run_lengths
+from ..segevery.settings import check_bool, param, settings_from_dict, validate_params
+from .camera import CameraModel
+
+Vec3 = tuple[float, float, float]
+_ZERO3: Vec3 = (0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiftSettings:
+    """How a mask and an aligned depth image become a 3D position.
+
+    Checked on construction: a value out of range raises a ValueError naming the field, the
+    accepted range and the value. Build one from node parameters or a config file with
+    :meth:`from_dict`; change one field with ``dataclasses.replace``.
+
+    Attributes:
+        erode_px: pixels peeled off each mask's edge before its depth is read, so depth from
+            the background just outside the object (mask a pixel too wide, flying pixels at
+            depth edges) does not enter the estimate. 0 uses the mask as it is. Small objects
+            fall back to the plain mask when erosion would leave fewer than min_points.
+        min_m: nearest valid depth, metres. Closer readings (and 0, the usual no-data value)
+            are ignored; set it to the sensor's minimum range.
+        max_m: farthest valid depth, metres. Farther readings are ignored; set it to the
+            sensor's useful range (stereo depth gets noisy far away).
+        min_points: least valid depth points a mask needs for a 3D position; with fewer its
+            position_3d is published with valid false (num_points and valid_fraction still
+            say what was found).
+        extent_percentile: the 3D boxes span the [p, 100 - p] percentiles of the points along
+            each axis, so a few stray points do not inflate them. 0 spans all points.
+        oriented_boxes: also fit an oriented 3D box (principal axes of the points): tighter
+            around tilted or elongated objects than the axis-aligned box, a little more work.
+    """
+
+    erode_px: int = param(3, low=0, high=50)
+    min_m: float = param(0.1, low=0.0, high=1000.0)
+    max_m: float = param(20.0, low=0.001, high=1000.0)
+    min_points: int = param(20, low=1, high=10_000_000)
+    extent_percentile: float = param(2.0, low=0.0, high=25.0)
+    oriented_boxes: bool = False
+
+    def __post_init__(self) -> None:
+        validate_params(self)
+        check_bool("oriented_boxes", self.oriented_boxes)
+        if self.max_m <= self.min_m:
+            raise ValueError(
+                f"max_m must be greater than min_m, got min_m={self.min_m}, max_m={self.max_m}"
+            )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> LiftSettings:
+        """Settings from ``{field: value}`` (missing fields keep their defaults).
+
+        Raises:
+            ValueError: an unknown field (the message lists the accepted ones), or a value out
+                of its range or of the wrong type (names the field and the range).
+        """
+        return settings_from_dict(cls, values, "depth")
+
+
+DEFAULT_SETTINGS = LiftSettings()
+
+
+@dataclass(frozen=True)
+class Lifted:
+    """One mask in 3D (the fields of ``Position3D.msg``), optical frame, metres.
+
+    Attributes:
+        valid: at least ``min_points`` valid depth points were found; the geometry fields are
+            zeros otherwise.
+        centroid: per-axis median of the valid points inside the (eroded) mask.
+        min: axis-aligned box corner, the ``extent_percentile`` percentile per axis.
+        max: the other corner, the ``100 - extent_percentile`` percentile.
+        obb_center: the oriented box's centre (zeros unless ``oriented_boxes``).
+        obb_orientation: its rotation, quaternion ``(x, y, z, w)``: the box's x axis is the
+            points' longest principal axis, z the shortest.
+        obb_size: its edge lengths along its own x, y, z.
+        num_points: valid depth points used.
+        valid_fraction: ``num_points`` over the pixels of the mask used (eroded, or plain when
+            erosion fell back); 0 for an empty mask.
+        points: ``(num_points, 3)`` float32 points when asked for (``points=True``), else None.
+    """
+
+    valid: bool
+    centroid: Vec3 = _ZERO3
+    min: Vec3 = _ZERO3
+    max: Vec3 = _ZERO3
+    obb_center: Vec3 = _ZERO3
+    obb_orientation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)
+    obb_size: Vec3 = _ZERO3
+    num_points: int = 0
+    valid_fraction: float = 0.0
+    points: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+def lift_masks(
+    counts: Sequence[np.ndarray],
+    rois: Sequence[tuple[int, int, int, int]],
+    depth: np.ndarray,
+    camera: CameraModel,
+    settings: LiftSettings = DEFAULT_SETTINGS,
+    *,
+    points: bool = False,
+) -> list[Lifted]:
+    """Each mask's 3D position from an aligned depth image.
+
+    Args:
+        counts: per instance, column-major RLE run lengths over the whole ``(H, W)`` image,
+            starting with a background run (``InstanceRecord.rle_counts``).
+        rois: per instance ``(x_offset, y_offset, width, height)`` holding its mask
+            (``InstanceRecord.roi``); only these pixels are read.
+        depth: ``(H, W)`` float metres at the colour image's pixels (``== camera.hw``, the
+            masks' size); 0, NaN, inf and values outside ``[min_m, max_m]`` are no data.
+        camera: the colour camera (pixels to rays).
+        settings: erosion, valid range, minimum points, extent percentile, oriented boxes.
+        points: also return each instance's valid points (``Lifted.points``).
+
+    Returns:
+        One :class:`Lifted` per instance, in order.
+
+    Raises:
+        ValueError: depth not 2-D float of ``camera.hw``, counts and rois of different
+            lengths, a ROI outside the image, or counts that do not sum to ``H * W``.
+    """
+    depth = _checked_depth(depth, camera)
+    if len(counts) != len(rois):
+        raise ValueError(f"got {len(counts)} RLE counts but {len(rois)} ROIs; expected one each")
+    frame = _Frame(depth, camera, settings)
+    return [frame.lift(c, r, points) for c, r in zip(counts, rois, strict=True)]
+
+
+def mask_refs(masks: np.ndarray) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]]:
+    """``(counts, rois)`` for :func:`lift_masks` from ``(N, H, W)`` dense masks (tight ROIs)."""
+    masks = np.asarray(masks).astype(bool, copy=False)
+    if masks.ndim != 3:
+        raise ValueError(f"expected masks (N, H, W), got shape {masks.shape}")
+    counts = [c.astype(np.uint32) for c in mask_run_lengths(masks)]
+    rois = []
+    for m in masks:
+        cols = np.flatnonzero(m.any(axis=0))
+        rows = np.flatnonzero(m.any(axis=1))
+        if cols.size == 0:
+            rois.append((0, 0, 0, 0))
+        else:
+            x0, y0 = int(cols[0]), int(rows[0])
+            rois.append((x0, y0, int(cols[-1]) + 1 - x0, int(rows[-1]) + 1 - y0))
+    return counts, rois
+
+
+def lift_dense(
+    masks: np.ndarray,
+    depth: np.ndarray,
+    camera: CameraModel,
+    settings: LiftSettings = DEFAULT_SETTINGS,
+    *,
+    points: bool = False,
+) -> list[Lifted]:
+    """:func:`lift_masks` for ``(N, H, W)`` dense bool masks."""
+    counts, rois = mask_refs(masks)
+    return lift_masks(counts, rois, depth, camera, settings, points=points)
+
+
+# ------------------------------------------------------------------------------ one mask
+
+
+def _checked_depth(depth: np.ndarray, camera: CameraModel) -> np.ndarray:
+    depth = np.asarray(depth)
+    if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
+        raise ValueError(
+            f"depth must be a 2-D float image in metres, got shape {depth.shape} dtype "
+            f"{depth.dtype} (16UC1 millimetres: convert with pipeline.depth.depth_msg_to_metres)"
+        )
+    if depth.shape != camera.hw:
+        raise ValueError(
+            f"depth is {depth.shape[1]}x{depth.shape[0]} but the camera (and masks) are "
+            f"{camera.width}x{camera.height}; resample it first (spatial.camera.resample_depth)"
+        )
+    return depth
+
+
+class _Frame:
+    """One depth image ready for lifting: its points and valid pixels, computed once."""
+
+    def __init__(self, depth: np.ndarray, camera: CameraModel, settings: LiftSettings) -> None:
+        self.settings = settings
+        self.hw = (int(depth.shape[0]), int(depth.shape[1]))
+        h, w = self.hw
+        lo = settings.min_m if settings.min_m > 0 else float(np.finfo(np.float32).tiny)
+        with np.errstate(invalid="ignore"):
+            self.valid = (depth >= lo) & (depth <= settings.max_m)
+        # (H, W, 3) float32 X, Y, Z of every pixel: one gather per mask reads its points.
+        self.xyz = np.empty((h, w, 3), dtype=np.float32)
+        rays_x = ((np.arange(w) - camera.cx) / camera.fx).astype(np.float32)
+        rays_y = ((np.arange(h) - camera.cy) / camera.fy).astype(np.float32)
+        np.multiply(depth, rays_x[None, :], out=self.xyz[:, :, 0])
+        np.multiply(depth, rays_y[:, None], out=self.xyz[:, :, 1])
+        self.xyz[:, :, 2] = depth
+        e = settings.erode_px
+        self.kernel = np.ones((2 * e + 1, 2 * e + 1), dtype=np.uint8) if e > 0 else None
+        p = settings.extent_percentile
+        self.quantiles = (p, 50.0, 100.0 - p)
+
+    def lift(self, counts: np.ndarray, roi: tuple[int, int, int, int], want: bool) -> Lifted:
+        """One instance (see :func:`lift_masks`)."""
+        mask = _roi_mask(counts, roi, self.hw)
+        x, y, w, h = (int(v) for v in roi)
+        ok = self.valid[y : y + h, x : x + w]
+        sel, pixels = None, 0
+        if self.kernel is not None and mask.size:
+            eroded = _erode(mask, (x, y), self.hw, self.kernel).view(bool)
+            sel = np.logical_and(eroded, ok)
+            if np.count_nonzero(sel) >= self.settings.min_points:
+                pixels = np.count_nonzero(eroded)
+            else:
+                sel = None  # too few left: a small or thin object keeps its edge pixels
+        if sel is None:
+            sel = np.logical_and(mask.view(bool), ok)
+            pixels = np.count_nonzero(mask)
+        pts = self.xyz[y : y + h, x : x + w][sel]
+        n = len(pts)
+        fraction = n / int(pixels) if pixels else 0.0
+        cloud = pts if want else None
+        if n < self.settings.min_points:
+            return Lifted(False, num_points=n, valid_fraction=fraction, points=cloud)
+        low, mid, high = _quantiles(pts, self.quantiles)
+        obb = _oriented_box(pts, self.quantiles) if self.settings.oriented_boxes else _NO_BOX
+        return Lifted(
+            True,
+            centroid=mid,
+            min=low,
+            max=high,
+            obb_center=obb[0],
+            obb_orientation=obb[1],
+            obb_size=obb[2],
+            num_points=n,
+            valid_fraction=fraction,
+            points=cloud,
+        )
+
+
+_NO_BOX = (_ZERO3, (0.0, 0.0, 0.0, 1.0), _ZERO3)
+
+
+def _roi_mask(counts: np.ndarray, roi: tuple[int, int, int, int], hw: tuple[int, int]):
+    """The ``(h, w)`` uint8 0/1 mask inside ``roi``, decoding only the ROI's columns."""
+    height, width = hw
+    x, y, w, h = (int(v) for v in roi)
+    if x < 0 or y < 0 or w < 0 or h < 0 or x + w > width or y + h > height:
+        raise ValueError(
+            f"ROI (x_offset, y_offset, width, height) = {tuple(roi)} is not inside the "
+            f"{width}x{height} image"
+        )
+    # edges[i], edges[i + 1]: column-major start and end of run i (odd runs are the mask).
+    edges = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=edges[1:])
+    if edges[-1] != height * width:
+        raise ValueError(f"RLE counts sum to {int(edges[-1])}, expected H * W = {height * width}")
+    if w == 0 or h == 0:
+        return np.zeros((h, w), dtype=np.uint8)
+    lo, hi = x * height, (x + w) * height
+    first, last = (int(i) for i in np.searchsorted(edges, (lo + 1, hi)))
+    cut = edges[first - 1 : last + 1].copy()  # runs first - 1 .. last - 1 meet [lo, hi)
+    cut[0], cut[-1] = lo, hi
+    columns = np.repeat(_alternating(first - 1, last), cut[1:] - cut[:-1]).reshape(w, height)
+    return cv2.transpose(columns[:, y : y + h])
+
+
+_ALTERNATING = np.zeros(0, dtype=np.uint8)
+
+
+def _alternating(start: int, stop: int) -> np.ndarray:
+    """``[i & 1 for i in range(start, stop)]`` as uint8, a view of one shared array."""
+    global _ALTERNATING
+    if stop + 1 > len(_ALTERNATING):
+        _ALTERNATING = (np.arange(max(2 * stop + 2, 4096)) & 1).astype(np.uint8)
+    return _ALTERNATING[start:stop]
+
+
+def _erode(
+    mask: np.ndarray, xy: tuple[int, int], hw: tuple[int, int], kernel: np.ndarray
+) -> np.ndarray:
+    """``mask`` (at ``xy`` in an ``hw`` image) eroded as the full image would be.
+
+    Outside the ROI is background, except beyond the image's edge, which does not erode
+    (cv2's default border): a mask cut by the image edge keeps its pixels there.
+    """
+    m = kernel.shape[0] // 2
+    (x, y), (h, w) = xy, mask.shape
+    top, left = min(m, y), min(m, x)
+    bottom, right = min(m, hw[0] - y - h), min(m, hw[1] - x - w)
+    padded = cv2.copyMakeBorder(mask, top, bottom, left, right, cv2.BORDER_CONSTANT, value=0)
+    return cv2.erode(padded, kernel)[top : top + h, left : left + w]
+
+
+def _quantiles(points: np.ndarray, qs: Sequence[float]) -> list[Vec3]:
+    """``np.percentile(points, q, axis=0)`` (linear) for each ``q``, by one partial sort.
+
+    Args:
+        points: ``(n, 3)``, ``n >= 1``.
+    """
+    n = points.shape[0]
+    pos = [q / 100.0 * (n - 1) for q in qs]
+    below = [math.floor(p) for p in pos]
+    above = [min(b + 1, n - 1) for b in below]
+    rows = np.ascontiguousarray(points.T, dtype=np.float64)  # each axis contiguous
+    rows.partition(sorted(set(below + above)), axis=1)
+    lower, upper = rows[:, below].T.tolist(), rows[:, above].T.tolist()
+    out = []
+    for p, b, lo, hi in zip(pos, below, lower, upper, strict=True):
+        t = p - b
+        out.append(
+            (lo[0] + (hi[0] - lo[0]) * t, lo[1] + (hi[1] - lo[1]) * t, lo[2] + (hi[2] - lo[2]) * t)
+        )
+    return out
+
+
+def _oriented_box(
+    points: np.ndarray, qs: Sequence[float]
+) -> tuple[Vec3, tuple[float, float, float, float], Vec3]:
+    """``(center, quaternion xyzw, size)`` of the percentile box along the principal axes.
+
+    ``qs``: the ``(p, ..., 100 - p)`` percentiles of :class:`_Frame` (first and last used).
+    """
+    pts = points.astype(np.float64)
+    mean = pts.mean(axis=0)
+    centred = pts - mean
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    axes = vectors[:, ::-1].copy()  # columns: longest spread first
+    for i in (0, 1):  # each axis points where its largest component is positive
+        if axes[np.argmax(np.abs(axes[:, i])), i] < 0:
+            axes[:, i] = -axes[:, i]
+    axes[:, 2] = np.cross(axes[:, 0], axes[:, 1])  # right-handed: a proper rotation
+    low, high = (np.asarray(v) for v in _quantiles(centred @ axes, (qs[0], qs[-1])))
+    center = mean + axes @ ((low + high) / 2.0)
+    return _vec(center), rotation_quaternion(axes), _vec(high - low)
+
+
+def _vec(v: np.ndarray) -> Vec3:
+    return float(v[0]), float(v[1]), float(v[2])
+
+
+def rotation_quaternion(r: np.ndarray) -> tuple[float, float, float, float]:
+    """Unit quaternion ``(x, y, z, w)``, ``w >= 0``, of a 3x3 rotation matrix."""
+    m = np.asarray(r, dtype=np.float64)
+    t = m[0, 0] + m[1, 1] + m[2, 2]
+    if t > 0:
+        s = 2.0 * math.sqrt(t + 1.0)
+        q = ((m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, s / 4)
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
+        q = (s / 4, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s)
+    elif m[1, 1] > m[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
+        q = ((m[0, 1] + m[1, 0]) / s, s / 4, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s)
+    else:
+        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
+        q = ((m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4, (m[1, 0] - m[0, 1]) / s)
+    v = np.asarray(q)
+    v = v / np.linalg.norm(v)
+    if v[3] < 0:
+        v = -v
+    return float(v[0]), float(v[1]), float(v[2]), float(v[3])
