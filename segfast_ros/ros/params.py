@@ -1,74 +1,64 @@
 """The node's parameters: one table of names, defaults, ranges and descriptions.
 
 Every parameter is declared from :data:`NODE_PARAMS`, the SegEvery strategies' own typed
-fields (:func:`segevery_params`) and the tracking settings' (:func:`tracking_params`), so the
-ranges a user sees in ``ros2 param describe`` are the ones the library enforces. Values are
-read into the typed :class:`NodeConfig` (and :class:`TrackingSettings`) once, and runtime
-changes are checked by :meth:`ParamSpec.check`.
+fields (:func:`segevery_params`), the tracking settings' (:func:`tracking_params`), the depth
+input's and the lift settings' (:func:`depth_params`) and the prompt topic's
+(:data:`PROMPT_PARAMS`), so the ranges a user sees in ``ros2 param describe`` are the ones the
+library enforces. Values are read into the typed :class:`NodeConfig` (and
+:class:`TrackingSettings`, :class:`LiftSettings`) once, and runtime changes are checked by
+:meth:`ParamSpec.check` (a row's declaration: :mod:`.param_spec`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segfast_ros.ros.param_spec import (
+    ParamSpec,
+    field_docs,
+    field_params,
+    num_range,
+    ros_range,
+)
 from segfast_ros.segevery.registry import STRATEGIES
 from segfast_ros.segevery.settings import ParamRange
+from segfast_ros.spatial.lift import LiftSettings
 from segfast_ros.tracking.settings import TrackingSettings
 
-#: Largest value ROS integer ranges accept (int64), used as "no upper bound".
-_INT_MAX = 2**63 - 1
+__all__ = [
+    "DEPTH",
+    "DEPTH_INPUT_PARAMS",
+    "NODE_PARAMS",
+    "PROMPTS",
+    "PROMPT_PARAMS",
+    "SEGEVERY",
+    "TRACKING",
+    "NodeConfig",
+    "ParamSpec",
+    "all_params",
+    "backend_options",
+    "depth_params",
+    "field_docs",
+    "lift_settings",
+    "ros_range",
+    "segevery_params",
+    "strategy_kwargs",
+    "tracking_params",
+    "tracking_settings",
+]
+
 #: Prefix of the SegEvery strategy parameters: ``segevery.<strategy>.<field>``.
 SEGEVERY = "segevery"
 #: Prefix of the tracking parameters: ``tracking.<field>`` (:class:`TrackingSettings`).
 TRACKING = "tracking"
+#: Prefix of the depth parameters: ``depth.<field>`` (:class:`LiftSettings`) and the input's.
+DEPTH = "depth"
+#: Prefix of the ``~/prompts`` topic's parameters.
+PROMPTS = "prompts"
 #: Detector settings of the object-aware strategy that are not strategy fields.
 DETECTOR_PARAMS = ("detector", "conf", "iou", "max_det")
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One node parameter.
-
-    Attributes:
-        name: dotted ROS name.
-        default: its default; the type (bool, int, float, str, list of str) is the ROS type.
-        description: what it does, shown by ``ros2 param describe``.
-        range: accepted numeric values, checked on declaration and on every change.
-        read_only: fixed for the node's lifetime (model and backend choices).
-        choices: accepted strings.
-    """
-
-    name: str
-    default: Any
-    description: str
-    range: ParamRange | None = None
-    read_only: bool = False
-    choices: tuple[str, ...] = ()
-
-    def check(self, value: Any) -> Any:
-        """``value`` converted to this parameter's type, or a ValueError saying why not."""
-        if self.range is not None:
-            return self.range.check(self.name, value)
-        if isinstance(self.default, bool):
-            if not isinstance(value, bool):
-                raise ValueError(f"{self.name} must be true or false, got {value!r}")
-        elif isinstance(self.default, str):
-            if not isinstance(value, str):
-                raise ValueError(f"{self.name} must be a string, got {value!r}")
-            if self.choices and value not in self.choices:
-                raise ValueError(f"{self.name} must be one of {list(self.choices)}, got {value!r}")
-        elif isinstance(self.default, list) and not all(isinstance(v, str) for v in value):
-            raise ValueError(f"{self.name} must be a list of strings, got {value!r}")
-        return value
-
-
-def _num(default: float, low: float | None = None, high: float | None = None) -> ParamRange:
-    kind = int if isinstance(default, int) and not isinstance(default, bool) else float
-    return ParamRange(kind, low, high)
 
 
 #: The node's own parameters (the SegEvery strategy parameters are added by segevery_params).
@@ -118,7 +108,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         16,
         "tensorrt backend: prompt sets per decoder call the engine is tuned for (its "
         "optimization profile's opt).",
-        range=_num(16, 1, 4096),
+        range=num_range(16, 1, 4096),
         read_only=True,
     ),
     ParamSpec(
@@ -126,7 +116,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         320,
         "tensorrt backend: most prompt sets per decoder engine call (profile max; larger "
         "batches are split). Must be >= tensorrt.decoder_opt_sets.",
-        range=_num(320, 1, 4096),
+        range=num_range(320, 1, 4096),
         read_only=True,
     ),
     ParamSpec(
@@ -134,7 +124,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         64,
         "Most prompt sets (boxes or point groups) one ~/segment request may carry; more is "
         "refused with a message.",
-        range=_num(64, 1, 4096),
+        range=num_range(64, 1, 4096),
     ),
     ParamSpec(
         "segment.queue_depth",
@@ -142,7 +132,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         "Most ~/segment and ~/track calls the node holds at once (both together), running or "
         "waiting for a worker. A call past it is answered at once with success=false and a "
         "message saying the node is busy.",
-        range=_num(32, 1, 4096),
+        range=num_range(32, 1, 4096),
         read_only=True,
     ),
     ParamSpec(
@@ -151,7 +141,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         "Threads that decode ~/segment and ~/track calls concurrently (each call uses the "
         "decoder's own intra-op threads too). More than the cores the decoder can use only "
         "adds waiting.",
-        range=_num(2, 1, 64),
+        range=num_range(2, 1, 64),
         read_only=True,
     ),
     ParamSpec(
@@ -160,7 +150,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         "Most bytes of mono8 mask images one ~/segment response may carry (return_images); "
         "a request for more is refused with its size before decoding. At 8K one mask is 33 MB "
         "and a response is copied about 3 times on its way out.",
-        range=_num(256 * 2**20, 2**20, 2**40),
+        range=num_range(256 * 2**20, 2**20, 2**40),
     ),
     ParamSpec(
         "resize_interpolation",
@@ -174,7 +164,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         "intra_op_threads",
         0,
         "ONNX Runtime threads per session (CPU work); 0 lets ONNX Runtime choose.",
-        range=_num(0, 0, 256),
+        range=num_range(0, 0, 256),
         read_only=True,
     ),
     ParamSpec(
@@ -188,13 +178,13 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         "cache_size",
         4,
         "Encoded frames kept by header stamp; ~/segment answers for any of them.",
-        range=_num(1, 1, 64),
+        range=num_range(1, 1, 64),
     ),
     ParamSpec(
         "diagnostics_period",
         1.0,
         "Seconds between /diagnostics messages.",
-        range=_num(1.0, 0.1, 60.0),
+        range=num_range(1.0, 0.1, 60.0),
         read_only=True,
     ),
     ParamSpec(
@@ -203,7 +193,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         "Threads of the node's executor: image callbacks, ~/segment admission, timers and "
         "lifecycle transitions run on them (decoding runs on segment.workers). At least 2: a "
         "deactivate waits on one for the admitted ~/segment calls, which another answers.",
-        range=_num(4, 2, 64),
+        range=num_range(4, 2, 64),
         read_only=True,
     ),
     ParamSpec(
@@ -211,7 +201,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         1.0,
         "SegEvery publications per second on ~/instances (at most one per encoded frame); "
         "0 turns SegEvery off.",
-        range=_num(1.0, 0.0, 30.0),
+        range=num_range(1.0, 0.0, 30.0),
     ),
     ParamSpec(
         f"{SEGEVERY}.strategy",
@@ -242,24 +232,9 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         f"{SEGEVERY}.object_aware.max_det",
         300,
         "Most detector boxes, hence prompts, per frame.",
-        range=_num(300, 1, 10000),
+        range=num_range(300, 1, 10000),
     ),
 )
-
-
-def _field_params(prefix: str, cls: type, describe: Any) -> list[ParamSpec]:
-    """``<prefix>.<field>`` for every ranged or boolean field of dataclass ``cls``.
-
-    Numeric fields carry the range the class itself enforces (:func:`~.settings.param`);
-    boolean fields are plain switches; other fields (objects) are left out.
-    ``describe(field)`` is the parameter's description.
-    """
-    assert dataclasses.is_dataclass(cls)
-    return [
-        ParamSpec(f"{prefix}.{f.name}", f.default, describe(f), range=f.metadata.get("range"))
-        for f in dataclasses.fields(cls)
-        if f.metadata.get("range") is not None or isinstance(f.default, bool)
-    ]
 
 
 def segevery_params() -> tuple[ParamSpec, ...]:
@@ -272,37 +247,17 @@ def segevery_params() -> tuple[ParamSpec, ...]:
     specs = []
     for name, cls in sorted(STRATEGIES.items()):
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        specs += _field_params(
+        specs += field_params(
             f"{SEGEVERY}.{name}", cls, lambda f, n=name, d=doc: f"{n} SegEvery: {f.name} ({d})"
         )
     return tuple(specs)
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """``{field: text}`` from the ``Attributes:`` section of ``cls``'s docstring (Google
-    style: ``name: text`` lines, continued by deeper-indented ones)."""
-    docs: dict[str, str] = {}
-    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
-    if "Attributes:" not in lines:
-        return docs
-    name = ""
-    for line in lines[lines.index("Attributes:") + 1 :]:
-        if line and not line.startswith(" "):
-            break  # the next section
-        text = line.strip()
-        head, sep, rest = text.partition(": ")
-        if sep and line.startswith("    ") and not line.startswith("     ") and " " not in head:
-            name, docs[head] = head, rest
-        elif name and text:
-            docs[name] += " " + text
-    return docs
 
 
 def tracking_params() -> tuple[ParamSpec, ...]:
     """``tracking.<field>`` for every setting of :class:`TrackingSettings` (with its range),
     and ``tracking.segevery_ids``."""
     docs = field_docs(TrackingSettings)
-    specs = _field_params(TRACKING, TrackingSettings, lambda f: docs.get(f.name, f.name))
+    specs = field_params(TRACKING, TrackingSettings, lambda f: docs.get(f.name, f.name))
     specs.append(
         ParamSpec(
             f"{TRACKING}.segevery_ids",
@@ -326,26 +281,79 @@ def tracking_settings(values: dict[str, Any]) -> TrackingSettings:
     return TrackingSettings.from_dict({n: values[f"{TRACKING}.{n}"] for n in sorted(names)})
 
 
+#: The depth input's own parameters (the lifting's are :class:`LiftSettings`' fields).
+DEPTH_INPUT_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        f"{DEPTH}.enabled",
+        False,
+        "Subscribe to `depth` (sensor_msgs/Image, 16UC1 millimetres or 32FC1 metres, aligned "
+        "to the colour image), `camera_info` (the colour camera's) and `depth/camera_info`, and "
+        "fill position_3d on ~/instances, ~/tracks, ~/prompted and ~/segment (return_3d). "
+        "Without depth for a frame, results are 2D only (position_3d.valid false).",
+        read_only=True,
+    ),
+    ParamSpec(
+        f"{DEPTH}.sync_tolerance",
+        0.03,
+        "Seconds between a colour frame's stamp and the nearest depth image's for the two to "
+        "be used together; farther: that frame is 2D only (and /diagnostics says why).",
+        range=num_range(0.03, 0.0, 1.0),
+    ),
+    ParamSpec(
+        f"{DEPTH}.cache_size",
+        8,
+        "Depth images kept by stamp for matching to colour frames (the newest are kept).",
+        range=num_range(8, 1, 256),
+    ),
+    ParamSpec(
+        f"{DEPTH}.cloud_voxel",
+        0.01,
+        "Voxel edge in metres of ~/points (the masked points, computed only while subscribed): "
+        "each instance's points are averaged per voxel; 0 keeps every point.",
+        range=num_range(0.01, 0.0, 1.0),
+    ),
+)
+
+#: The ``~/prompts`` topic's parameters (vision_msgs/Detection2DArray from a detector).
+PROMPT_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        f"{PROMPTS}.start_tracks",
+        False,
+        "Each ~/prompts detection that no current prompted target already covers also starts a "
+        "target (followed on ~/tracks, as ~/track ADD does).",
+    ),
+    ParamSpec(
+        f"{PROMPTS}.max_detections",
+        100,
+        "Most detections of one ~/prompts message decoded (the first ones, in message order); "
+        "the rest are counted as skipped.",
+        range=num_range(100, 1, 4096),
+    ),
+)
+
+
+def depth_params() -> tuple[ParamSpec, ...]:
+    """The depth input's parameters, then ``depth.<field>`` for every :class:`LiftSettings`
+    field (with its range)."""
+    docs = field_docs(LiftSettings)
+    lift = field_params(DEPTH, LiftSettings, lambda f: docs.get(f.name, f.name))
+    return DEPTH_INPUT_PARAMS + tuple(lift)
+
+
+def lift_settings(values: dict[str, Any]) -> LiftSettings:
+    """:class:`LiftSettings` from parameter values (``depth.<field>``).
+
+    Raises:
+        ValueError: a value the settings refuse (the message names it and its range).
+    """
+    own = {s.name for s in DEPTH_INPUT_PARAMS}
+    names = [s.name for s in depth_params() if s.name not in own]
+    return LiftSettings.from_dict({n.removeprefix(f"{DEPTH}."): values[n] for n in names})
+
+
 def all_params() -> tuple[ParamSpec, ...]:
     """Every parameter the node declares."""
-    return NODE_PARAMS + segevery_params() + tracking_params()
-
-
-def ros_range(spec: ParamSpec) -> tuple[str, float, float] | None:
-    """``("integer" | "floating_point", from, to)`` for the ROS descriptor, or None.
-
-    ROS ranges are closed and need both ends, so an open upper end or a missing bound is left
-    to :meth:`ParamSpec.check` alone.
-    """
-    rng = spec.range
-    if rng is None or rng.low is None:
-        return None
-    if rng.kind is int:
-        high = _INT_MAX if rng.high is None else rng.high
-        return "integer", int(rng.low), int(high)
-    if rng.high is None or rng.high_open:
-        return None
-    return "floating_point", float(rng.low), float(rng.high)
+    return NODE_PARAMS + segevery_params() + tracking_params() + depth_params() + PROMPT_PARAMS
 
 
 @dataclass(frozen=True)
@@ -371,10 +379,17 @@ class NodeConfig:
     executor_threads: int
     segevery_rate: float
     segevery_strategy: str
+    depth_enabled: bool
+    depth_sync_tolerance: float
+    depth_cache_size: int
+    depth_cloud_voxel: float
+    prompts_start_tracks: bool
+    prompts_max_detections: int
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> NodeConfig:
-        """Build from ``{parameter name: value}`` (all of :data:`NODE_PARAMS`)."""
+        """Build from ``{parameter name: value}`` (all of :data:`NODE_PARAMS`, the depth input's
+        and the prompts')."""
         return cls(
             backend=str(values["backend"]),
             model_dir=str(values["model_dir"]),
@@ -395,6 +410,12 @@ class NodeConfig:
             executor_threads=int(values["executor.threads"]),
             segevery_rate=float(values[f"{SEGEVERY}.rate"]),
             segevery_strategy=str(values[f"{SEGEVERY}.strategy"]),
+            depth_enabled=bool(values[f"{DEPTH}.enabled"]),
+            depth_sync_tolerance=float(values[f"{DEPTH}.sync_tolerance"]),
+            depth_cache_size=int(values[f"{DEPTH}.cache_size"]),
+            depth_cloud_voxel=float(values[f"{DEPTH}.cloud_voxel"]),
+            prompts_start_tracks=bool(values[f"{PROMPTS}.start_tracks"]),
+            prompts_max_detections=int(values[f"{PROMPTS}.max_detections"]),
         )
 
 
