@@ -13,14 +13,17 @@ Frames: every array is in pixels of the source image, ``H x W``; boxes are XYXY 
 from __future__ import annotations
 
 import array
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
 from sensor_msgs.msg import Image, RegionOfInterest
 from std_msgs.msg import Header
 
 from segfast_ros.masks import Instance
 from segfast_ros.msg import Instance as InstanceMsg
+from segfast_ros.msg import Position3D
 from segfast_ros.pipeline.frames import stamp_to_ns
 from segfast_ros.pipeline.image_msgs import (
     ACCEPTED_ENCODINGS,
@@ -51,6 +54,7 @@ __all__ = [
     "labels_to_mono16_msg",
     "mask_to_mono8_msg",
     "overlay",
+    "position_msg",
     "record_to_msg",
     "rgb_to_image_msg",
     "stamp_to_ns",
@@ -143,9 +147,37 @@ def box_to_roi(box: npt.ArrayLike, image_hw: tuple[int, int]) -> RegionOfInteres
     return RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h, do_rectify=False)
 
 
+def position_msg(fields: dict[str, Any]) -> Position3D:
+    """``Position3D.msg`` from :meth:`InstanceRecord.position_fields` (metres, optical frame)."""
+    if not fields["valid"]:
+        return Position3D()  # all zero, identity orientation, as the fields say
+    x, y, z = fields["obb_position"]
+    qx, qy, qz, qw = fields["obb_orientation"]
+    return Position3D(
+        valid=bool(fields["valid"]),
+        centroid=Point(**dict(zip("xyz", fields["centroid"], strict=True))),
+        min=Point(**dict(zip("xyz", fields["min"], strict=True))),
+        max=Point(**dict(zip("xyz", fields["max"], strict=True))),
+        obb_pose=Pose(
+            position=Point(x=x, y=y, z=z), orientation=Quaternion(x=qx, y=qy, z=qz, w=qw)
+        ),
+        obb_size=Vector3(**dict(zip("xyz", fields["obb_size"], strict=True))),
+        num_points=int(fields["num_points"]),
+        valid_fraction=float(fields["valid_fraction"]),
+    )
+
+
 def record_to_msg(rec: InstanceRecord) -> InstanceMsg:
-    """``Instance.msg`` from a checked record; array fields filled without per-item checks."""
-    msg = InstanceMsg(**rec.scalar_fields(), box=RegionOfInterest(**rec.roi_fields()))
+    """``Instance.msg`` from a checked record; array fields filled without per-item checks.
+
+    ``position_3d`` is the record's lift (:meth:`InstanceRecord.position_fields`): valid false
+    and zeros when it was not lifted.
+    """
+    msg = InstanceMsg(
+        **rec.scalar_fields(),
+        box=RegionOfInterest(**rec.roi_fields()),
+        position_3d=position_msg(rec.position_fields()),
+    )
     msg.rle_counts = _array("I", rec.rle_counts)
     msg.prompt = _array("f", rec.prompt)
     return msg

@@ -6,7 +6,9 @@ it, with the node's state, into the one ``diagnostic_msgs/DiagnosticStatus`` the
 publishes.
 
 The prompted targets (``~/track``, ``~/tracks``) add how many targets are followed and lost,
-their step's time, and their calls' and steps' counters.
+their step's time, and their calls' and steps' counters. The depth input adds its counters and
+why frames are 2D only; missing or stale depth, and refused depth or CameraInfo messages, turn
+the status WARN with the reason (:mod:`.depth`).
 
 Two kinds of time. Rates and the staleness of the input are about the data, so they are in the
 clock ``Health`` is given, the node's (sim time under ``use_sim_time``, as diagnostic_updater
@@ -51,6 +53,7 @@ COUNTERS = (
     "tracks_published",
     "tracks_skipped",
     "tracks_errors",
+    "camera_info_rejected",
 )
 
 
@@ -93,21 +96,27 @@ class Health:
         self._lock = threading.Lock()
         self._warned: dict[str, float] = {}
 
-    def warn(self, text: str, details: str = "", *, error: bool = False) -> None:
+    def warn(
+        self, text: str, details: str = "", *, error: bool = False, key: str | None = None
+    ) -> None:
         """Log ``text`` at most once per WARN_THROTTLE_S for each distinct text.
 
         ROS's own throttling is per call site, so one bad input would hide a different one
         that follows it; here each distinct problem gets its own line. Wall time: a paused
         ``/clock`` must not silence a warning for good, nor a fast one repeat it.
+
+        Args:
+            key: throttle by this instead of the text, for a problem whose text changes with
+                every occurrence (a stamp or a distance in it).
         """
         now = time.monotonic()
         with self._lock:
-            last = self._warned.get(text)
+            last = self._warned.get(key or text)
             if last is not None and now - last < WARN_THROTTLE_S:
                 return
             if len(self._warned) > _MAX_WARNED:
                 self._warned.clear()
-            self._warned[text] = now
+            self._warned[key or text] = now
         log = self._logger
         (log.error if error else log.warning)(f"{text}\n{details}" if details else text)
 
@@ -127,6 +136,8 @@ class NodeState:
         cache: the embedding cache, while configured.
         tracks: the prompted targets' values (:meth:`TargetTracking.diagnostics
             <segfast_ros.ros.tracking.TargetTracking.diagnostics>`).
+        parts: the other parts' values (depth, vision_msgs outputs, ``~/prompts``).
+        warnings: what the parts say is degraded now (depth missing or stale, say): WARN.
     """
 
     problem: str = ""
@@ -138,6 +149,8 @@ class NodeState:
     encoder: LatestWorker | None = None
     cache: EmbeddingCache | None = None
     tracks: dict[str, str] = field(default_factory=dict)
+    parts: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _level(state: NodeState, health: Health, now: float) -> tuple[int, str]:
@@ -154,10 +167,11 @@ def _level(state: NodeState, health: Health, now: float) -> tuple[int, str]:
         level, message = DiagnosticStatus.WARN, "images arrive but none is encoded"
     standing = [f"SegEvery {state.fallback}"] if state.fallback else []
     standing += [f"model: {text}" for text in state.model_warnings]
+    standing += state.warnings if state.active else []
     if standing and level != DiagnosticStatus.ERROR:
-        # Neither is an outage, but the node runs other than the user asked (another
-        # strategy, a model that drifts on this CPU): WARN while it lasts, so a robot's
-        # monitor sees it and not only the start-up log.
+        # None is an outage, but the node runs other than the user asked (another
+        # strategy, a model that drifts on this CPU, results without the 3D asked for):
+        # WARN while it lasts, so a robot's monitor sees it and not only the log.
         level = DiagnosticStatus.WARN
         message = "; ".join(standing if message == "ok" else [message, *standing])
     return level, message
@@ -187,6 +201,7 @@ def _values(config: NodeConfig, state: NodeState, health: Health, now: float) ->
         "model_warnings": " | ".join(state.model_warnings),
         "segevery_ms_p50": f"{health.segevery_runs.percentile(50):.1f}",
         **state.tracks,
+        **state.parts,
         **{k: str(v) for k, v in health.counts.items()},
         "last_error": health.last_error,
     }

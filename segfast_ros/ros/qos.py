@@ -12,6 +12,10 @@ Defaults, and why:
 
 * camera input: best effort, keep last 1, volatile. The newest frame only, and a camera
   driver is never held back by a slow encoder (it matches reliable and best-effort cameras).
+* depth input (``depth``, ``camera_info``, ``depth/camera_info``): best effort, keep last 5,
+  volatile (ROS's sensor-data profile). Best effort matches reliable and best-effort drivers
+  (and a latched CameraInfo publisher); 5 because depth images are kept by stamp for matching,
+  so a short burst should not lose one that a colour frame will ask for.
 * ``~/instances`` and ``~/tracks``: reliable, keep last 2, volatile (as before QoS became
   overridable: small messages a planner should not lose).
 * ``~/instances/label``, ``~/tracks/label`` and ``~/overlay``: reliable, keep last 1,
@@ -44,6 +48,11 @@ def _keep_last(depth: int, reliability: ReliabilityPolicy) -> QoSProfile:
 def image_input_qos() -> QoSProfile:
     """Camera input (raw and compressed): best effort, keep last 1, volatile."""
     return _keep_last(1, ReliabilityPolicy.BEST_EFFORT)
+
+
+def depth_input_qos() -> QoSProfile:
+    """Depth images and CameraInfos: best effort, keep last 5, volatile (sensor data)."""
+    return _keep_last(5, ReliabilityPolicy.BEST_EFFORT)
 
 
 def instances_qos() -> QoSProfile:
