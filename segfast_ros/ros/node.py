@@ -15,10 +15,15 @@ Topics and services (relative names, remappable; ``~`` is the node's namespace):
   (``mono16``) and ``~/overlay`` (``rgb8``, only while subscribed): SegEvery at
   ``segevery.rate`` (:mod:`.segevery_publisher`). Lifecycle publishers: they publish only
   while active.
+* with ``depth.enabled``: ``depth``, ``camera_info`` and ``depth/camera_info`` in; every
+  instance above (and ``~/segment``'s with ``return_3d``) gets its ``position_3d``
+  (:mod:`.depth`; never waits for depth: 2D only without it).
+* ``~/detections``, ``~/detections_3d``, ``~/tracks/detections_3d`` (vision_msgs, when
+  installed) and ``~/points`` (:mod:`.vision`); ``~/prompts`` in, ``~/prompted`` and
+  ``~/prompted/detections`` out (:mod:`.prompts`).
 * ``/diagnostics``: input rate, encoder latency, drops, cache, backend (:mod:`.diagnostics`).
 
-The camera input and the five outputs take the standard ``qos_overrides.<topic>.*``
-parameters (:mod:`.qos`).
+Every topic takes the standard ``qos_overrides.<topic>.*`` parameters (:mod:`.qos`).
 
 Time: with ``use_sim_time`` (ROS's standard parameter) and a ``/clock`` publisher such as
 ``ros2 bag play --clock``, what is about the data follows sim time: frames are cached and
@@ -47,32 +52,33 @@ from collections.abc import Callable
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
-    SetParametersResult,
-)
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from segfast_ros.ros.calls import ServiceCalls
+from segfast_ros.ros.depth import DepthInput
 from segfast_ros.ros.diagnostics import Health, NodeState, diagnostic_status
 from segfast_ros.ros.intake import FrameIntake
+from segfast_ros.ros.param_spec import descriptor
 from segfast_ros.ros.params import (
+    DEPTH,
+    PROMPTS,
     SEGEVERY,
     TRACKING,
     NodeConfig,
     ParamSpec,
     all_params,
     backend_options,
-    ros_range,
+    lift_settings,
     tracking_settings,
 )
+from segfast_ros.ros.prompts import PromptTopic
 from segfast_ros.ros.segevery_publisher import SegEveryPublisher
 from segfast_ros.ros.segment_service import SegmentService
 from segfast_ros.ros.tracking import TargetTracking
+from segfast_ros.ros.vision import VisionOutputs
 from segfast_ros.runtime import Backend, Predictor, load_backend
 from segfast_ros.runtime.paths import resolve_model_path
 
@@ -83,23 +89,6 @@ Transition = Callable[[Any, LifecycleState], TransitionCallbackReturn]
 #: Wall seconds after the start within which, under ``use_sim_time``, a first ``/clock``
 #: message is expected; without one the node says once why SegEvery and /diagnostics are silent.
 SIM_CLOCK_WAIT_S = 5.0
-
-
-def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
-    """The ROS descriptor of ``spec``: description, read-only flag, and the range ROS can say."""
-    descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
-    if spec.choices:
-        descriptor.additional_constraints = f"one of {list(spec.choices)}"
-    elif spec.range is not None:
-        descriptor.additional_constraints = spec.range.describe()
-    bounds = ros_range(spec)
-    if bounds is not None and bounds[0] == "integer":
-        descriptor.integer_range = [IntegerRange(from_value=bounds[1], to_value=bounds[2], step=1)]
-    elif bounds is not None:
-        descriptor.floating_point_range = [
-            FloatingPointRange(from_value=bounds[1], to_value=bounds[2], step=0.0)
-        ]
-    return descriptor
 
 
 def _logged(callback: Transition) -> Transition:
@@ -128,7 +117,7 @@ class SegfastNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         self._specs: dict[str, ParamSpec] = {s.name: s for s in all_params()}
         self._values = {
-            name: spec.check(self.declare_parameter(name, spec.default, _descriptor(spec)).value)
+            name: spec.check(self.declare_parameter(name, spec.default, descriptor(spec)).value)
             for name, spec in self._specs.items()
         }  # ranges ROS cannot express (open ends, choices) are checked here too
         self._config = NodeConfig.from_values(self._values)
@@ -156,7 +145,13 @@ class SegfastNode(LifecycleNode):
         self._calls = ServiceCalls(
             self, self._health, lambda: self._config.segment_queue_depth, ReentrantCallbackGroup()
         )
-        self._tracks = TargetTracking(self, self._health, self._calls, self._frames, backend)
+        # 3D (:mod:`.depth`) and the vision_msgs outputs (:mod:`.vision`) of every part.
+        self._depth = DepthInput(self, self._health, MutuallyExclusiveCallbackGroup())
+        depth, vision = self._depth, VisionOutputs(self, self._health)
+        self._vision = vision
+        self._tracks = TargetTracking(
+            self, self._health, self._calls, self._frames, backend, depth, vision
+        )
         self._frames.on_encoded = self._tracks.frame_encoded
         self._segevery = SegEveryPublisher(
             self,
@@ -165,14 +160,21 @@ class SegfastNode(LifecycleNode):
             cache=lambda: self._frames.cache,
             timer_group=timers,
             tracking=lambda: self._tracks.tracking,
+            depth=depth,
+            vision=vision,
         )
         self._service = SegmentService(
+            self, self._health, self._calls, self._frames, lambda: self._config, backend, depth
+        )
+        self._prompts = PromptTopic(
             self,
             self._health,
-            self._calls,
             self._frames,
-            config=lambda: self._config,
-            backend=backend,
+            self._tracks,
+            backend,
+            vision,
+            depth=lambda: depth if depth.enabled else None,
+            callback_group=MutuallyExclusiveCallbackGroup(),
         )
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # The node's clock, as diagnostic_updater's: a period of sim seconds under sim time,
@@ -245,7 +247,7 @@ class SegfastNode(LifecycleNode):
         try:
             # Build first: a value the settings refuse (or a detector that does not load)
             # leaves the running ones untouched and is reported to the caller.
-            settings = tracking_settings(values)
+            settings, lifting = tracking_settings(values), lift_settings(values)
             if strategy_changed and self._backend is not None:
                 self._segevery.strategy = self._segevery.build_strategy(values, fallback=False)
         except (ValueError, FileNotFoundError) as err:
@@ -253,6 +255,15 @@ class SegfastNode(LifecycleNode):
         if any(n.startswith(f"{TRACKING}.") for n in changed):
             self._tracks.reconfigure(settings, bool(values[f"{TRACKING}.segevery_ids"]))
         config = NodeConfig.from_values(values)
+        if any(n.startswith(f"{DEPTH}.") for n in changed):
+            self._depth.reconfigure(
+                lifting,
+                config.depth_sync_tolerance,
+                config.depth_cache_size,
+                config.depth_cloud_voxel,
+            )
+        if any(n.startswith(f"{PROMPTS}.") for n in changed):
+            self._prompts.reconfigure(config.prompts_max_detections, config.prompts_start_tracks)
         if self._frames.cache is not None:
             self._frames.cache.resize(config.cache_size)
         old_rate = self._config.segevery_rate
@@ -279,13 +290,22 @@ class SegfastNode(LifecycleNode):
         values = self._values
         try:
             self._segevery.strategy = self._segevery.build_strategy(values, fallback=True)
-            tracking = tracking_settings(values)
+            tracking, lifting = tracking_settings(values), lift_settings(values)
         except ValueError as err:  # e.g. hierarchical with fewer than 4 points per side
-            return self._configure_failed(f"SegEvery or tracking settings refused: {err}")
+            return self._configure_failed(f"SegEvery, tracking or depth settings refused: {err}")
         predictor = Predictor(self._backend, interpolation=cfg.resize_interpolation)
         self._frames.configure(predictor, cfg.cache_size)
         self._segevery.create_publishers()
         self._tracks.configure(tracking, values[f"{TRACKING}.segevery_ids"])
+        self._vision.create_publishers()
+        self._prompts.configure(cfg.prompts_max_detections, cfg.prompts_start_tracks)
+        self._depth.configure(
+            cfg.depth_enabled,
+            lifting,
+            cfg.depth_sync_tolerance,
+            cfg.depth_cache_size,
+            cfg.depth_cloud_voxel,
+        )
         self._problem = ""
         info = self._backend.info
         self.get_logger().info(
@@ -337,6 +357,8 @@ class SegfastNode(LifecycleNode):
         self._calls.start(cfg.segment_workers)
         self._service.start()
         self._tracks.start()
+        self._prompts.activate()
+        self._depth.subscribe()
         self._active = True
         self._segevery.start(cfg.segevery_rate)
         self.get_logger().info(
@@ -388,6 +410,8 @@ class SegfastNode(LifecycleNode):
         """
         self._active = False
         self._frames.unsubscribe()
+        self._depth.unsubscribe()
+        self._prompts.deactivate()
         self._calls.stop(drain=drain)
         self._segevery.stop_timer()
         self._frames.stop_encoder()
@@ -397,7 +421,10 @@ class SegfastNode(LifecycleNode):
     def _release_model(self) -> None:
         """Undo configure: outputs, targets, model, cache."""
         self._segevery.release()
+        self._prompts.release()
+        self._vision.release()
         self._tracks.release()
+        self._depth.release()
         self._frames.release()
         self._backend = None
         self._model_warnings = []
@@ -432,6 +459,12 @@ class SegfastNode(LifecycleNode):
             encoder=self._frames.encoder,
             cache=self._frames.cache,
             tracks=self._tracks.diagnostics(),
+            parts={
+                **self._depth.diagnostics(),
+                **self._vision.diagnostics(),
+                **self._prompts.diagnostics(),
+            },
+            warnings=[w for w in (self._depth.warning(),) if w],
         )
         return diagnostic_status(
             self.get_fully_qualified_name(), self._config, state, self._health

@@ -7,9 +7,10 @@ the offline replay); this module only reads the request's fields and builds the 
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 from typing import Any
 
-from segfast_ros.pipeline.render import answer_records
+from segfast_ros.pipeline.render import InstanceRecord, answer_records
 from segfast_ros.ros.conversions import mask_to_mono8_msg, record_to_msg
 from segfast_ros.runtime.predictor import Predictor
 from segfast_ros.segany import decode_prompt_sets, prompt_kwargs
@@ -73,6 +74,7 @@ def segment(
     stability_offset: float = 1.0,
     max_sets: int | None = None,
     max_image_bytes: int | None = None,
+    lift: Callable[[list[InstanceRecord]], list[InstanceRecord]] | None = None,
 ) -> list[Any]:
     """Answer a ``Segment`` request on ``predictor``'s embedding: one result per prompt set.
 
@@ -86,6 +88,8 @@ def segment(
         max_sets: refuse requests with more prompt sets than this (None: no cap).
         max_image_bytes: with ``return_images``, refuse requests whose mono8 images would
             take more bytes than this, before decoding (None: no cap).
+        lift: with ``return_3d``, each set's records with their ``position_3d`` (the node's
+            depth lift on the frame); None or ``return_3d`` off: 2D only.
 
     Raises:
         ValueError: a malformed or out-of-image prompt, more prompt sets than ``max_sets``,
@@ -104,7 +108,10 @@ def segment(
     results = []
     for answer in sets:
         result = result_type()
-        result.masks = [record_to_msg(rec) for rec in answer_records(answer)]
+        records = answer_records(answer)
+        if req.return_3d and lift is not None:
+            records = lift(records)
+        result.masks = [record_to_msg(rec) for rec in records]
         if req.return_images:
             result.images = [mask_to_mono8_msg(m, header) for m in answer.masks]
         if req.return_low_res:

@@ -8,7 +8,10 @@ created at ``configure``, they publish only while the node is active.
 Each pass's instances go through the node's tracking (:mod:`.tracking`): with
 ``tracking.segevery_ids`` they carry a ``track_id`` and ``track_state`` that persist while the
 object stays in view (``TRACK_NONE`` otherwise), and a lost prompted target that an instance
-overlaps well is re-acquired. ``~/instances/label`` keeps the index + 1 labels.
+overlaps well is re-acquired. ``~/instances/label`` keeps the index + 1 labels. With depth on
+(:mod:`.depth`) each instance's ``position_3d`` is filled from the depth matched to the frame,
+and right after ``~/instances`` the vision_msgs outputs mirror it (:mod:`.vision`:
+``~/detections``, ``~/detections_3d``, ``~/points`` while subscribed).
 
 The timer runs on the node's clock: under ``use_sim_time`` it ticks ``segevery.rate`` times per
 second of sim time (faster than wall time when a bag plays fast, never while ``/clock`` is
@@ -37,9 +40,11 @@ from segfast_ros.ros.conversions import (
     record_to_msg,
     rgb_to_image_msg,
 )
+from segfast_ros.ros.depth import DepthInput
 from segfast_ros.ros.diagnostics import Health, fmt_stamp
 from segfast_ros.ros.params import SEGEVERY, strategy_kwargs
 from segfast_ros.ros.qos import image_output_qos, instances_qos, overridable
+from segfast_ros.ros.vision import VisionOutputs
 from segfast_ros.runtime import Backend
 from segfast_ros.runtime.paths import resolve_model_path
 from segfast_ros.segevery.base import SegEvery
@@ -57,6 +62,9 @@ class SegEveryPublisher:
         timer_group: the callback group of the SegEvery timer.
         tracking: the node's tracking (None while unconfigured): each pass's instances get
             their track IDs from it, and its lost targets a chance to be re-acquired.
+        depth: the depth input; each pass's instances are lifted to 3D with it.
+        vision: the vision_msgs outputs (``~/detections``, ``~/detections_3d``, ``~/points``),
+            published right after ``~/instances`` with the same header and records.
     """
 
     def __init__(
@@ -67,8 +75,12 @@ class SegEveryPublisher:
         cache: Callable[[], EmbeddingCache | None],
         timer_group: Any,
         tracking: Callable[[], Tracking | None],
+        depth: DepthInput,
+        vision: VisionOutputs,
     ) -> None:
         self._node = node
+        self._depth = depth
+        self._vision = vision
         self._tracking = tracking
         self._health = health
         self._backend = backend
@@ -206,6 +218,10 @@ class SegEveryPublisher:
             records = tracking.on_segevery(result.instances, encoded.key, encoded.hw, image)
         else:
             records = [instance_record(inst, i) for i, inst in enumerate(result.instances)]
+        # 3D from the depth nearest this frame's stamp (never waits: 2D only without one).
+        depth, vision = self._depth, self._vision
+        lift = depth.lift(encoded.key, encoded.hw, records, points=vision.wants_points())
+        records = lift.records
         pubs["instances"].publish(
             InstanceArray(
                 header=header,
@@ -215,10 +231,17 @@ class SegEveryPublisher:
                 segevery_ms=float(elapsed),
             )
         )
+        vision.publish_instances(
+            header,
+            records,
+            lifted=lift.lifted,
+            oriented=depth.settings.oriented_boxes,
+            voxel_m=depth.cloud_voxel,
+        )
         # One full-frame array or message at a time: at 8K the label image is 66 MB, the
         # overlay 100 MB, and each message holds a copy of its array.
         labels = instances_to_label_image(result.instances, encoded.hw)
-        del result, records
+        del result, records, lift
         pubs["label"].publish(labels_to_mono16_msg(labels, header))
         if image is not None and pubs["overlay"].get_subscription_count() > 0:
             drawn = overlay(image, labels)

@@ -1,7 +1,8 @@
 """``~/segment``: the answer from a cached embedding, on the node's planner-call workers.
 
 Admission, the worker pool and the drain at deactivate are :class:`~.calls.ServiceCalls`,
-shared with ``~/track``.
+shared with ``~/track``. A request with ``return_3d`` gets each mask's ``position_3d`` from the
+depth matched to the frame (:mod:`.depth`; ``valid`` false without one, never a wait).
 
 A call's frame is chosen by stamp, the data's time (sim time under ``use_sim_time``); the waits
 in :meth:`FrameIntake.frame_for <segfast_ros.ros.intake.FrameIntake.frame_for>` and the service
@@ -19,6 +20,7 @@ from rclpy.node import Node
 from segfast_ros.msg import SegmentResult
 from segfast_ros.ros.calls import ServiceCalls
 from segfast_ros.ros.conversions import stamp_to_ns
+from segfast_ros.ros.depth import DepthInput
 from segfast_ros.ros.diagnostics import Health
 from segfast_ros.ros.intake import FrameIntake
 from segfast_ros.ros.params import NodeConfig
@@ -43,6 +45,7 @@ class SegmentService:
         frames: where the requested frame's embedding comes from.
         config: the node's current parameters (read per call: some change at runtime).
         backend: the loaded model (None while unconfigured).
+        depth: the depth input (``return_3d`` lifts the masks with it).
     """
 
     def __init__(
@@ -53,8 +56,10 @@ class SegmentService:
         frames: FrameIntake,
         config: Callable[[], NodeConfig],
         backend: Callable[[], Backend | None],
+        depth: DepthInput,
     ) -> None:
         self._node = node
+        self._depth = depth
         self._health = health
         self._calls = calls
         self._frames = frames
@@ -85,6 +90,7 @@ class SegmentService:
                 SegmentResult,
                 max_sets=config.max_prompt_sets,
                 max_image_bytes=config.segment_max_image_bytes,
+                lift=lambda records: self._depth.lift(encoded.key, encoded.hw, records).records,
             )
             resp.success = True
         except (ValueError, LookupError) as err:

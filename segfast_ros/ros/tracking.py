@@ -9,7 +9,9 @@ and publishes:
 * ``~/tracks`` (``InstanceArray``): header = the source frame's, ``strategy`` "targets", one
   instance per target in ID order (``track_id`` = target ID, ``track_state`` TRACKED or LOST),
   ``decoder_prompts`` = targets decoded on this frame, ``segevery_ms`` = the step's wall time;
-* ``~/tracks/label`` (``mono16``): pixel = target ID, 0 background, same header.
+* ``~/tracks/label`` (``mono16``): pixel = target ID, 0 background, same header;
+* with depth on (:mod:`.depth`), each target's ``position_3d`` (also in ``~/track``'s
+  answers), and ``~/tracks/detections_3d`` right after ``~/tracks`` (:mod:`.vision`).
 
 Nothing is published while there are no targets. Both are lifecycle publishers (created at
 configure, publishing while active), with ``~/instances``'s and ``~/instances/label``'s QoS
@@ -39,6 +41,7 @@ from std_msgs.msg import Header
 
 from segfast_ros.msg import InstanceArray
 from segfast_ros.pipeline.frames import EncodedFrame, LatestWorker
+from segfast_ros.pipeline.render import InstanceRecord
 from segfast_ros.pipeline.tracks import (
     Tracking,
     decoded_count,
@@ -48,10 +51,12 @@ from segfast_ros.pipeline.tracks import (
 )
 from segfast_ros.ros.calls import ServiceCalls
 from segfast_ros.ros.conversions import labels_to_mono16_msg, record_to_msg, stamp_to_ns
+from segfast_ros.ros.depth import DepthInput
 from segfast_ros.ros.diagnostics import Health, fmt_stamp
 from segfast_ros.ros.intake import FrameIntake
 from segfast_ros.ros.qos import image_output_qos, instances_qos, overridable
 from segfast_ros.ros.segment_service import internal_error
+from segfast_ros.ros.vision import VisionOutputs
 from segfast_ros.runtime import Backend
 from segfast_ros.srv import Track
 from segfast_ros.tracking.settings import TrackingSettings
@@ -119,6 +124,8 @@ class TargetTracking:
         calls: the planner-call admission and workers ``~/track`` runs on.
         frames: the encoded frames (the cache ADD reads and catches up through).
         backend: the loaded model (None while unconfigured).
+        depth: the depth input: ``~/tracks`` and ``~/track``'s answers carry the targets' 3D.
+        vision: the vision_msgs outputs (``~/tracks/detections_3d`` after each ``~/tracks``).
     """
 
     def __init__(
@@ -128,8 +135,12 @@ class TargetTracking:
         calls: ServiceCalls,
         frames: FrameIntake,
         backend: Callable[[], Backend | None],
+        depth: DepthInput,
+        vision: VisionOutputs,
     ) -> None:
         self._node = node
+        self._depth = depth
+        self._vision = vision
         self._health = health
         self._calls = calls
         self._frames = frames
@@ -246,15 +257,17 @@ class TargetTracking:
             )
             return
         header = encoded.frame.header
+        records = self._lift(encoded.key, encoded.hw, target_records(results, encoded.hw))
         pubs["tracks"].publish(
             InstanceArray(
                 header=header,
                 strategy=TARGETS_STRATEGY,
-                instances=[record_to_msg(r) for r in target_records(results, encoded.hw)],
+                instances=[record_to_msg(r) for r in records],
                 decoder_prompts=decoded_count(due, results),
                 segevery_ms=float(elapsed),
             )
         )
+        self._vision.publish_targets(header, records, oriented=self._depth.settings.oriented_boxes)
         labels = targets_label_image(results, encoded.hw)
         pubs["label"].publish(labels_to_mono16_msg(labels, header))
         self._health.tracks_runs.add(elapsed)
@@ -346,8 +359,15 @@ class TargetTracking:
             return
         key = max(r.frame_key for r in results)
         header, hw = self._frame_of(key)
-        resp.targets = [record_to_msg(rec) for rec in target_records(results, hw)]
+        records = self._lift(key, hw, target_records(results, hw))
+        resp.targets = [record_to_msg(rec) for rec in records]
         resp.header = header
+
+    def _lift(
+        self, key: int, hw: tuple[int, int], records: list[InstanceRecord]
+    ) -> list[InstanceRecord]:
+        """The targets' records of frame ``key`` with their 3D (as they are without depth)."""
+        return self._depth.lift(key, hw, records).records
 
     def _frame_of(self, key: int) -> tuple[Header, tuple[int, int]]:
         """The header and size of frame ``key``: from the cache, else rebuilt from the stamp
