@@ -3,6 +3,10 @@
     ros2 launch segfast_ros segfast.launch.py camera_topic:=/camera/color/image_raw \
         model_dir:=/path/to/onnx profile:=auto
 
+With an RGB-D camera, ``depth_topic:=/camera/aligned_depth_to_color/image_raw`` turns on 3D
+(``depth.enabled``); the two CameraInfo topics default to the ``camera_info`` next to each
+image topic (``camera_info_topic``, ``depth_info_topic`` override them).
+
 The node configures and activates itself (``autostart:=true``, the default); with
 ``autostart:=false`` it waits in ``unconfigured`` for a lifecycle manager, which drives it
 through ``<node>/change_state``. Parameters come from ``params_file`` (the base,
@@ -20,7 +24,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 
 from launch import LaunchDescription
-from segfast_ros.ros.launch_args import ARGUMENTS, declare, node_parameters
+from segfast_ros.ros.launch_args import ARGUMENTS, declare, node_parameters, remappings
 
 
 def _node(context, *args, **kwargs):
@@ -35,8 +39,8 @@ def _node(context, *args, **kwargs):
             name=arg("node_name"),
             namespace=arg("namespace"),
             parameters=node_parameters(arg, share),
-            # The node subscribes to <camera_topic>/compressed itself (use_compressed).
-            remappings=[("image", arg("camera_topic"))],
+            # image, camera_info and, with depth_topic, depth and depth/camera_info.
+            remappings=remappings(arg),
             arguments=["--ros-args", "--log-level", arg("log_level")],
             output="screen",
             emulate_tty=True,

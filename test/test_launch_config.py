@@ -92,7 +92,8 @@ def test_launch_starts_the_installed_lifecycle_node_with_the_camera_remapped() -
     assert kwargs["package"] == "segfast_ros" and kwargs["executable"] == "segfast_node"
     # Humble's launch_ros.actions.LifecycleNode requires both.
     assert "name" in kwargs and "namespace" in kwargs
-    assert kwargs["remappings"] == "[('image', arg('camera_topic'))]"
+    # image, camera_info and the depth topics, from the one table (launch_args.remappings).
+    assert kwargs["remappings"] == "remappings(arg)"
     cmake = (REPO / "CMakeLists.txt").read_text()
     assert "scripts/segfast_node" in cmake and "launch config" in cmake
     assert (REPO / "scripts" / "segfast_node").stat().st_mode & 0o111
@@ -189,7 +190,56 @@ def test_segfast_launch_passes_autostart_to_the_lifecycle_node(launch_module) ->
     assert type(node).__name__ == "LifecycleNode"
     assert (node.kwargs["name"], node.kwargs["namespace"]) == ("segfast", "front")
     assert node.kwargs["parameters"][-1]["autostart"] is False
-    assert node.kwargs["remappings"] == [("image", "/c")]
+    assert node.kwargs["remappings"] == [("image", "/c"), ("camera_info", "/camera_info")]
+    assert "depth.enabled" not in node.kwargs["parameters"][-1]  # no depth_topic: 2D only
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (
+            {"camera_topic": "/cam/color/image_raw"},
+            [("image", "/cam/color/image_raw"), ("camera_info", "/cam/color/camera_info")],
+        ),
+        (
+            {
+                "camera_topic": "/cam/color/image_raw",
+                "depth_topic": "/cam/aligned_depth_to_color/image_raw",
+            },
+            [
+                ("image", "/cam/color/image_raw"),
+                ("camera_info", "/cam/color/camera_info"),
+                ("depth", "/cam/aligned_depth_to_color/image_raw"),
+                ("depth/camera_info", "/cam/aligned_depth_to_color/camera_info"),
+            ],
+        ),
+        (
+            {
+                "camera_topic": "image",
+                "camera_info_topic": "/calib/colour",
+                "depth_topic": "depth_raw",
+                "depth_info_topic": "/calib/depth",
+            },
+            [
+                ("image", "image"),
+                ("camera_info", "/calib/colour"),
+                ("depth", "depth_raw"),
+                ("depth/camera_info", "/calib/depth"),
+            ],
+        ),
+    ],
+    ids=["colour_only", "depth_siblings", "given_infos"],
+)
+def test_segfast_launch_remaps_the_camera_info_and_depth_topics(
+    launch_module, given: dict[str, str], expected: list[tuple[str, str]]
+) -> None:
+    """CameraInfo topics default to the ``camera_info`` next to each image topic, as
+    image_transport names it; a depth_topic turns depth.enabled on."""
+    module = launch_module(LAUNCH)
+    _, (node,) = _run(module.generate_launch_description(), _defaults(profile="none", **given))
+    assert node.kwargs["remappings"] == expected
+    overrides = node.kwargs["parameters"][-1]
+    assert overrides.get("depth.enabled", False) is ("depth_topic" in given)
 
 
 def test_multi_camera_forwards_segfast_arguments_to_every_camera(launch_module) -> None:

@@ -3,8 +3,8 @@
 ``launch/segfast.launch.py`` declares all of :data:`ARGUMENTS`; ``launch/multi_camera.launch.py``
 declares the same ones except the per-node :data:`PER_NODE` (it sets those per camera) and
 forwards them to each camera's segfast.launch.py. What the arguments mean for the node is
-:func:`node_parameters`, plain Python, so it is tested without ``launch`` installed; only
-:func:`declare` needs it.
+:func:`node_parameters` and :func:`remappings`, plain Python, so it is tested without
+``launch`` installed; only :func:`declare` needs it.
 """
 
 from __future__ import annotations
@@ -44,6 +44,26 @@ ARGUMENTS: tuple[LaunchArg, ...] = (
         "sensor_msgs/Image topic of the camera (its /compressed sibling is used when the "
         "node's use_compressed parameter is true).",
     ),
+    LaunchArg(
+        "camera_info_topic",
+        "",
+        "sensor_msgs/CameraInfo of the colour camera, for 3D (depth_topic); empty: the "
+        "camera_info next to camera_topic, as image_transport names it (/cam/color/image_raw "
+        "-> /cam/color/camera_info).",
+    ),
+    LaunchArg(
+        "depth_topic",
+        "",
+        "Depth image aligned to the colour camera (sensor_msgs/Image, 16UC1 millimetres or "
+        "32FC1 metres, e.g. /camera/aligned_depth_to_color/image_raw); non-empty turns 3D on "
+        "(depth.enabled). Empty: no depth, 2D results only.",
+    ),
+    LaunchArg(
+        "depth_info_topic",
+        "",
+        "sensor_msgs/CameraInfo of the depth image (scales depth of another resolution); "
+        "empty: the camera_info next to depth_topic.",
+    ),
     LaunchArg("namespace", "", "Namespace of the node (its topics and services follow it)."),
     LaunchArg("node_name", "segfast", "Name of the node."),
     LaunchArg("params_file", "{share}/config/segfast.yaml", "Base parameter file."),
@@ -79,8 +99,16 @@ ARGUMENTS: tuple[LaunchArg, ...] = (
     LaunchArg("log_level", "info", "Logging level: debug, info, warn, error."),
 )
 
-#: Arguments that name one node; multi_camera.launch.py sets them per camera.
-PER_NODE = ("camera_topic", "namespace", "node_name")
+#: Arguments that name one node; multi_camera.launch.py sets them per camera (its cameras
+#: have no depth: each would need its own depth topics).
+PER_NODE = (
+    "camera_topic",
+    "camera_info_topic",
+    "depth_topic",
+    "depth_info_topic",
+    "namespace",
+    "node_name",
+)
 
 
 def shared_arguments() -> tuple[LaunchArg, ...]:
@@ -117,7 +145,8 @@ def node_parameters(arg: Callable[[str], str], share: Path) -> list[Any]:
 
     Layers, a later one winning: ``params_file`` (the base), the ``profile`` (a platform layer
     from config/profiles/; ``auto`` picks it from ``device_model_file``), ``profile_file``,
-    then ``model_dir`` (when given), ``autostart`` and ``use_sim_time``.
+    then ``model_dir`` (when given), ``autostart``, ``use_sim_time`` and, with a ``depth_topic``,
+    ``depth.enabled`` (true).
 
     Args:
         arg: the value of a launch argument by name.
@@ -137,4 +166,34 @@ def node_parameters(arg: Callable[[str], str], share: Path) -> list[Any]:
     }
     if arg("model_dir"):
         overrides["model_dir"] = arg("model_dir")
+    if arg("depth_topic"):
+        overrides["depth.enabled"] = True
     return [*layers, overrides]
+
+
+def camera_info_sibling(image_topic: str) -> str:
+    """The ``camera_info`` topic next to an image topic, as image_transport names it.
+
+    ``/cam/color/image_raw`` -> ``/cam/color/camera_info``; ``image`` -> ``camera_info``.
+    """
+    base, sep, _ = image_topic.rstrip("/").rpartition("/")
+    return f"{base}{sep}camera_info" if sep else "camera_info"
+
+
+def remappings(arg: Callable[[str], str]) -> list[tuple[str, str]]:
+    """The node's ``remappings=``: ``image`` to ``camera_topic``, ``camera_info`` to
+    ``camera_info_topic`` (default: its sibling), and with a ``depth_topic`` ``depth`` and
+    ``depth/camera_info`` (``depth_info_topic``, default: the depth topic's sibling).
+
+    The node subscribes to ``<camera_topic>/compressed`` itself (``use_compressed``).
+    """
+    camera = arg("camera_topic")
+    pairs = [
+        ("image", camera),
+        ("camera_info", arg("camera_info_topic") or camera_info_sibling(camera)),
+    ]
+    depth = arg("depth_topic")
+    if depth:
+        info = arg("depth_info_topic") or camera_info_sibling(depth)
+        pairs += [("depth", depth), ("depth/camera_info", info)]
+    return pairs
