@@ -12,13 +12,12 @@ nothing here imports ROS.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .frames import StampCache
 from .image_msgs import ImageError, image_fields, image_rows
 
 #: ``sensor_msgs/Image`` encodings of depth that :func:`depth_msg_to_metres` reads.
@@ -146,45 +145,18 @@ def _seconds(ns: int) -> str:
     return f"{ns / 1e9:.3f} s"
 
 
-class DepthCache:
+class DepthCache(StampCache[DepthFrame]):
     """The last ``capacity`` depth frames by stamp, thread-safe; the oldest received goes first.
 
-    Like :class:`.frames.EmbeddingCache`: a frame with a stamp already cached replaces it, and
-    when a bag loops (stamps go back) the frames received last are the ones kept.
+    A :class:`.frames.StampCache` as the embedding cache is: a frame with a stamp already
+    cached replaces it, and when a bag loops (stamps go back) the frames received last are
+    the ones kept. A colour frame takes the frame whose stamp is nearest (:meth:`match`).
 
     Args:
         capacity: frames to keep (at least 1).
     """
 
-    def __init__(self, capacity: int) -> None:
-        self._lock = threading.Lock()
-        self._items: OrderedDict[int, DepthFrame] = OrderedDict()
-        self._capacity = 1
-        self.resize(capacity)
-
-    @property
-    def capacity(self) -> int:
-        """Most frames kept."""
-        return self._capacity
-
-    def resize(self, capacity: int) -> None:
-        """Change the capacity, evicting the oldest frames if it shrinks.
-
-        Raises:
-            ValueError: capacity below 1.
-        """
-        if capacity < 1:
-            raise ValueError(f"depth cache capacity must be >= 1, got {capacity}")
-        with self._lock:
-            self._capacity = int(capacity)
-            self._evict()
-
-    def put(self, frame: DepthFrame) -> None:
-        """Store ``frame`` as the newest (one with the same stamp is replaced)."""
-        with self._lock:
-            self._items.pop(frame.key, None)
-            self._items[frame.key] = frame
-            self._evict()
+    _name = "depth cache"
 
     def match(self, key: int, tolerance_ns: int) -> DepthMatch:
         """The cached frame whose stamp is nearest ``key``, if within ``tolerance_ns``.
@@ -198,8 +170,8 @@ class DepthCache:
         if tolerance_ns < 0:
             raise ValueError(f"depth sync tolerance must be >= 0 ns, got {tolerance_ns}")
         with self._lock:
-            keys = list(self._items)
-            nearest = min(keys, key=lambda k: (abs(k - key), k), default=None)
+            count = len(self._items)
+            nearest = min(self._items, key=lambda k: (abs(k - key), k), default=None)
             frame = None if nearest is None else self._items[nearest]
         if frame is None:
             return DepthMatch(None, None, "no depth image received yet")
@@ -211,18 +183,5 @@ class DepthCache:
             None,
             offset,
             f"no depth image within {_seconds(tolerance_ns)} of the colour frame: the nearest "
-            f"of {len(keys)} cached is {_seconds(abs(offset))} {side} it",
+            f"of {count} cached is {_seconds(abs(offset))} {side} it",
         )
-
-    def clear(self) -> None:
-        """Forget every frame."""
-        with self._lock:
-            self._items.clear()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
-    def _evict(self) -> None:
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)

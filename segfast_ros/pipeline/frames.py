@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -114,7 +114,84 @@ def encode_frame(predictor: Predictor, frame: Frame) -> EncodedFrame:
     return EncodedFrame(frame, predictor.get_image_embedding(), encode_ms, time.monotonic())
 
 
-class EmbeddingCache:
+class _Keyed(Protocol):
+    @property
+    def key(self) -> int: ...
+
+
+K = TypeVar("K", bound=_Keyed)
+
+
+class StampCache(Generic[K]):
+    """The last ``capacity`` items by their ``key`` (a stamp), thread-safe; the item stored
+    first is evicted first, and one stored with a key already cached replaces it.
+
+    Args:
+        capacity: items to keep (at least 1).
+    """
+
+    #: Names the cache in errors.
+    _name = "cache"
+
+    def __init__(self, capacity: int) -> None:
+        self._lock = threading.Lock()
+        self._items: OrderedDict[int, K] = OrderedDict()
+        self._capacity = 1
+        self.resize(capacity)
+
+    @property
+    def capacity(self) -> int:
+        """Most items kept."""
+        return self._capacity
+
+    def resize(self, capacity: int) -> None:
+        """Change the capacity, evicting the oldest items if it shrinks.
+
+        Raises:
+            ValueError: capacity below 1.
+        """
+        if capacity < 1:
+            raise ValueError(f"{self._name} capacity must be >= 1, got {capacity}")
+        with self._lock:
+            self._capacity = int(capacity)
+            self._evict()
+
+    def put(self, item: K) -> None:
+        """Store ``item`` as the newest (an item with the same key is replaced)."""
+        with self._lock:
+            self._store(item)
+
+    def get(self, key: int) -> K | None:
+        """The item with stamp ``key``, or None if it never came or was evicted."""
+        with self._lock:
+            return self._items.get(key)
+
+    def list_keys(self) -> list[int]:
+        """Cached keys, oldest first."""
+        with self._lock:
+            return list(self._items)
+
+    def clear(self) -> None:
+        """Forget every item."""
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def _store(self, item: K) -> None:
+        """Store ``item`` as the newest and evict; the caller holds the lock."""
+        self._items.pop(item.key, None)
+        self._items[item.key] = item
+        self._evict()
+
+    def _evict(self) -> None:
+        while len(self._items) > self._capacity:
+            self._items.popitem(last=False)
+
+
+class EmbeddingCache(StampCache[EncodedFrame]):
     """The last ``capacity`` encoded frames by key, thread-safe; the oldest is evicted first.
 
     Args:
@@ -122,28 +199,8 @@ class EmbeddingCache:
     """
 
     def __init__(self, capacity: int) -> None:
-        self._lock = threading.Lock()
-        self._items: OrderedDict[int, EncodedFrame] = OrderedDict()
         self._latest: EncodedFrame | None = None
-        self._capacity = 1
-        self.resize(capacity)
-
-    @property
-    def capacity(self) -> int:
-        """Most frames kept."""
-        return self._capacity
-
-    def resize(self, capacity: int) -> None:
-        """Change the capacity, evicting the oldest frames if it shrinks.
-
-        Raises:
-            ValueError: capacity below 1.
-        """
-        if capacity < 1:
-            raise ValueError(f"cache capacity must be >= 1, got {capacity}")
-        with self._lock:
-            self._capacity = int(capacity)
-            self._evict()
+        super().__init__(capacity)
 
     def put(self, item: EncodedFrame) -> None:
         """Store ``item`` as the latest frame (a frame with the same key is replaced).
@@ -156,39 +213,19 @@ class EmbeddingCache:
             previous = self._latest
             if previous is not None and self._items.get(previous.key) is previous:
                 self._items[previous.key] = previous.without_pixels()
-            self._items.pop(item.key, None)
-            self._items[item.key] = item
+            self._store(item)
             self._latest = item
-            self._evict()
-
-    def get(self, key: int) -> EncodedFrame | None:
-        """The frame with stamp ``key``, or None if it never came or was evicted."""
-        with self._lock:
-            return self._items.get(key)
 
     def latest(self) -> EncodedFrame | None:
         """The most recently encoded frame, or None before the first one."""
         with self._lock:
             return self._latest
 
-    def list_keys(self) -> list[int]:
-        """Cached keys, oldest first."""
-        with self._lock:
-            return list(self._items)
-
     def clear(self) -> None:
         """Forget every frame."""
         with self._lock:
             self._items.clear()
             self._latest = None
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
-    def _evict(self) -> None:
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
 
 
 class RateWindow:

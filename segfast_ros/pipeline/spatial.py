@@ -61,6 +61,13 @@ def _wxh(hw: tuple[int, int]) -> str:
     return f"{hw[1]}x{hw[0]}"
 
 
+def _size_mismatch(depth_hw: tuple[int, int], hw: tuple[int, int], missing: str) -> str:
+    return (
+        f"the depth image is {_wxh(depth_hw)} but the colour image {_wxh(hw)}, and there is no "
+        f"{missing}"
+    )
+
+
 def fit_camera(camera: CameraModel, hw: tuple[int, int], what: str) -> CameraModel | str:
     """``camera`` at an image of ``hw`` pixels: itself, scaled, or why it cannot be.
 
@@ -107,7 +114,7 @@ class Spatial:
         self._colour: CameraModel | None = None
         self._depth_camera: CameraModel | None = None
         self._info_errors: dict[str, str] = {}
-        self._counts = dict.fromkeys(
+        self._counts: dict[str, int] = dict.fromkeys(
             ("depth_received", "depth_bad", "lifted_frames", "unmatched_frames"), 0
         )
         self.configure(settings, tolerance_ns, cache_size)
@@ -202,10 +209,12 @@ class Spatial:
                     f"{_wxh(hw)}"
                 )
         match = self._cache.match(key, self.tolerance_ns)
-        geometry = match.reason or self._geometry(match.frame, hw)
+        if match.frame is None:
+            return self._unlifted(records, match.reason)
+        frame = match.frame
+        geometry = self._geometry(frame, hw)
         if isinstance(geometry, str):
-            self._count("unmatched_frames")
-            return LiftOutcome(list(records), [], None, geometry)
+            return self._unlifted(records, geometry)
         camera, depth = geometry
         lifted = lift_masks(
             [rec.rle_counts for rec in records],
@@ -217,7 +226,7 @@ class Spatial:
         )
         self._count("lifted_frames")
         out = [dataclasses.replace(r, position_3d=p) for r, p in zip(records, lifted, strict=True)]
-        return LiftOutcome(out, lifted, match.frame.key, "")
+        return LiftOutcome(out, lifted, frame.key, "")
 
     def counters(self) -> dict[str, int]:
         """``depth_received`` (every message given to :meth:`put_depth`), ``depth_bad`` (of
@@ -239,6 +248,10 @@ class Spatial:
     def _count(self, name: str) -> None:
         with self._lock:
             self._counts[name] += 1
+
+    def _unlifted(self, records: Sequence[InstanceRecord], reason: str) -> LiftOutcome:
+        self._count("unmatched_frames")
+        return LiftOutcome(list(records), [], None, reason)
 
     def _set_info(self, which: str, info: Any) -> None:
         try:
@@ -264,26 +277,21 @@ class Spatial:
             errors = dict(self._info_errors)
         target = None if colour is None else fit_camera(colour, hw, "colour")
         source = None if depth_camera is None else fit_camera(depth_camera, frame.hw, "depth")
-        for fitted in (target, source):
-            if isinstance(fitted, str):
-                return fitted
-        if target is None and source is None:
-            rejected = "".join(
-                f"; the {w} CameraInfo was rejected: {e}" for w, e in errors.items()
-            )
-            return f"no CameraInfo (colour or depth) to back-project the depth with{rejected}"
-        if frame.hw != hw and source is None:
-            return (
-                f"the depth image is {_wxh(frame.hw)} but the colour image {_wxh(hw)}, and "
-                f"there is no depth CameraInfo to scale it by"
-            )
+        if isinstance(target, str):
+            return target
+        if isinstance(source, str):
+            return source
         if target is None:
-            if frame.hw != hw:
-                return (
-                    f"the depth image is {_wxh(frame.hw)} but the colour image {_wxh(hw)}, and "
-                    f"there is no colour CameraInfo to scale it to"
+            if source is None:
+                rejected = "".join(
+                    f"; the {w} CameraInfo was rejected: {e}" for w, e in errors.items()
                 )
+                return f"no CameraInfo (colour or depth) to back-project the depth with{rejected}"
+            if frame.hw != hw:
+                return _size_mismatch(frame.hw, hw, "colour CameraInfo to scale it to")
             return source, frame.depth
         if source is None:
+            if frame.hw != hw:
+                return _size_mismatch(frame.hw, hw, "depth CameraInfo to scale it by")
             return target, frame.depth
         return target, resample_depth(frame.depth, source, target)
