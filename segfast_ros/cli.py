@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .bench import commands as bench_commands
-from .demo import tracking_eval
+from .demo import depth_eval, tracking_eval
 from .demo.run import demo_command, replay_command
 from .model_args import (
     MODEL_HELP,
@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands.add_replay_parser(sub)
     _add_demo_parser(sub)
     _add_eval_tracking_parser(sub)
+    _add_eval_depth_parser(sub)
     from .export.tensorrt_build import add_build_engine_parser
 
     add_build_engine_parser(sub)
@@ -341,6 +342,16 @@ def _add_eval_tracking_parser(sub: Any) -> None:
     )
     tracking_eval.add_arguments(p)
     p.set_defaults(func=tracking_eval.eval_tracking_command)
+
+
+def _add_eval_depth_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval-depth",
+        help="lift ground-truth and demo-model masks to 3D on held-out RGB-D scenes: centroid "
+        "error against the goal (table + JSON)",
+    )
+    depth_eval.add_arguments(p)
+    p.set_defaults(func=depth_eval.eval_depth_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
