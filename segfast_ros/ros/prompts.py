@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -72,7 +71,7 @@ from segfast_ros.pipeline.frames import EncodedFrame, LatestWorker
 from segfast_ros.pipeline.render import InstanceRecord, mask_record
 from segfast_ros.pipeline.tracks import Tracking
 from segfast_ros.ros.conversions import record_to_msg, stamp_to_ns
-from segfast_ros.ros.diagnostics import WARN_THROTTLE_S, Health, fmt_stamp
+from segfast_ros.ros.diagnostics import Health, fmt_stamp
 from segfast_ros.ros.intake import FrameIntake
 from segfast_ros.ros.qos import instances_qos, overridable
 from segfast_ros.ros.tracking import TargetTracking
@@ -159,8 +158,6 @@ class PromptTopic:
         self._worker: LatestWorker[Any] | None = None
         self.counts = dict.fromkeys(_COUNTERS, 0)
         self.last_problem = ""
-        self._lock = threading.Lock()
-        self._warned: dict[str, float] = {}  # counter: when its problem was last logged
 
     @property
     def available(self) -> bool:
@@ -275,11 +272,12 @@ class PromptTopic:
             return  # unconfigured meanwhile
         prompt = prompt_boxes(msg.detections, encoded.hw, self.max_detections)
         if prompt.skipped:
+            left_out = len(msg.detections) - len(prompt.boxes)
             self._problem(
                 "boxes_skipped",
-                f"~/prompts (stamp {fmt_stamp(key)}): {len(prompt.skipped)} of "
-                f"{len(msg.detections)} boxes skipped: {'; '.join(prompt.skipped)}",
-                len(prompt.skipped),
+                f"~/prompts (stamp {fmt_stamp(key)}): {left_out} of {len(msg.detections)} "
+                f"boxes skipped: {'; '.join(prompt.skipped)}",
+                left_out,
             )
         tracking = self._tracks.tracking if self.start_tracks else None
         records, found = decode_boxes(
@@ -294,19 +292,12 @@ class PromptTopic:
         self._publish(encoded.frame.header, records, _carried(records, prompt), start)
 
     def _problem(self, counter: str, text: str, count: int = 1) -> None:
-        """Count ``count`` in ``counter``; log ``text`` at most once per
-        :data:`~.diagnostics.WARN_THROTTLE_S` for each counter (the texts name stamps and
-        boxes, so each would be new to a per-text throttle); ``/diagnostics`` has the latest.
-        """
+        """Count ``count`` in ``counter``; log ``text`` throttled per counter (the texts name
+        stamps and boxes, so a per-text throttle would let each through); ``/diagnostics``
+        keeps the latest."""
         self.counts[counter] += count
         self.last_problem = text
-        now = time.monotonic()
-        with self._lock:
-            last = self._warned.get(counter)
-            if last is not None and now - last < WARN_THROTTLE_S:
-                return
-            self._warned[counter] = now
-        self._node.get_logger().warning(text)
+        self._health.warn(text, key=f"prompts-{counter}")
 
     def _empty_header(self, msg: Any, key: int) -> Any:
         """The answer's header for an empty message: the cached frame's, else the message's."""
