@@ -1,12 +1,12 @@
 """The node's parameters: one table of names, defaults, ranges and descriptions.
 
-Every parameter is declared from :data:`NODE_PARAMS`, the SegEvery strategies' own typed
-fields (:func:`segevery_params`), the tracking settings' (:func:`tracking_params`), the depth
-input's and the lift settings' (:func:`depth_params`) and the prompt topic's
-(:data:`PROMPT_PARAMS`), so the ranges a user sees in ``ros2 param describe`` are the ones the
-library enforces. Values are read into the typed :class:`NodeConfig` (and
-:class:`TrackingSettings`, :class:`LiftSettings`) once, and runtime changes are checked by
-:meth:`ParamSpec.check` (a row's declaration: :mod:`.param_spec`).
+Every parameter is declared from :data:`NODE_PARAMS` (with the depth input's and the prompt
+topic's own, :data:`DEPTH_INPUT_PARAMS` and :data:`PROMPT_PARAMS`), the SegEvery strategies'
+typed fields (:func:`segevery_params`), the tracking settings' (:func:`tracking_params`) and
+the lift settings' (:func:`depth_params`), so the ranges a user sees in ``ros2 param
+describe`` are the ones the library enforces. Values are read into the typed
+:class:`NodeConfig` (and :class:`TrackingSettings`, :class:`LiftSettings`) once, and runtime
+changes are checked by :meth:`ParamSpec.check` (a row's declaration: :mod:`.param_spec`).
 """
 
 from __future__ import annotations
@@ -59,6 +59,57 @@ DEPTH = "depth"
 PROMPTS = "prompts"
 #: Detector settings of the object-aware strategy that are not strategy fields.
 DETECTOR_PARAMS = ("detector", "conf", "iou", "max_det")
+
+
+#: The depth input's own parameters (the lifting's are :class:`LiftSettings`' fields).
+DEPTH_INPUT_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        f"{DEPTH}.enabled",
+        False,
+        "Subscribe to `depth` (sensor_msgs/Image, 16UC1 millimetres or 32FC1 metres, aligned "
+        "to the colour image), `camera_info` (the colour camera's) and `depth/camera_info`, and "
+        "fill position_3d on ~/instances, ~/tracks, ~/prompted and ~/segment (return_3d). "
+        "Without depth for a frame, results are 2D only (position_3d.valid false).",
+        read_only=True,
+    ),
+    ParamSpec(
+        f"{DEPTH}.sync_tolerance",
+        0.03,
+        "Seconds between a colour frame's stamp and the nearest depth image's for the two to "
+        "be used together; farther: that frame is 2D only (and /diagnostics says why).",
+        range=num_range(0.03, 0.0, 1.0),
+    ),
+    ParamSpec(
+        f"{DEPTH}.cache_size",
+        8,
+        "Depth images kept by stamp for matching to colour frames (the newest are kept).",
+        range=num_range(8, 1, 256),
+    ),
+    ParamSpec(
+        f"{DEPTH}.cloud_voxel",
+        0.01,
+        "Voxel edge in metres of ~/points (the masked points, computed only while subscribed): "
+        "each instance's points are averaged per voxel; 0 keeps every point.",
+        range=num_range(0.01, 0.0, 1.0),
+    ),
+)
+
+#: The ``~/prompts`` topic's parameters (vision_msgs/Detection2DArray from a detector).
+PROMPT_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        f"{PROMPTS}.start_tracks",
+        False,
+        "Each ~/prompts detection that no current prompted target already covers also starts a "
+        "target (followed on ~/tracks, as ~/track ADD does).",
+    ),
+    ParamSpec(
+        f"{PROMPTS}.max_detections",
+        100,
+        "Most detections of one ~/prompts message decoded (the first ones, in message order); "
+        "the rest are counted as skipped.",
+        range=num_range(100, 1, 4096),
+    ),
+)
 
 
 #: The node's own parameters (the SegEvery strategy parameters are added by segevery_params).
@@ -234,6 +285,8 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
         "Most detector boxes, hence prompts, per frame.",
         range=num_range(300, 1, 10000),
     ),
+    *DEPTH_INPUT_PARAMS,
+    *PROMPT_PARAMS,
 )
 
 
@@ -281,63 +334,11 @@ def tracking_settings(values: dict[str, Any]) -> TrackingSettings:
     return TrackingSettings.from_dict({n: values[f"{TRACKING}.{n}"] for n in sorted(names)})
 
 
-#: The depth input's own parameters (the lifting's are :class:`LiftSettings`' fields).
-DEPTH_INPUT_PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec(
-        f"{DEPTH}.enabled",
-        False,
-        "Subscribe to `depth` (sensor_msgs/Image, 16UC1 millimetres or 32FC1 metres, aligned "
-        "to the colour image), `camera_info` (the colour camera's) and `depth/camera_info`, and "
-        "fill position_3d on ~/instances, ~/tracks, ~/prompted and ~/segment (return_3d). "
-        "Without depth for a frame, results are 2D only (position_3d.valid false).",
-        read_only=True,
-    ),
-    ParamSpec(
-        f"{DEPTH}.sync_tolerance",
-        0.03,
-        "Seconds between a colour frame's stamp and the nearest depth image's for the two to "
-        "be used together; farther: that frame is 2D only (and /diagnostics says why).",
-        range=num_range(0.03, 0.0, 1.0),
-    ),
-    ParamSpec(
-        f"{DEPTH}.cache_size",
-        8,
-        "Depth images kept by stamp for matching to colour frames (the newest are kept).",
-        range=num_range(8, 1, 256),
-    ),
-    ParamSpec(
-        f"{DEPTH}.cloud_voxel",
-        0.01,
-        "Voxel edge in metres of ~/points (the masked points, computed only while subscribed): "
-        "each instance's points are averaged per voxel; 0 keeps every point.",
-        range=num_range(0.01, 0.0, 1.0),
-    ),
-)
-
-#: The ``~/prompts`` topic's parameters (vision_msgs/Detection2DArray from a detector).
-PROMPT_PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec(
-        f"{PROMPTS}.start_tracks",
-        False,
-        "Each ~/prompts detection that no current prompted target already covers also starts a "
-        "target (followed on ~/tracks, as ~/track ADD does).",
-    ),
-    ParamSpec(
-        f"{PROMPTS}.max_detections",
-        100,
-        "Most detections of one ~/prompts message decoded (the first ones, in message order); "
-        "the rest are counted as skipped.",
-        range=num_range(100, 1, 4096),
-    ),
-)
-
-
 def depth_params() -> tuple[ParamSpec, ...]:
-    """The depth input's parameters, then ``depth.<field>`` for every :class:`LiftSettings`
-    field (with its range)."""
+    """``depth.<field>`` for every :class:`LiftSettings` field (with its range); the depth
+    input's own (``depth.enabled``, ...) are in :data:`NODE_PARAMS`."""
     docs = field_docs(LiftSettings)
-    lift = field_params(DEPTH, LiftSettings, lambda f: docs.get(f.name, f.name))
-    return DEPTH_INPUT_PARAMS + tuple(lift)
+    return tuple(field_params(DEPTH, LiftSettings, lambda f: docs.get(f.name, f.name)))
 
 
 def lift_settings(values: dict[str, Any]) -> LiftSettings:
@@ -346,14 +347,13 @@ def lift_settings(values: dict[str, Any]) -> LiftSettings:
     Raises:
         ValueError: a value the settings refuse (the message names it and its range).
     """
-    own = {s.name for s in DEPTH_INPUT_PARAMS}
-    names = [s.name for s in depth_params() if s.name not in own]
+    names = [s.name for s in depth_params()]
     return LiftSettings.from_dict({n.removeprefix(f"{DEPTH}."): values[n] for n in names})
 
 
 def all_params() -> tuple[ParamSpec, ...]:
     """Every parameter the node declares."""
-    return NODE_PARAMS + segevery_params() + tracking_params() + depth_params() + PROMPT_PARAMS
+    return NODE_PARAMS + segevery_params() + tracking_params() + depth_params()
 
 
 @dataclass(frozen=True)
