@@ -2,10 +2,8 @@
 over DDS to a node on the demo model; SegEvery, ``~/segment`` (return_3d) and the targets lift
 their masks to 3D; missing, stale and bad input give 2D results, a counted and throttled
 warning and a WARN in /diagnostics, and the node stays up. The parameters ``depth.*`` and
-``prompts.*`` as ``ros2 param describe`` shows them, and their runtime changes.
-
-Ground truth: :func:`segfast_ros.bench.scene_depth.generate_rgbd_scene` (exact centroids of
-each object's visible surface). The DDS test across processes is test_ros_depth.py.
+``prompts.*`` as ``ros2 param describe`` shows them, and their runtime changes. Ground truth:
+``bench.scene_depth.generate_rgbd_scene``. Across processes: test_ros_depth.py.
 """
 
 # ruff: noqa: E402 (imports after the skip when ROS 2 is absent)
@@ -15,6 +13,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -334,59 +333,41 @@ def test_missing_depth_gives_2d_results_and_a_warn_never_a_stall(
     assert _status(rig.node)[0] == DiagnosticStatus.OK
 
 
-class _Log:
-    """A logger that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def warning(self, text: str) -> None:
-        self.lines.append(text)
-
-    error = info = warning
-
-
 def test_a_depth_image_of_another_encoding_is_refused_with_a_warning(
     make_rig: Callable[..., Rig], scene: RGBDScene
 ) -> None:
     """rgb8 on the depth topic: counted, one throttled warning naming the encoding and the
-    accepted ones, a diagnostics entry and WARN; the node stays up, and the next good depth
-    image clears the entry."""
+    accepted ones, a diagnostics entry and WARN; then a short one (its size); the node stays
+    up, and the next good depth image clears the entry."""
     rig = make_rig()
-    log = _Log()
-    rig.node._health._logger = log
+    lines: list[str] = []
+    rig.node._health._logger = SimpleNamespace(warning=lines.append, error=lines.append)
     stamp = 4 * 10**9
     rig.info(scene.camera, stamp)
     wrong = image_msg(scene.scene.image, stamp, encoding="rgb8")
     for _ in range(3):
         rig.pubs["depth"].publish(wrong)
     rig.received("depth_bad", 2)
-    warned = [line for line in log.lines if "depth image rejected" in line]
-    assert len(warned) == 1, log.lines  # throttled: once for the same problem
+    warned = [line for line in lines if "depth image rejected" in line]
+    assert len(warned) == 1, lines  # throttled: once for the same problem
     assert "/depth" in warned[0] and "'rgb8'" in warned[0] and "16UC1, 32FC1" in warned[0]
     level, message, values = _status(rig.node)
     assert level == DiagnosticStatus.WARN and "depth image rejected" in message
     assert "'rgb8'" in values["depth_input_problems"]
     assert int(values["depth_bad"]) >= 2
+    short = Image(height=HW[0], width=HW[1], encoding="16UC1", step=HW[1] * 2)
+    short.data = bytes(HW[1] * 2 * 10)  # 10 rows of 240: the latest problem is the size
+    rig.pubs["depth"].publish(short)
+    problems = lambda: _status(rig.node)[2]["depth_input_problems"]  # noqa: E731
+    rig.spin_until(lambda: "'rgb8'" not in problems(), "the short image's refusal")
+    assert "depth image rejected (depth image:" in problems() and "bytes" in problems()
     rig.depth(scene.depth, stamp)
-    rig.received("depth_received", 4)
+    rig.received("depth_received", 5)
     out = _segevery(rig, rig.colour(scene.scene.image, stamp))
     assert any(i.position_3d.valid for i in out.instances)
     level, message, values = _status(rig.node)
     assert level == DiagnosticStatus.OK, message
     assert values["depth_input_problems"] == ""
-
-
-def test_a_depth_image_whose_data_is_short_is_refused(
-    make_rig: Callable[..., Rig], scene: RGBDScene
-) -> None:
-    rig = make_rig()
-    msg = Image(height=HW[0], width=HW[1], encoding="16UC1", step=HW[1] * 2)
-    msg.data = bytes(HW[1] * 2 * 10)  # 10 rows of 240
-    rig.pubs["depth"].publish(msg)
-    rig.received("depth_bad", 1)
-    problems = _status(rig.node)[2]["depth_input_problems"]
-    assert "depth image rejected" in problems and "16UC1" in problems, problems
 
 
 def test_a_camera_info_with_k_all_zero_is_a_diagnostic(
@@ -482,3 +463,37 @@ def test_runtime_changes_reach_the_lift_and_bad_ones_are_refused(
     assert node.get_parameter("depth.max_m").value == 20.0
     (refused,) = node.set_parameters([Parameter("depth.enabled", value=False)])
     assert not refused.successful and "read-only" in refused.reason
+
+
+def test_the_vision_outputs_follow_each_lifted_pass(
+    make_rig: Callable[..., Rig], scene: RGBDScene
+) -> None:
+    """Right after ~/instances: ~/detections_3d has one detection per valid position_3d
+    (centroid as its pose), and ~/points (subscribed) the lifted points labelled as
+    ~/instances/label labels them (index + 1)."""
+    vm = pytest.importorskip("vision_msgs.msg", reason="vision_msgs is not built in this venv")
+    from sensor_msgs.msg import PointCloud2
+
+    rig = make_rig()
+    got: dict[str, list[Any]] = {"3d": [], "points": []}
+    rig.feeder.create_subscription(
+        vm.Detection3DArray, "/segfast/detections_3d", got["3d"].append, instances_qos()
+    )
+    rig.feeder.create_subscription(PointCloud2, "/segfast/points", got["points"].append, 2)
+    rig.spin_until(lambda: rig.node._vision.wants_points(), "the ~/points subscription")
+    stamp = 8 * 10**9
+    rig.info(scene.camera, stamp)
+    rig.depth(scene.depth, stamp)
+    rig.received("depth_received", 1)
+    out = _segevery(rig, rig.colour(scene.scene.image, stamp))
+    rig.spin_until(lambda: got["3d"] and got["points"], "~/detections_3d and ~/points")
+    valid = [(k, i) for k, i in enumerate(out.instances) if i.position_3d.valid]
+    (dets,) = got["3d"]
+    assert dets.header == out.header and len(dets.detections) == len(valid) > 0
+    for det, (_, inst) in zip(dets.detections, valid, strict=True):
+        pose = det.results[0].pose.pose.position
+        assert _xyz(pose).tolist() == pytest.approx(_xyz(inst.position_3d.centroid).tolist())
+    (cloud,) = got["points"]
+    assert cloud.header == out.header and cloud.width > 0
+    ids = np.frombuffer(bytes(cloud.data), dtype=np.uint32).reshape(-1, 4)[:, 3]
+    assert set(ids.tolist()) <= {k + 1 for k, _ in valid}
