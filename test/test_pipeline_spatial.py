@@ -53,6 +53,15 @@ def _records() -> list[InstanceRecord]:
     return records
 
 
+def _counts(received: int = 0, bad: int = 0, lifted: int = 0, unmatched: int = 0) -> dict:
+    return {
+        "depth_received": received,
+        "depth_bad": bad,
+        "lifted_frames": lifted,
+        "unmatched_frames": unmatched,
+    }
+
+
 def _spatial(
     flavour: str = "namespace",
     *,
@@ -94,12 +103,7 @@ def test_records_come_back_lifted_in_order(flavour: str) -> None:
         x, y, w, h = before.roi
         assert u == pytest.approx(x + w / 2 - 0.5, abs=0.5)
         assert v == pytest.approx(y + h / 2 - 0.5, abs=0.5)
-    assert spatial.counters() == {
-        "depth_received": 1,
-        "depth_bad": 0,
-        "lifted_frames": 1,
-        "unmatched_frames": 0,
-    }
+    assert spatial.counters() == _counts(received=1, lifted=1)
 
 
 def test_16uc1_and_32fc1_give_the_same_centroids() -> None:
@@ -166,8 +170,7 @@ def test_no_depth_yet_and_stale_depth_say_so() -> None:
         "no depth image within 0.030 s of the colour frame: the nearest of 1 cached is "
         "0.100 s before it"
     )
-    counts = spatial.counters()
-    assert counts["unmatched_frames"] == 2 and counts["lifted_frames"] == 0
+    assert spatial.counters() == _counts(received=1, unmatched=2)
     spatial.configure(LiftSettings(), 150_000_000, 8)  # a wider tolerance matches it
     assert spatial.lift(T, HW, _records()).depth_key == T - 100_000_000
 
@@ -228,8 +231,7 @@ def test_bad_depth_is_counted_and_raised() -> None:
     msg.encoding = "mono16"
     with pytest.raises(DepthError, match="depth encoding 'mono16' is not supported"):
         spatial.put_depth(msg)
-    counts = spatial.counters()
-    assert counts["depth_received"] == 1 and counts["depth_bad"] == 1
+    assert spatial.counters() == _counts(received=1, bad=1)
     assert _unlifted(spatial) == "no depth image received yet"
 
 
@@ -267,12 +269,7 @@ def test_configure_checks_and_clear_forgets() -> None:
     assert [p.valid for p in spatial.lift(T, HW, _records()).lifted] == [False, False]
     spatial.clear()
     assert _unlifted(spatial) == "no depth image received yet"
-    assert spatial.counters() == {
-        "depth_received": 0,
-        "depth_bad": 0,
-        "lifted_frames": 0,
-        "unmatched_frames": 1,
-    }
+    assert spatial.counters() == _counts(unmatched=1)
 
 
 # ------------------------------------------------------------------ InstanceRecord's fields

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -22,9 +22,10 @@ import numpy.typing as npt
 
 from ..masks import Instance, mask_run_lengths, masks_to_boxes, rle_counts, rle_to_mask
 from ..segany import PromptSetMasks
+from ..spatial.lift import Lifted
 
-if TYPE_CHECKING:
-    from ..spatial.lift import Lifted
+# What Position3D.msg holds for an instance not lifted, or whose lift is not valid.
+_NOT_LIFTED = Lifted(False)
 
 #: Most instances a ``mono16`` label image can tell apart (label 0 is the background).
 MAX_LABELS: int = 65535
@@ -102,20 +103,9 @@ class InstanceRecord:
         """
         lifted = self.position_3d
         if lifted is None or not lifted.valid:
-            zero = (0.0, 0.0, 0.0)
-            return {
-                "valid": False,
-                "centroid": zero,
-                "min": zero,
-                "max": zero,
-                "obb_position": zero,
-                "obb_orientation": (0.0, 0.0, 0.0, 1.0),
-                "obb_size": zero,
-                "num_points": 0,
-                "valid_fraction": 0.0,
-            }
+            lifted = _NOT_LIFTED
         return {
-            "valid": True,
+            "valid": bool(lifted.valid),
             "centroid": _floats(lifted.centroid),
             "min": _floats(lifted.min),
             "max": _floats(lifted.max),
