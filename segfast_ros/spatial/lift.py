@@ -32,6 +32,7 @@ import numpy as np
 from ..masks import mask_run_lengths
 from ..segevery.settings import check_bool, param, settings_from_dict, validate_params
 from .camera import CameraModel
+from .roi_masks import checked_rois, decode_columns, erode_t
 
 Vec3 = tuple[float, float, float]
 _ZERO3: Vec3 = (0.0, 0.0, 0.0)
@@ -156,8 +157,23 @@ def lift_masks(
     depth = _checked_depth(depth, camera)
     if len(counts) != len(rois):
         raise ValueError(f"got {len(counts)} RLE counts but {len(rois)} ROIs; expected one each")
+    if not len(counts):
+        return []
+    boxes = checked_rois(rois, camera.hw)
+    buffer, offsets = decode_columns(counts, boxes, camera.hw)
     frame = _Frame(depth, camera, settings)
-    return [frame.lift(c, r, points) for c, r in zip(counts, rois, strict=True)]
+    chosen = [
+        frame.select(buffer[offsets[i] : offsets[i + 1]], roi)
+        for i, roi in enumerate(boxes.tolist())
+    ]
+    # One gather of every instance's points: (3, sum of n), instance i's at bounds[i]:[i + 1].
+    bounds = np.zeros(len(chosen) + 1, dtype=np.int64)
+    np.cumsum([len(index) for index, _ in chosen], out=bounds[1:])
+    xyz = frame.xyz.take(np.concatenate([index for index, _ in chosen]), axis=1)
+    return [
+        frame.lifted(xyz[:, bounds[i] : bounds[i + 1]], pixels, points)
+        for i, (_, pixels) in enumerate(chosen)
+    ]
 
 
 def mask_refs(masks: np.ndarray) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]]:
@@ -210,51 +226,71 @@ def _checked_depth(depth: np.ndarray, camera: CameraModel) -> np.ndarray:
 
 
 class _Frame:
-    """One depth image ready for lifting: its points and valid pixels, computed once."""
+    """One depth image ready for lifting, column-major like the RLE (see :mod:`.roi_masks`):
+    which pixels are valid and their points, computed once for all instances."""
 
     def __init__(self, depth: np.ndarray, camera: CameraModel, settings: LiftSettings) -> None:
         self.settings = settings
-        self.hw = (int(depth.shape[0]), int(depth.shape[1]))
-        h, w = self.hw
+        self.hw = camera.hw
+        height, width = self.hw
+        depth_t = cv2.transpose(depth.astype(np.float32, copy=False))  # (W, H)
         lo = settings.min_m if settings.min_m > 0 else float(np.finfo(np.float32).tiny)
         with np.errstate(invalid="ignore"):
-            self.valid = (depth >= lo) & (depth <= settings.max_m)
-        # (H, W, 3) float32 X, Y, Z of every pixel: one gather per mask reads its points.
-        self.xyz = np.empty((h, w, 3), dtype=np.float32)
-        rays_x = ((np.arange(w) - camera.cx) / camera.fx).astype(np.float32)
-        rays_y = ((np.arange(h) - camera.cy) / camera.fy).astype(np.float32)
-        np.multiply(depth, rays_x[None, :], out=self.xyz[:, :, 0])
-        np.multiply(depth, rays_y[:, None], out=self.xyz[:, :, 1])
-        self.xyz[:, :, 2] = depth
+            self.valid_t = (depth_t >= lo) & (depth_t <= settings.max_m)
+        # X, Y, Z of every pixel, flat column-major (u H + v): one gather reads all masks' points.
+        xyz = np.empty((3, width, height), dtype=np.float32)
+        rays_x = ((np.arange(width) - camera.cx) / camera.fx).astype(np.float32)
+        rays_y = ((np.arange(height) - camera.cy) / camera.fy).astype(np.float32)
+        np.multiply(depth_t, rays_x[:, None], out=xyz[0])
+        np.multiply(depth_t, rays_y[None, :], out=xyz[1])
+        xyz[2] = depth_t
+        self.xyz = xyz.reshape(3, width * height)
         e = settings.erode_px
         self.kernel = np.ones((2 * e + 1, 2 * e + 1), dtype=np.uint8) if e > 0 else None
         p = settings.extent_percentile
         self.quantiles = (p, 50.0, 100.0 - p)
 
-    def lift(self, counts: np.ndarray, roi: tuple[int, int, int, int], want: bool) -> Lifted:
-        """One instance (see :func:`lift_masks`)."""
-        mask = _roi_mask(counts, roi, self.hw)
-        x, y, w, h = (int(v) for v in roi)
-        ok = self.valid[y : y + h, x : x + w]
-        sel, pixels = None, 0
-        if self.kernel is not None and mask.size:
-            eroded = _erode(mask, (x, y), self.hw, self.kernel).view(bool)
+    def select(self, columns: np.ndarray, roi: list[int]) -> tuple[np.ndarray, int]:
+        """``(flat column-major indices of the valid pixels used, pixels of the mask used)``.
+
+        Args:
+            columns: the instance's ``(w * H,)`` decoded ROI columns.
+            roi: ``[x, y, w, h]``.
+        """
+        x, y, w, h = roi
+        height = self.hw[0]
+        if w == 0 or h == 0:
+            return np.zeros(0, dtype=np.int64), 0
+        mask_t = columns.reshape(w, height)[:, y : y + h]
+        ok = self.valid_t[x : x + w, y : y + h]
+        sel = None
+        if self.kernel is not None:
+            eroded = erode_t(mask_t, roi, self.hw, self.kernel).view(bool)
             sel = np.logical_and(eroded, ok)
             if np.count_nonzero(sel) >= self.settings.min_points:
                 pixels = np.count_nonzero(eroded)
             else:
                 sel = None  # too few left: a small or thin object keeps its edge pixels
         if sel is None:
-            sel = np.logical_and(mask.view(bool), ok)
-            pixels = np.count_nonzero(mask)
-        pts = self.xyz[y : y + h, x : x + w][sel]
-        n = len(pts)
-        fraction = n / int(pixels) if pixels else 0.0
-        cloud = pts if want else None
+            sel = np.logical_and(mask_t.view(bool), ok)
+            pixels = np.count_nonzero(mask_t)
+        # Pixel (u, v) = (x + c, y + r) of ROI index c h + r is image index u H + v.
+        index = np.flatnonzero(sel)
+        image_index = index // h
+        image_index *= height - h
+        image_index += index
+        image_index += x * height + y
+        return image_index, int(pixels)
+
+    def lifted(self, xyz: np.ndarray, pixels: int, want: bool) -> Lifted:
+        """The instance's :class:`Lifted` from its ``(3, n)`` valid points."""
+        n = xyz.shape[1]
+        fraction = n / pixels if pixels else 0.0
+        cloud = np.ascontiguousarray(xyz.T) if want else None
         if n < self.settings.min_points:
             return Lifted(False, num_points=n, valid_fraction=fraction, points=cloud)
-        low, mid, high = _quantiles(pts, self.quantiles)
-        obb = _oriented_box(pts, self.quantiles) if self.settings.oriented_boxes else _NO_BOX
+        low, mid, high = _quantiles(xyz, self.quantiles)
+        obb = _oriented_box(xyz.T, self.quantiles) if self.settings.oriented_boxes else _NO_BOX
         return Lifted(
             True,
             centroid=mid,
@@ -272,77 +308,23 @@ class _Frame:
 _NO_BOX = (_ZERO3, (0.0, 0.0, 0.0, 1.0), _ZERO3)
 
 
-def _roi_mask(counts: np.ndarray, roi: tuple[int, int, int, int], hw: tuple[int, int]):
-    """The ``(h, w)`` uint8 0/1 mask inside ``roi``, decoding only the ROI's columns."""
-    height, width = hw
-    x, y, w, h = (int(v) for v in roi)
-    if x < 0 or y < 0 or w < 0 or h < 0 or x + w > width or y + h > height:
-        raise ValueError(
-            f"ROI (x_offset, y_offset, width, height) = {tuple(roi)} is not inside the "
-            f"{width}x{height} image"
-        )
-    # edges[i], edges[i + 1]: column-major start and end of run i (odd runs are the mask).
-    edges = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=edges[1:])
-    if edges[-1] != height * width:
-        raise ValueError(f"RLE counts sum to {int(edges[-1])}, expected H * W = {height * width}")
-    if w == 0 or h == 0:
-        return np.zeros((h, w), dtype=np.uint8)
-    lo, hi = x * height, (x + w) * height
-    first, last = (int(i) for i in np.searchsorted(edges, (lo + 1, hi)))
-    cut = edges[first - 1 : last + 1].copy()  # runs first - 1 .. last - 1 meet [lo, hi)
-    cut[0], cut[-1] = lo, hi
-    columns = np.repeat(_alternating(first - 1, last), cut[1:] - cut[:-1]).reshape(w, height)
-    return cv2.transpose(columns[:, y : y + h])
-
-
-_ALTERNATING = np.zeros(0, dtype=np.uint8)
-
-
-def _alternating(start: int, stop: int) -> np.ndarray:
-    """``[i & 1 for i in range(start, stop)]`` as uint8, a view of one shared array."""
-    global _ALTERNATING
-    if stop + 1 > len(_ALTERNATING):
-        _ALTERNATING = (np.arange(max(2 * stop + 2, 4096)) & 1).astype(np.uint8)
-    return _ALTERNATING[start:stop]
-
-
-def _erode(
-    mask: np.ndarray, xy: tuple[int, int], hw: tuple[int, int], kernel: np.ndarray
-) -> np.ndarray:
-    """``mask`` (at ``xy`` in an ``hw`` image) eroded as the full image would be.
-
-    Outside the ROI is background, except beyond the image's edge, which does not erode
-    (cv2's default border): a mask cut by the image edge keeps its pixels there.
-    """
-    m = kernel.shape[0] // 2
-    (x, y), (h, w) = xy, mask.shape
-    top, left = min(m, y), min(m, x)
-    bottom, right = min(m, hw[0] - y - h), min(m, hw[1] - x - w)
-    padded = cv2.copyMakeBorder(mask, top, bottom, left, right, cv2.BORDER_CONSTANT, value=0)
-    return cv2.erode(padded, kernel)[top : top + h, left : left + w]
-
-
-def _quantiles(points: np.ndarray, qs: Sequence[float]) -> list[Vec3]:
-    """``np.percentile(points, q, axis=0)`` (linear) for each ``q``, by one partial sort.
+def _quantiles(values: np.ndarray, qs: Sequence[float]) -> list[Vec3]:
+    """``np.percentile(values, q, axis=1)`` (linear) for each ``q``.
 
     Args:
-        points: ``(n, 3)``, ``n >= 1``.
+        values: ``(3, n)``, ``n >= 1``.
     """
-    n = points.shape[0]
+    n = values.shape[1]
     pos = [q / 100.0 * (n - 1) for q in qs]
     below = [math.floor(p) for p in pos]
     above = [min(b + 1, n - 1) for b in below]
-    rows = np.ascontiguousarray(points.T, dtype=np.float64)  # each axis contiguous
-    rows.partition(sorted(set(below + above)), axis=1)
-    lower, upper = rows[:, below].T.tolist(), rows[:, above].T.tolist()
-    out = []
-    for p, b, lo, hi in zip(pos, below, lower, upper, strict=True):
-        t = p - b
-        out.append(
-            (lo[0] + (hi[0] - lo[0]) * t, lo[1] + (hi[1] - lo[1]) * t, lo[2] + (hi[2] - lo[2]) * t)
-        )
-    return out
+    ordered = np.partition(values, sorted(set(below + above)), axis=1)
+    lower, upper = ordered[:, below].T.tolist(), ordered[:, above].T.tolist()
+    weights = [p - b for p, b in zip(pos, below, strict=True)]
+    return [
+        (lo[0] + (hi[0] - lo[0]) * t, lo[1] + (hi[1] - lo[1]) * t, lo[2] + (hi[2] - lo[2]) * t)
+        for lo, hi, t in zip(lower, upper, weights, strict=True)
+    ]
 
 
 def _oriented_box(
@@ -361,7 +343,7 @@ def _oriented_box(
         if axes[np.argmax(np.abs(axes[:, i])), i] < 0:
             axes[:, i] = -axes[:, i]
     axes[:, 2] = np.cross(axes[:, 0], axes[:, 1])  # right-handed: a proper rotation
-    low, high = (np.asarray(v) for v in _quantiles(centred @ axes, (qs[0], qs[-1])))
+    low, high = (np.asarray(v) for v in _quantiles((centred @ axes).T, (qs[0], qs[-1])))
     center = mean + axes @ ((low + high) / 2.0)
     return _vec(center), rotation_quaternion(axes), _vec(high - low)
 
