@@ -24,13 +24,20 @@ rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed: run
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.context import Context
 from rclpy.lifecycle import LifecycleNode
-from rgbd_msgs import depth_msg, detection, detections_msg, info_msg
+from rgbd_msgs import (
+    clear_objects,
+    depth_msg,
+    detection,
+    detections_msg,
+    info_msg,
+    mask_of,
+    on_object,
+)
 from std_msgs.msg import Header
 from tracking_frames import MODEL_DIR
 
 from segfast_ros.bench.scene_depth import RGBDScene, generate_rgbd_scene
 from segfast_ros.bench.tracking import CountingBackend
-from segfast_ros.masks import rle_to_mask
 from segfast_ros.pipeline.frames import Frame, encode_frame
 from segfast_ros.pipeline.render import mask_record
 from segfast_ros.pipeline.spatial import Spatial
@@ -169,37 +176,10 @@ def prompts(key: int, detections: list[Any]) -> Any:
     return detections_msg(VM, key, detections, "detector")
 
 
-def objects(rgbd: RGBDScene, count: int) -> list[int]:
-    """The ``count`` largest unoccluded instances with mostly valid depth (clear prompts)."""
-    scene = rgbd.scene
-    areas = scene.masks.sum(axis=(1, 2))
-    good = [
-        i
-        for i in np.argsort(-areas)
-        if rgbd.depth_valid_fraction[i] >= 0.6 and scene.visible_fraction[i] == 1.0
-    ]
-    return [int(i) for i in good[:count]]
-
-
-def on_object(mask: np.ndarray, rgbd: RGBDScene, obj: int) -> bool:
-    """``mask`` is on ground-truth instance ``obj``: it overlaps no other as well, and well."""
-    ious = [iou(mask, gt) for gt in rgbd.scene.masks]
-    return int(np.argmax(ious)) == obj and ious[obj] > 0.5
-
-
 def gt_detections(rgbd: RGBDScene, which: list[int]) -> list[Any]:
     return [
         detection(VM, rgbd.scene.boxes[i], f"class{i}", 0.5 + 0.01 * i, f"det{i}") for i in which
     ]
-
-
-def mask_of(inst: Any) -> np.ndarray:
-    size = [inst.mask_height, inst.mask_width]
-    return rle_to_mask({"size": size, "counts": list(inst.rle_counts)})
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def stamp_ns(header: Any) -> int:
@@ -218,7 +198,7 @@ def test_prompts_are_one_batch_on_their_frame_answered_in_order_with_the_detecti
     objects in order, the detector's class hypotheses and ids carried through, on the worker
     thread (not the caller's)."""
     rgbd = SCENES[OTHER]
-    which = objects(rgbd, 2)
+    which = clear_objects(rgbd, 2)
     parts.topic.activate()
     calls, sets = parts.backend.decode_calls, parts.backend.prompt_sets
     parts.topic._on_prompts(prompts(OTHER, gt_detections(rgbd, which)))
@@ -252,7 +232,7 @@ def test_a_stamp_not_cached_is_counted_warned_once_and_dropped(parts: Parts) -> 
     rgbd = SCENES[KEY]
     calls = parts.backend.decode_calls
     for key in (5, 7):  # never received
-        parts.topic._answer(prompts(key, gt_detections(rgbd, objects(rgbd, 1))))
+        parts.topic._answer(prompts(key, gt_detections(rgbd, clear_objects(rgbd, 1))))
     assert parts.backend.decode_calls == calls
     assert not parts.rec["prompted"].messages and not parts.rec["detections"].messages
     assert parts.topic.counts["unmatched"] == 2
@@ -281,7 +261,7 @@ def test_an_empty_message_gets_an_empty_answer(parts: Parts) -> None:
 @needs_vision_msgs
 def test_bad_boxes_are_skipped_and_counted_with_the_reason(parts: Parts) -> None:
     rgbd = SCENES[KEY]
-    (good,) = objects(rgbd, 1)
+    (good,) = clear_objects(rgbd, 1)
     bad = [
         detection(VM, [np.nan, 0, 10, 10], det_id="nan"),
         detection(VM, [50, 50, 50, 80], det_id="flat"),
@@ -301,7 +281,7 @@ def test_bad_boxes_are_skipped_and_counted_with_the_reason(parts: Parts) -> None
 
     # Past prompts.max_detections the lowest scores are left out.
     parts.topic.reconfigure(2, False)
-    which = objects(rgbd, 3)
+    which = clear_objects(rgbd, 3)
     parts.topic._answer(prompts(KEY, gt_detections(rgbd, which)))
     kept = [d.id for d in parts.rec["detections"].messages[-1].detections]
     lowest = min(which)  # scores grow with the index
@@ -316,7 +296,7 @@ def test_start_tracks_starts_only_boxes_no_target_covers(parts: Parts) -> None:
     """prompts.start_tracks: new boxes start targets on the prompt's frame, caught up to the
     latest cached frame as ~/track ADD does; boxes a target covers carry its ID instead."""
     rgbd = SCENES[KEY]
-    first, second, third = objects(rgbd, 3)
+    first, second, third = clear_objects(rgbd, 3)
     parts.topic.reconfigure(100, True)
     targets = parts.tracks.tracking.targets
     parts.topic._answer(prompts(KEY, gt_detections(rgbd, [first, second])))
@@ -343,7 +323,7 @@ def test_start_tracks_starts_only_boxes_no_target_covers(parts: Parts) -> None:
 
     # No room past tracking.max_targets: counted and said, the answer still comes.
     targets.configure(TrackingSettings(max_targets=3))
-    others = [i for i in objects(rgbd, 6) if i not in (first, second, third)][:2]
+    others = [i for i in clear_objects(rgbd, 6) if i not in (first, second, third)][:2]
     parts.topic._answer(prompts(KEY, gt_detections(rgbd, others)))
     assert len(targets) == 3 and parts.topic.counts["tracks_not_started"] == 2
     assert len(parts.rec["prompted"].messages[-1].instances) == 2
@@ -357,7 +337,7 @@ def test_prompted_instances_carry_3d_when_depth_is_on(parts: Parts) -> None:
     spatial.set_colour_info(info_msg(rgbd.camera, KEY))
     spatial.put_depth(depth_msg(rgbd.depth, KEY + 4_000_000, "32FC1"))  # 4 ms off the colour
     parts.spatial[0] = spatial
-    which = objects(rgbd, 3)
+    which = clear_objects(rgbd, 3)
     parts.topic._answer(prompts(KEY, gt_detections(rgbd, which)))
     (msg,) = parts.rec["prompted"].messages
     for inst, obj in zip(msg.instances, which, strict=True):
@@ -374,7 +354,7 @@ def test_prompted_instances_carry_3d_when_depth_is_on(parts: Parts) -> None:
 def lifted_records() -> tuple[list[Any], list[Any]]:
     """Records of three GT masks of the first scene, lifted with its depth (and points)."""
     rgbd = SCENES[KEY]
-    which = objects(rgbd, 3)
+    which = clear_objects(rgbd, 3)
     records = [
         mask_record(rgbd.scene.masks[i], 0.9, 0.95, n, rgbd.scene.boxes[i])
         for n, i in enumerate(which)
