@@ -197,7 +197,6 @@ def test_segevery_frames_come_with_3d_detections_near_the_ground_truth(
             error = float(np.linalg.norm(np.array([p.x, p.y, p.z]) - truth))
             assert error <= CENTROID_TOLERANCE * np.linalg.norm(truth), (key, obj, error)
             checked += 1
-            print(f"{key} object {obj}: iou {iou:.2f} error {error / np.linalg.norm(truth):.4f}")
     assert checked >= 3
 
 
