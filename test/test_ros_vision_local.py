@@ -23,7 +23,8 @@ rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed: run
 
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.context import Context
-from rclpy.lifecycle import LifecycleNode
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rgbd_msgs import (
     clear_objects,
     depth_msg,
@@ -47,6 +48,7 @@ from segfast_ros.ros.depth import DepthInput
 from segfast_ros.ros.diagnostics import Health
 from segfast_ros.ros.harness import free_domain_id
 from segfast_ros.ros.intake import FrameIntake
+from segfast_ros.ros.node import SegfastNode
 from segfast_ros.ros.prompts import PromptTopic
 from segfast_ros.ros.tracking import TargetTracking
 from segfast_ros.ros.vision import VisionOutputs
@@ -458,3 +460,33 @@ def test_without_vision_msgs_those_outputs_are_off_said_once_and_in_diagnostics(
     assert len(outputs.publishers["points"].messages) == 1
     outputs.publishers.update(real)
     outputs.release()
+
+
+def test_a_node_without_vision_msgs_runs_with_those_topics_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The whole node, vision_msgs hidden as above: it configures and activates, offers
+    ~/points but none of the vision_msgs topics, and /diagnostics says which are off."""
+    monkeypatch.setattr(vision, "vision_msgs_module", lambda: None)
+    context = Context()
+    rclpy.init(context=context, domain_id=free_domain_id())
+    values = {"model_dir": "demo", "precision": "int8", "segevery.rate": 0.0}
+    node = SegfastNode(
+        context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()]
+    )
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        topics = {name for name, _ in node.get_topic_names_and_types()}
+        assert {"/segfast/instances", "/segfast/points", "/segfast/tracks"} <= topics
+        off = {"detections", "detections_3d", "tracks/detections_3d", "prompts", "prompted"}
+        assert not topics & {f"/segfast/{name}" for name in off | {"prompted/detections"}}
+        status = node.diagnostic_status()
+        got = {kv.key: kv.value for kv in status.values}
+        assert got["vision_msgs"].startswith("off: ~/detections, ~/detections_3d, ")
+        assert got["prompts"] == "off (vision_msgs is not installed)"
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
