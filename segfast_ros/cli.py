@@ -268,6 +268,7 @@ def _add_replay_parser(sub: Any) -> None:
         "--rate", type=float, help="process at most HZ frames per second of bag time"
     )
     _add_replay_segevery_args(p)
+    _add_replay_depth_args(p)
     p.add_argument(
         "--prompts",
         help="YAML file of scripted calls: SegAny points/boxes, and targets to track (track: "
@@ -284,6 +285,27 @@ def _add_replay_parser(sub: Any) -> None:
     p.add_argument("--json", help="write the summary (counts, per-stage timings) as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.set_defaults(func=replay_command, backend="onnxruntime")
+
+
+def _add_replay_depth_args(p: argparse.ArgumentParser) -> None:
+    """``segfast replay``'s 3D flags: ``--depth-topic``, ``--camera-info-topic``,
+    ``--depth-info-topic`` (settings: ``--set depth.<field>``)."""
+    p.add_argument(
+        "--depth-topic",
+        help="depth image aligned to the colour image (sensor_msgs/Image, 16UC1 mm or 32FC1 "
+        "m): every instance gets its 3D position, and <ns>/detections_3d is written (with "
+        "vision_msgs); paired by header stamp within --set depth.sync_tolerance=S (0.03)",
+    )
+    p.add_argument(
+        "--camera-info-topic",
+        help="the colour image's sensor_msgs/CameraInfo (default: the image topic's sibling "
+        "camera_info, when the bag has it)",
+    )
+    p.add_argument(
+        "--depth-info-topic",
+        help="the depth image's CameraInfo, to scale depth of another resolution (default: the "
+        "depth topic's sibling camera_info, when the bag has it)",
+    )
 
 
 def _add_replay_segevery_args(p: argparse.ArgumentParser) -> None:
@@ -310,8 +332,9 @@ def _add_replay_segevery_args(p: argparse.ArgumentParser) -> None:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="SegEvery strategy option, e.g. points_per_side=16, or a tracking setting, e.g. "
-        "tracking.max_targets=4 (as the node's tracking.* parameters; repeatable)",
+        help="SegEvery strategy option, e.g. points_per_side=16, a tracking setting, e.g. "
+        "tracking.max_targets=4, or a depth setting, e.g. depth.erode_px=2 (as the node's "
+        "tracking.* and depth.* parameters; repeatable)",
     )
 
 

@@ -20,7 +20,7 @@ from ros_scenes import synthetic_scene
 from rosbags.rosbag2 import Reader, Writer
 from rosbags.rosbag2.enums import StoragePlugin
 
-from segfast_ros.replay.bags import typestore
+from segfast_ros.replay.bags import has_vision_msgs, typestore
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
 from segfast_ros.runtime.predictor import Predictor
 from segfast_ros.segevery.registry import build_segevery
@@ -32,6 +32,8 @@ STORAGE = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 IMAGE = "sensor_msgs/msg/Image"
 T0 = 1_700_000_000_000_000_000  # bag time of the first message (ns)
 DT = 100_000_000  # 10 Hz
+#: The topics a replay writes besides the project's own when vision_msgs is there.
+VISION_TOPICS = {"/segfast/detections"} if has_vision_msgs(typestore()) else set()
 
 
 def tiny_predictor(onnx_dir: Path) -> Predictor:

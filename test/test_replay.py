@@ -15,7 +15,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from replay_bags import DT, T0, TOPIC, read_bag, rle, segevery, stamp, tiny_predictor, write_bag
+from replay_bags import (
+    DT,
+    T0,
+    TOPIC,
+    VISION_TOPICS,
+    read_bag,
+    rle,
+    segevery,
+    stamp,
+    tiny_predictor,
+    write_bag,
+)
 from rosbags.rosbag2 import Reader
 
 from segfast_ros.masks import rle_to_mask
@@ -49,7 +60,7 @@ def test_every_frame_gives_outputs_that_match_the_library(
     )
     assert summary.complete and summary.processed == summary.selected == 4
     out = read_bag(tmp_path / "out")
-    assert set(out) == {"/segfast/instances", "/segfast/instances/label"}
+    assert set(out) == {"/segfast/instances", "/segfast/instances/label", *VISION_TOPICS}
     arrays, labels = out["/segfast/instances"], out["/segfast/instances/label"]
     assert len(arrays) == len(labels) == 4
 
@@ -95,7 +106,7 @@ def test_output_is_deterministic_and_types_match_rosidl(
                     data = store.serialize_cdr(msg, c.msgtype)
                 raw[name].append((c.topic, t, bytes(data)))
             conns = {c.topic: c for c in reader.connections}
-    assert len(raw["a"]) == 6 and raw["a"] == raw["b"]
+    assert len(raw["a"]) == 3 * (2 + len(VISION_TOPICS)) and raw["a"] == raw["b"]
     # The definition travels with the bag, under the hash rosidl gives the same .msg file.
     conn = conns["/segfast/instances"]
     assert conn.msgtype == msg_type("InstanceArray")

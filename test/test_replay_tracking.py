@@ -23,6 +23,7 @@ from replay_bags import (
     REPO,
     T0,
     TOPIC,
+    VISION_TOPICS,
     cli_args,
     image_msg,
     read_bag,
@@ -406,7 +407,7 @@ def test_two_runs_write_identical_tracks(
         assert summary.complete
         runs.append((raw_messages(tmp_path / name), coco.read_text(), summary))
     (a, coco_a, sum_a), (b, coco_b, sum_b) = runs
-    assert set(a) == {INSTANCES, "/segfast/instances/label", TRACKS, TRACKS_LABEL}
+    assert set(a) == {INSTANCES, "/segfast/instances/label", TRACKS, TRACKS_LABEL, *VISION_TOPICS}
     for topic in a:
         assert a[topic] == b[topic], topic
     assert coco_a == coco_b

@@ -89,12 +89,13 @@ def replay_command(args: argparse.Namespace) -> int:
     import json
 
     from ..replay import replay
-    from ..replay.options import split_tracking
+    from ..replay.options import split_depth, split_tracking
     from ..runtime.predictor import Predictor
 
     choice = replay_model(args)
     detector = args.detector or (choice.detector if choice else None)
     tracking, overrides = split_tracking(strategy_options(args.set))
+    depth, tolerance, overrides = split_depth(overrides)
     segevery, settings, source = segevery_for(
         choice,
         args.mode,
@@ -104,6 +105,7 @@ def replay_command(args: argparse.Namespace) -> int:
     )
     options = _replay_options(args, settings, source)
     options.tracking = tracking
+    options.depth, options.sync_tolerance_s = depth, tolerance
     options.check()
     if choice is not None:
         backend = make_backend(args, args.precision, model_dir=choice.onnx_dir)
@@ -149,6 +151,9 @@ def _replay_options(
         coco=Path(args.coco) if args.coco else None,
         overlay_video=Path(args.overlay_video) if args.overlay_video else None,
         contact_sheet=Path(args.contact_sheet) if args.contact_sheet else None,
+        depth_topic=args.depth_topic,
+        camera_info_topic=args.camera_info_topic,
+        depth_info_topic=args.depth_info_topic,
         progress=not args.no_progress and sys.stderr.isatty(),
         segevery_settings=settings,
         segevery_settings_source=source,

@@ -2,7 +2,10 @@
 
 The project's messages are registered from the ``msg/*.msg`` files the package ships (the same
 files rosidl builds the node's interfaces from), so the output bag carries their definitions
-and any rosbag2 tool can read it. Input bags may be mcap or sqlite3, any rosbag2 version that
+and any rosbag2 tool can read it. vision_msgs (Detection2DArray, Detection3DArray) is not in
+rosbags' Jazzy typestore: its types are registered the same way from the installed
+``share/vision_msgs/msg/*.msg`` when found (:func:`vision_msgs_dir`); without them the replay
+writes the project's own messages only. Input bags may be mcap or sqlite3, any rosbag2 version that
 rosbags reads.
 """
 
@@ -35,7 +38,23 @@ PACKAGE = "segfast_ros"
 #: The message files the replay writes, in dependency order.
 MESSAGES: tuple[str, ...] = ("Position3D", "Instance", "SegmentResult", "InstanceArray")
 
+#: vision_msgs' package name, and the files its Detection2DArray / Detection3DArray need.
+VISION_PACKAGE = "vision_msgs"
+VISION_MESSAGES: tuple[str, ...] = (
+    "Point2D",
+    "Pose2D",
+    "BoundingBox2D",
+    "BoundingBox3D",
+    "ObjectHypothesis",
+    "ObjectHypothesisWithPose",
+    "Detection2D",
+    "Detection2DArray",
+    "Detection3D",
+    "Detection3DArray",
+)
+
 IMAGE = "sensor_msgs/msg/Image"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
 #: Input message types the replay can segment.
 IMAGE_TYPES: tuple[str, ...] = (IMAGE, COMPRESSED)
@@ -72,13 +91,65 @@ def msg_dirs() -> list[Path]:
     return dirs
 
 
-@lru_cache(maxsize=1)
+def vision_msgs_dirs() -> list[Path]:
+    """Where vision_msgs' ``.msg`` files may be, in search order.
+
+    ``$SEGFAST_VISION_MSGS_DIR`` alone when set (a folder without them turns the vision_msgs
+    outputs off); else the install prefix (``share/vision_msgs/msg``, where the Makefile or
+    colcon puts them) and every ``$AMENT_PREFIX_PATH`` entry, as a sourced ROS has them.
+    """
+    override = os.environ.get("SEGFAST_VISION_MSGS_DIR")
+    if override:
+        return [Path(override)]
+    prefixes = [
+        sys.prefix,
+        *filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)),
+    ]
+    return [Path(p) / "share" / VISION_PACKAGE / "msg" for p in prefixes]
+
+
+def vision_msgs_dir() -> Path | None:
+    """The first of :func:`vision_msgs_dirs` holding every file of :data:`VISION_MESSAGES`."""
+    for folder in vision_msgs_dirs():
+        if all((folder / f"{name}.msg").is_file() for name in VISION_MESSAGES):
+            return folder
+    return None
+
+
+def vision_msgs_missing() -> str:
+    """Why the vision_msgs types are not there: the folders searched, and what to do."""
+    searched = ", ".join(str(d) for d in vision_msgs_dirs())
+    return (
+        f"vision_msgs not found (no Detection2DArray.msg and its dependencies in {searched}; "
+        "install ros-jazzy-vision-msgs and source it, or set SEGFAST_VISION_MSGS_DIR to its "
+        "share/vision_msgs/msg): only the segfast_ros messages are written"
+    )
+
+
 def typestore() -> Any:
-    """A Jazzy typestore with the project's messages registered from their ``.msg`` files.
+    """A Jazzy typestore with the project's messages registered from their ``.msg`` files, and
+    vision_msgs' when :func:`vision_msgs_dir` finds them (:func:`has_vision_msgs` says).
 
     Raises:
         BagError: no folder holds all of :data:`MESSAGES`.
     """
+    return _typestore(vision_msgs_dir())
+
+
+def has_vision_msgs(store: Any) -> bool:
+    """Whether ``store`` can write Detection2DArray and Detection3DArray."""
+    return all(vision_type(n) in store.types for n in VISION_MESSAGES)
+
+
+def vision_type(name: str) -> str:
+    """The full type name of a vision_msgs message: ``vision_msgs/msg/<name>``."""
+    return f"{VISION_PACKAGE}/msg/{name}"
+
+
+@lru_cache(maxsize=4)
+def _typestore(vision_dir: Path | None) -> Any:
+    """The typestore, built once per vision_msgs folder (None: without vision_msgs); the log
+    says once that vision_msgs is missing or unusable."""
     for folder in msg_dirs():
         files = [folder / f"{name}.msg" for name in MESSAGES]
         if all(f.is_file() for f in files):
@@ -94,6 +165,22 @@ def typestore() -> Any:
     for name, path in zip(MESSAGES, files, strict=True):
         types.update(get_types_from_msg(path.read_text(), msg_type(name)))
     store.register(types)
+    if vision_dir is None:
+        log.warning("%s", vision_msgs_missing())
+        return store
+    try:
+        vision: dict[str, Any] = {}
+        for name in VISION_MESSAGES:
+            text = (vision_dir / f"{name}.msg").read_text()
+            vision.update(get_types_from_msg(text, vision_type(name)))
+        store.register(vision)
+    except Exception as err:  # rosbags' parse and registration errors: those outputs go
+        log.warning(
+            "vision_msgs in %s is not usable (%s: %s): only the segfast_ros messages are written",
+            vision_dir,
+            type(err).__name__,
+            err,
+        )
     return store
 
 

@@ -11,7 +11,14 @@ A frame's targets (``<ns>/tracks``) are passed on once every call on that frame 
 that is when the next frame arrives (``time`` calls due before it are answered from this
 frame) or the bag ends: a target added on a frame is on that frame's tracks message, with the
 mask its prompt gave, and is followed from the next frame on; one removed on a frame is not
-on it. The frame key the trackers see is the header stamp (ns), raised to one more than the
+on it.
+
+With a depth topic, every result (SegEvery's instances, the targets, the scripted answers) is
+lifted to 3D with the frame's depth (:class:`~.depth.DepthLift`). A frame's depth inputs are
+given to it once the previous frame is complete (its late calls answered and its targets
+passed on), so each frame is lifted with the depth paired with it.
+
+The frame key the trackers see is the header stamp (ns), raised to one more than the
 previous frame's key when the stamps of the bag do not increase (all zero, say), so that every
 processed frame is a new frame to them.
 """
@@ -23,11 +30,12 @@ from collections.abc import Callable
 
 from ..pipeline.frames import stamp_to_ns
 from ..pipeline.render import InstanceRecord, answer_records
-from ..pipeline.tracks import Tracking, decoded_count, due_targets
+from ..pipeline.tracks import Tracking, decoded_count, due_targets, target_records
 from ..runtime.predictor import Predictor
 from ..segany import decode_prompt_sets, prompt_kwargs
 from ..segevery.base import SegEvery, SegEveryResult
 from ..tracking.states import TRACK_LOST, TRACK_TRACKED
+from .depth import DepthLift
 from .items import (
     END,
     CopiedMessage,
@@ -59,6 +67,7 @@ class Inference:
             already holds a list per stage).
         queues: the replay's queues.
         bag_start: the input bag's start time (ns); prompt times count from it.
+        depth: lifts the results to 3D (with a depth topic), or None.
     """
 
     def __init__(
@@ -69,6 +78,7 @@ class Inference:
         summary: ReplaySummary,
         queues: Queues,
         bag_start: int,
+        depth: DepthLift | None = None,
     ) -> None:
         self.predictor, self.segevery = predictor, segevery
         self.summary, self.queues = summary, queues
@@ -76,6 +86,7 @@ class Inference:
         self.segevery_due = SegEverySchedule(opts.segevery_rate_hz)
         self.prompts = PromptSchedule(opts.prompts, bag_start)
         self.tracking = Tracking(opts.tracking)
+        self.depth = depth
         self.last: DecodedFrame | None = None  # the latest processed frame
         self._pending: DecodedFrame | None = None  # the frame whose targets wait for its calls
         self._decoded, self._step_ms = 0, 0.0  # on that frame: targets decoded, the step's ms
@@ -135,6 +146,9 @@ class Inference:
         for p in self.prompts.due_before(item.bag_time):
             self._answer(p, self.last)
         self._flush_tracks()
+        if self.depth is not None:
+            self.depth.feed(item.depth_inputs)
+        item.depth_inputs = []  # fed: the writer does not need them
         item.index = summary.processed
         stamp = stamp_to_ns(item.msg.header.stamp)
         item.key = stamp if self.last is None else max(stamp, self.last.key + 1)
@@ -160,6 +174,7 @@ class Inference:
             result.instances, item.key, result.image_hw, item.image
         )
         self.timings["track_ids"].append(1e3 * (time.perf_counter() - start))
+        records = self._lift(item, records)
         summary = self.summary
         # IDs are given 1, 2, 3, ... and never reused: the highest is the count.
         summary.segevery_tracks = max([summary.segevery_tracks, *(r.track_id for r in records)])
@@ -199,7 +214,8 @@ class Inference:
             summary.targets_reacquired += before == TRACK_LOST and r.state == TRACK_TRACKED
         self._states = {r.target_id: r.state for r in results}
         summary.tracks_frames += 1
-        item = TracksOutput(frame, results, self._decoded, self._step_ms)
+        records = self._lift(frame, target_records(results, frame.image.shape[:2]))
+        item = TracksOutput(frame, results, records, self._decoded, self._step_ms)
         self.queues.put(self.queues.results, item)
 
     def _segevery_result(self, item: DecodedFrame, encoded: float) -> SegEveryResult:
@@ -240,9 +256,14 @@ class Inference:
         """A SegAny call: its masks to ``<ns>/segment``."""
         start = time.perf_counter()
         records, sets = _segany(self.predictor, prompt)
+        records = self._lift(frame, records)
         ms = 1e3 * (time.perf_counter() - start)
         self.timings["segany"].append(ms)
         self.queues.put(self.queues.results, PromptAnswer(frame, prompt, records, sets, ms))
+
+    def _lift(self, frame: DecodedFrame, records: list[InstanceRecord]) -> list[InstanceRecord]:
+        """``records`` of ``frame`` with 3D when depth is on; as they are otherwise."""
+        return records if self.depth is None else self.depth.lift(frame, records)
 
     def _track(self, prompt: ScriptedPrompt, frame: DecodedFrame) -> None:
         """``Track.srv``'s ADD (new targets, or ``ids`` prompted again), REMOVE or CLEAR on

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,8 @@ class DecodedFrame:
         decode_ms: deserializing and decoding time.
         key: the frame key the trackers see (set by the caller; -1 until then): the header
             stamp (ns), or one more than the previous frame's when the stamps do not increase.
+        depth_inputs: the depth images and CameraInfos (:class:`~.depth.DepthInput`) to give
+            the caller's depth pairing before this frame is lifted (:mod:`.depth`).
     """
 
     index: int
@@ -46,6 +48,7 @@ class DecodedFrame:
     image: np.ndarray
     decode_ms: float
     key: int = -1
+    depth_inputs: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -79,7 +82,7 @@ class SegEveryOutput:
         frame: the frame.
         result: SegEvery's result.
         records: the ``Instance.msg`` fields of ``result.instances``, in order, with their
-            track IDs and states.
+            track IDs and states, and 3D when depth is on.
     """
 
     frame: DecodedFrame
@@ -95,12 +98,15 @@ class TracksOutput:
     Attributes:
         frame: the frame.
         results: every target, in ID order (lost ones too).
+        records: their ``Instance.msg`` fields (``id`` = position in ``results``), with 3D
+            when depth is on.
         decoded: targets decoded for this frame (the step's batch and any added on it).
         ms: the step's time (the batched decoder call and the lost checks).
     """
 
     frame: DecodedFrame
     results: list[TargetResult]
+    records: list[InstanceRecord]
     decoded: int
     ms: float
 
@@ -112,7 +118,8 @@ class PromptAnswer:
     Attributes:
         frame: the frame whose embedding answered the prompt.
         prompt: the prompt.
-        records: the ``Instance.msg`` fields of every mask of its prompt sets, in order.
+        records: the ``Instance.msg`` fields of every mask of its prompt sets, in order (3D
+            when depth is on).
         sets: how many prompt sets were decoded.
         ms: the time the answer took.
     """

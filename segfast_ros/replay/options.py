@@ -12,11 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..spatial.lift import LiftSettings
 from ..tracking.settings import TrackingSettings
 from .prompts import ScriptedPrompt
 
 #: ``--set`` keys with this prefix are tracking settings, as the node's ``tracking.*``.
 TRACKING_PREFIX = "tracking."
+#: ``--set`` keys with this prefix are depth settings, as the node's ``depth.*``: the lift
+#: settings' fields and ``depth.sync_tolerance`` (seconds).
+DEPTH_PREFIX = "depth."
+#: The node's ``depth.sync_tolerance`` default: a depth frame pairs with a colour frame whose
+#: header stamp is at most this far (s).
+SYNC_TOLERANCE_S = 0.03
 
 
 @dataclass
@@ -48,6 +55,15 @@ class ReplayOptions:
         segevery_settings: the SegEvery settings given to the strategy, those that differ
             from its defaults (for the summary).
         segevery_settings_source: where those settings come from (for the summary).
+        depth_topic: depth image topic (``sensor_msgs/Image``, 16UC1 mm or 32FC1 m, aligned
+            to the colour image); None, 2D only.
+        camera_info_topic: the colour image's ``sensor_msgs/CameraInfo`` (None: the image
+            topic's sibling ``camera_info`` when the bag has it).
+        depth_info_topic: the depth image's CameraInfo (None: the depth topic's sibling
+            ``camera_info`` when the bag has it).
+        depth: how masks are lifted to 3D (as the node's ``depth.*`` parameters).
+        sync_tolerance_s: a depth frame pairs with the colour frame whose header stamp is at
+            most this far (as the node's ``depth.sync_tolerance``).
     """
 
     topic: str | None = None
@@ -69,15 +85,22 @@ class ReplayOptions:
     model: str = ""
     segevery_settings: Mapping[str, Any] = field(default_factory=dict)
     segevery_settings_source: str = ""
+    depth_topic: str | None = None
+    camera_info_topic: str | None = None
+    depth_info_topic: str | None = None
+    depth: LiftSettings = field(default_factory=LiftSettings)
+    sync_tolerance_s: float = SYNC_TOLERANCE_S
 
     def tracking_changes(self) -> dict[str, Any]:
         """The tracking settings that differ from the defaults (for the summary)."""
-        default = TrackingSettings()
-        return {
-            f.name: getattr(self.tracking, f.name)
-            for f in dataclasses.fields(self.tracking)
-            if getattr(self.tracking, f.name) != getattr(default, f.name)
-        }
+        return _changes(self.tracking, TrackingSettings())
+
+    def depth_changes(self) -> dict[str, Any]:
+        """The depth settings that differ from the defaults (for the summary)."""
+        changes = _changes(self.depth, LiftSettings())
+        if self.sync_tolerance_s != SYNC_TOLERANCE_S:
+            changes["sync_tolerance"] = self.sync_tolerance_s
+        return changes
 
     def check(self) -> None:
         if self.every < 1:
@@ -93,6 +116,29 @@ class ReplayOptions:
             raise ValueError(f"the output namespace must start with '/', got {self.namespace!r}")
         if self.queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
+        tolerance = self.sync_tolerance_s
+        if not (math.isfinite(tolerance) and tolerance >= 0):
+            raise ValueError(f"depth.sync_tolerance must be >= 0 s, got {tolerance}")
+        if self.depth_topic is None:
+            given = [
+                flag
+                for flag, value in (
+                    ("--camera-info-topic", self.camera_info_topic),
+                    ("--depth-info-topic", self.depth_info_topic),
+                )
+                if value is not None
+            ]
+            if given:
+                raise ValueError(f"{' and '.join(given)} need --depth-topic (3D needs depth)")
+
+
+def _changes(settings: Any, default: Any) -> dict[str, Any]:
+    """The fields of a settings dataclass that differ from ``default``'s."""
+    return {
+        f.name: getattr(settings, f.name)
+        for f in dataclasses.fields(settings)
+        if getattr(settings, f.name) != getattr(default, f.name)
+    }
 
 
 def split_tracking(
@@ -104,9 +150,43 @@ def split_tracking(
         ValueError: an unknown tracking field (the accepted ones listed) or a value out of its
             range, named with the ``tracking.`` prefix as given.
     """
-    given = {k.removeprefix(TRACKING_PREFIX): v for k, v in pairs if k.startswith(TRACKING_PREFIX)}
+    given, rest = _prefixed(pairs, TRACKING_PREFIX)
     try:
         settings = TrackingSettings.from_dict(given)
     except (TypeError, ValueError) as err:
         raise ValueError(f"--set {TRACKING_PREFIX}*: {err}") from None
-    return settings, [(k, v) for k, v in pairs if not k.startswith(TRACKING_PREFIX)]
+    return settings, rest
+
+
+def split_depth(
+    pairs: Sequence[tuple[str, object]],
+) -> tuple[LiftSettings, float, list[tuple[str, object]]]:
+    """``--set`` pairs split: the ``depth.<field>`` ones as lift settings, ``depth.sync_tolerance``
+    (seconds; default :data:`SYNC_TOLERANCE_S`), and the rest.
+
+    Raises:
+        ValueError: an unknown depth field (the accepted ones listed), a value out of its
+            range, or a tolerance that is not a number; named with the ``depth.`` prefix.
+    """
+    given, rest = _prefixed(pairs, DEPTH_PREFIX)
+    tolerance = given.pop("sync_tolerance", SYNC_TOLERANCE_S)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float):
+        raise ValueError(
+            f"--set {DEPTH_PREFIX}sync_tolerance: expected seconds (a number), got {tolerance!r}"
+        )
+    try:
+        settings = LiftSettings.from_dict(given)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"--set {DEPTH_PREFIX}*: {err} (also accepted: {DEPTH_PREFIX}sync_tolerance)"
+        ) from None
+    return settings, float(tolerance), rest
+
+
+def _prefixed(
+    pairs: Sequence[tuple[str, object]], prefix: str
+) -> tuple[dict[str, object], list[tuple[str, object]]]:
+    """The pairs whose key starts with ``prefix`` (as ``{key without it: value}``), and the
+    others in order."""
+    given = {k.removeprefix(prefix): v for k, v in pairs if k.startswith(prefix)}
+    return given, [(k, v) for k, v in pairs if not k.startswith(prefix)]

@@ -46,6 +46,11 @@ class CocoResults:
     that produced it (for a target: the box decoded on that frame), ``track_id`` (the SegEvery
     track or target ID; 0 for a SegEvery instance whose track is not born yet) and
     ``track_state`` (``Instance.TRACK_*``: 1 tentative, 2 tracked).
+
+    With depth (``--depth-topic``), an annotation whose instance has a valid 3D position also
+    carries ``position_3d`` (an extra key, not COCO's): ``centroid``, ``min`` and ``max``
+    (``[x, y, z]`` metres in the image's ``frame_id``, the colour camera's optical frame),
+    ``num_points`` and ``valid_fraction``, as ``Instance.position_3d`` has them.
     """
 
     def __init__(self, info: dict[str, Any] | None = None) -> None:
@@ -108,6 +113,7 @@ class CocoResults:
                     "prompt": [float(v) for v in np.asarray(rec.prompt).reshape(-1)],
                     "track_id": int(rec.track_id),
                     "track_state": int(rec.track_state),
+                    **_position_3d(rec),
                 }
             )
 
@@ -122,6 +128,20 @@ class CocoResults:
             "categories": [CATEGORY, TARGET_CATEGORY],
         }
         path.write_text(json.dumps(doc))
+
+
+def _position_3d(rec: InstanceRecord) -> dict[str, Any]:
+    """``{"position_3d": {...}}`` for a record with a valid 3D position, else ``{}``."""
+    p = rec.position_fields()
+    if not p["valid"]:
+        return {}
+    return {
+        "position_3d": {
+            **{k: [float(v) for v in p[k]] for k in ("centroid", "min", "max")},
+            "num_points": int(p["num_points"]),
+            "valid_fraction": float(p["valid_fraction"]),
+        }
+    }
 
 
 class ContactSheet:

@@ -15,6 +15,20 @@ message. Frames are selected, and prompts scheduled, on bag time (the time each 
 recorded), never on the wall clock (:mod:`.schedule`); the trackers see only the frames, in
 order, so track IDs and targets are the same run after run too.
 
+With a depth topic the reader pairs depth images and CameraInfos with the selected frames, on
+header stamps with a bounded look-ahead (:mod:`.depth`), and every ``Instance`` written gets
+its ``position_3d``: the mask lifted with the depth paired by header stamp (within
+``depth.sync_tolerance``) and the CameraInfos; ``valid`` false without depth for the frame
+(the summary says why). When the typestore has vision_msgs (:func:`~.bags.vision_msgs_dir`):
+
+* ``<ns>/detections`` (``vision_msgs/Detection2DArray``) mirrors ``<ns>/instances`` (same
+  header and order; box, score, track ID as ``id``);
+* with a depth topic, ``<ns>/detections_3d`` (``Detection3DArray``: the instances with a
+  valid 3D position, ``id`` their track ID, the hypothesis pose the centroid, the box the 3D
+  extent) and, with targets, ``<ns>/tracks/detections_3d`` (the targets').
+
+Without vision_msgs only the project's messages are written; the log and the summary say so.
+
 If the input turns out corrupt part-way, or the run is interrupted (Ctrl-C), what was processed
 so far is written and the output bag is closed properly, so it opens in any reader.
 """
@@ -32,6 +46,14 @@ from typing import Any
 from ..runtime.predictor import Predictor
 from ..segevery.base import SegEvery
 from . import bags
+from .depth import (
+    COLOUR_INFO,
+    DEPTH_INFO,
+    DepthLift,
+    DepthPairing,
+    DepthTopics,
+    select_depth_topics,
+)
 from .inference import Inference
 from .items import END, Queues
 from .mcap_salvage import SalvageReader
@@ -39,7 +61,7 @@ from .options import ReplayOptions
 from .outputs import Progress
 from .reader import FrameReader
 from .schedule import FrameSelector
-from .summary import STAGES, ReplaySummary
+from .summary import STAGES, DepthReport, ReplaySummary
 from .writer import OutputWriter
 
 __all__ = ["STAGES", "ReplayOptions", "ReplaySummary", "replay"]
@@ -72,6 +94,9 @@ def replay(
       from the one the first target is added on, while at least one target exists. Written
       only when the prompts add targets (``track:`` entries, see :mod:`.prompts`).
 
+    * ``<ns>/detections``, ``<ns>/detections_3d``, ``<ns>/tracks/detections_3d``
+      (vision_msgs), and ``position_3d`` in every ``Instance``: see the module docstring.
+
     Args:
         input_bag: rosbag2 folder (mcap or sqlite3).
         output_bag: new rosbag2 folder.
@@ -85,8 +110,9 @@ def replay(
         ``error`` / ``interrupted`` set, and the output holds everything processed before.
 
     Raises:
-        bags.BagError: the input cannot be opened, the topic is missing (the message lists the
-            bag's topics), or the output exists (without ``overwrite``).
+        bags.BagError: the input cannot be opened, the topic or the depth topic is missing, no
+            CameraInfo for 3D (the message lists the bag's topics), or the output exists
+            (without ``overwrite``).
         ValueError: invalid options.
     """
     opts = options or ReplayOptions()
@@ -102,9 +128,11 @@ def replay(
         tracking_settings=opts.tracking_changes(),
     )
     store = bags.typestore()
+    summary.vision_msgs = _vision_line(store, opts.namespace)
     reader = bags.open_reader(input_bag)
     try:
         summary.topic = bags.select_topic(reader, opts.topic)
+        summary.depth = _depth_report(reader, summary.topic, opts)
         if opts.overlay_video and (opts.overlay_video.parent == output_bag):
             raise ValueError("write the overlay video outside the output bag folder")
         bags.prepare_output(output_bag, overwrite=opts.overwrite)
@@ -114,6 +142,41 @@ def replay(
     finally:
         reader.close()
     return summary
+
+
+def _vision_line(store: Any, namespace: str) -> str:
+    """The summary's vision_msgs line: where the types came from, or why they are missing."""
+    if not bags.has_vision_msgs(store):
+        return bags.vision_msgs_missing()
+    ns = namespace.rstrip("/")
+    return f"vision_msgs from {bags.vision_msgs_dir()}: {ns}/detections and the 3D detections"
+
+
+def _depth_report(reader: Any, topic: str, opts: ReplayOptions) -> DepthReport | None:
+    """The depth topics, checked against the bag, in an empty report; None without depth.
+
+    Raises:
+        bags.BagError: see :func:`~.depth.select_depth_topics`.
+    """
+    if opts.depth_topic is None:
+        return None
+    depth = select_depth_topics(
+        reader, topic, opts.depth_topic, opts.camera_info_topic, opts.depth_info_topic
+    )
+    return DepthReport(
+        topic=depth.depth,
+        colour_info=depth.colour_info or "",
+        depth_info=depth.depth_info or "",
+        defaults=depth.defaults,
+        settings=opts.depth_changes(),
+        messages=reader.topics[depth.depth].msgcount,
+    )
+
+
+def _depth_topics(report: DepthReport | None) -> DepthTopics | None:
+    if report is None:
+        return None
+    return DepthTopics(report.topic, report.colour_info or None, report.depth_info or None)
 
 
 @contextmanager
@@ -149,11 +212,20 @@ def _run(
     topic = summary.topic
     image_conns = [c for c in reader.connections if c.topic == topic]
     summary.topic_messages = sum(c.msgcount for c in image_conns)
-    conns = list(reader.connections) if opts.copy_input else image_conns
+    depth_topics = _depth_topics(summary.depth)
+    kinds = depth_topics.kinds() if depth_topics is not None else {}
+    read = {topic, *kinds}
+    conns = [c for c in reader.connections if opts.copy_input or c.topic in read]
     selector = FrameSelector(opts.every, opts.rate_hz)
     expected = selector.expected(summary.topic_messages, reader.duration)
     summary.timings_ms = {s: [] for s in (*STAGES, "inference")}
     queues = Queues(opts.queue_size)
+    tolerance_ns = round(opts.sync_tolerance_s * 1e9)
+    pairing, lift = None, None
+    if summary.depth is not None:
+        infos = frozenset(kinds.values()) & {COLOUR_INFO, DEPTH_INFO}
+        pairing = DepthPairing(tolerance_ns, infos)
+        lift = DepthLift(opts.depth, tolerance_ns, summary.depth, summary.timings_ms)
     frames = FrameReader(
         reader,
         store,
@@ -163,6 +235,8 @@ def _run(
         copy_input=opts.copy_input,
         bag=summary.input,
         queues=queues,
+        depth=depth_topics,
+        pairing=pairing,
     )
     writer = OutputWriter(
         summary.output,
@@ -174,7 +248,7 @@ def _run(
         copied=conns if opts.copy_input else [],
         queues=queues,
     )
-    inference = Inference(predictor, segevery, opts, summary, queues, reader.start_time)
+    inference = Inference(predictor, segevery, opts, summary, queues, reader.start_time, lift)
     progress = Progress(expected, enabled=opts.progress)
     writer.start()
     started = time.perf_counter()

@@ -1,6 +1,10 @@
 """The replay's reader thread: the input bag's messages in bag order, the selected frames of the
 topic deserialized and decoded to RGB, handed to the caller's thread.
 
+With a depth topic, the depth images and CameraInfos are deserialized here too and paired with
+the selected frames by :class:`~.depth.DepthPairing`, which holds a frame back (a bounded
+look-ahead) until the depth it pairs with has been read; see :mod:`.depth`.
+
 A message whose bytes do not deserialize ends the replay (a :class:`~.bags.BagError` naming
 the bag, the topic, the message's index and its bag time, passed on as :class:`ReadFailed`);
 one that deserializes but holds an unusable image is passed on as :class:`SkippedFrame`, to be
@@ -12,11 +16,13 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from ..pipeline.image_msgs import ImageError, compressed_msg_to_rgb, image_msg_to_rgb
 from . import bags
+from .depth import DepthInput, DepthPairing, DepthTopics
 from .items import END, CopiedMessage, DecodedFrame, Queues, ReadFailed, SkippedFrame
 from .schedule import FrameSelector
 
@@ -33,6 +39,8 @@ class FrameReader:
         copy_input: pass every message read on as a :class:`CopiedMessage` too.
         bag: the input bag's path (names it in errors).
         queues: the replay's queues; the reader stops once ``queues.stop`` is set.
+        depth: the depth-side topics (their connections must be in ``conns``), or None.
+        pairing: pairs their messages with the frames (with ``depth``).
     """
 
     def __init__(
@@ -46,9 +54,13 @@ class FrameReader:
         copy_input: bool,
         bag: Path,
         queues: Queues,
+        depth: DepthTopics | None = None,
+        pairing: DepthPairing | None = None,
     ) -> None:
         self.reader, self.store, self.conns, self.topic = reader, store, conns, topic
         self.selector, self.copy_input, self.bag, self.queues = selector, copy_input, bag, queues
+        self.kinds = depth.kinds() if depth is not None else {}
+        self.pairing = pairing
         self._thread = threading.Thread(target=self._read, name="replay-read", daemon=True)
 
     def start(self) -> None:
@@ -70,23 +82,51 @@ class FrameReader:
 
     def _read(self) -> None:
         put, frames, stop = self.queues.put, self.queues.frames, self.queues.stop
-        index = 0
+        counts: Counter[str] = Counter()  # messages read per topic (names them in errors)
+        pairing = self.pairing
         try:
             for conn, bag_time, raw in bags.read_messages(self.reader, self.conns):
                 if stop.is_set():
                     return
                 if self.copy_input and not put(frames, CopiedMessage(conn, bag_time, raw)):
                     return
-                if conn.topic != self.topic:
-                    continue
-                take = self.selector.take(index, bag_time)
-                index += 1
-                if take and not put(frames, self._decode(conn, raw, index - 1, bag_time)):
+                index = counts[conn.topic]
+                counts[conn.topic] += 1
+                items = self._items(conn, raw, index, bag_time)
+                if pairing is not None:
+                    items = [*items, *pairing.advance(bag_time)]
+                if not all(put(frames, item) for item in items):
+                    return
+            for item in pairing.finish() if pairing is not None else ():
+                if not put(frames, item):
                     return
         except Exception as err:
             put(frames, ReadFailed(str(err)))
         finally:
             put(frames, END)
+
+    def _items(self, conn: Any, raw: bytes, index: int, bag_time: int) -> list[Any]:
+        """What one message gives the caller now: its decoded frame, why it was skipped, or
+        (with depth) the frames the pairing releases; nothing for a frame not selected.
+
+        Raises:
+            bags.BagError: the bytes do not deserialize (this ends the replay).
+        """
+        kind = self.kinds.get(conn.topic)
+        if kind is not None:
+            msg = self._deserialize(conn, raw, index, bag_time)
+            return self.pairing.add_input(DepthInput(kind, msg, bag_time))
+        if conn.topic != self.topic or not self.selector.take(index, bag_time):
+            return []
+        item = self._decode(conn, raw, index, bag_time)
+        if self.pairing is not None and isinstance(item, DecodedFrame):
+            return self.pairing.add_frame(item)
+        return [item]
+
+    def _deserialize(self, conn: Any, raw: bytes, index: int, bag_time: int) -> Any:
+        return bags.deserialize(
+            self.store, conn, raw, bag=self.bag, index=index, bag_time=bag_time
+        )
 
     def _decode(
         self, conn: Any, raw: bytes, index: int, bag_time: int
@@ -97,7 +137,7 @@ class FrameReader:
             bags.BagError: the bytes do not deserialize (this ends the replay).
         """
         start = time.perf_counter()
-        msg = bags.deserialize(self.store, conn, raw, bag=self.bag, index=index, bag_time=bag_time)
+        msg = self._deserialize(conn, raw, index, bag_time)
         convert = image_msg_to_rgb if conn.msgtype == bags.IMAGE else compressed_msg_to_rgb
         try:
             image = convert(msg)

@@ -25,9 +25,95 @@ STAGES: tuple[str, ...] = (
     "track_ids",
     "targets",
     "segany",
+    "lift",
     "render",
     "write",
 )
+
+
+@dataclass
+class DepthReport:
+    """What the replay did with depth (``--depth-topic``).
+
+    Attributes:
+        topic, colour_info, depth_info: the topics read ("" for a CameraInfo the bag lacks).
+        defaults: which CameraInfo topics were their image topic's sibling, not given.
+        settings: the depth settings that differ from the defaults.
+        messages: depth images on the topic.
+        used: of those, given to the pairing (the others were near no selected frame).
+        bad_depth: depth images rejected, by reason (encoding, size).
+        bad_info: CameraInfo messages rejected, by reason (K all zero, ...).
+        frames_3d: frames with results whose depth paired and lifted.
+        frames_2d: frames with results written 2D only, by reason.
+        positions_valid: instances and targets written with a valid 3D position.
+        positions_invalid: lifted but with too little valid depth in the mask.
+    """
+
+    topic: str = ""
+    colour_info: str = ""
+    depth_info: str = ""
+    defaults: tuple[str, ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)
+    messages: int = 0
+    used: int = 0
+    bad_depth: Counter = field(default_factory=Counter)
+    bad_info: Counter = field(default_factory=Counter)
+    frames_3d: int = 0
+    frames_2d: Counter = field(default_factory=Counter)
+    positions_valid: int = 0
+    positions_invalid: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "colour_info": self.colour_info,
+            "depth_info": self.depth_info,
+            "defaults": list(self.defaults),
+            "settings": self.settings,
+            "messages": self.messages,
+            "used": self.used,
+            "bad_depth": dict(self.bad_depth),
+            "bad_info": dict(self.bad_info),
+            "frames_3d": self.frames_3d,
+            "frames_2d": dict(self.frames_2d),
+            "positions_valid": self.positions_valid,
+            "positions_invalid": self.positions_invalid,
+        }
+
+    def lines(self) -> list[str]:
+        """The summary's depth lines: topics, counts, and each reason for 2D-only frames and
+        rejected messages (the most common first; the rest counted)."""
+
+        def topic(name: str, key: str) -> str:
+            return f"{name or 'none'}{' (sibling)' if key in self.defaults else ''}"
+
+        lines = [
+            f"  depth: {self.topic} ({self.messages} images, {self.used} paired), colour "
+            f"CameraInfo {topic(self.colour_info, 'colour_info')}, depth CameraInfo "
+            f"{topic(self.depth_info, 'depth_info')}",
+            f"    3D on {self.frames_3d} frames, 2D only on {sum(self.frames_2d.values())}; "
+            f"{self.positions_valid} positions valid, {self.positions_invalid} with too little "
+            "valid depth",
+        ]
+        if self.settings:
+            given = ", ".join(f"{k}={v}" for k, v in self.settings.items())
+            lines.append(f"    depth settings: {given} (--set; the rest: defaults)")
+        for what, counts in (
+            ("frame(s) 2D only", self.frames_2d),
+            ("depth image(s) rejected", self.bad_depth),
+            ("CameraInfo(s) rejected", self.bad_info),
+        ):
+            common = counts.most_common()
+            for reason, n in common[:_REASONS]:
+                lines.append(f"    {n} {what}: {reason}")
+            if len(common) > _REASONS:
+                rest = sum(n for _, n in common[_REASONS:])
+                lines.append(f"    {rest} more {what} for {len(common) - _REASONS} other reasons")
+        return lines
+
+
+#: Reasons the summary text lists per kind (the JSON has all).
+_REASONS = 5
 
 
 @dataclass
@@ -64,6 +150,8 @@ class ReplaySummary:
     error: str | None = None
     interrupted: bool = False
     files: dict[str, str] = field(default_factory=dict)
+    depth: DepthReport | None = None
+    vision_msgs: str = ""
 
     @property
     def complete(self) -> bool:
@@ -118,6 +206,8 @@ class ReplaySummary:
             "prompts_answered": self.prompts_answered,
             "prompt_errors": self.prompt_errors,
             "tracking": self._tracking_json(),
+            "depth": self.depth.to_json() if self.depth is not None else None,
+            "vision_msgs": self.vision_msgs,
             "written": dict(self.written),
             "copied": self.copied,
             "stages": stages,
@@ -181,6 +271,10 @@ class ReplaySummary:
         for reason, n in sorted(self.skipped.items()):
             lines.append(f"  skipped {n} frame(s): {reason}")
         lines.extend(self._tracking_lines())
+        if self.depth is not None:
+            lines.extend(self.depth.lines())
+        if self.vision_msgs:
+            lines.append(f"  {self.vision_msgs}")
         if self.prompts_answered or self.prompt_errors:
             lines.append(
                 f"  scripted prompts: {self.prompts_answered} answered, "

@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from ..pipeline.detections import detections_2d, detections_3d
 from ..pipeline.frames import stamp_to_ns
 from ..pipeline.image_msgs import image_fields, rgb_pixels
-from ..pipeline.render import InstanceRecord, instances_to_label_image, overlay
-from ..pipeline.tracks import target_records, targets_label_image
+from ..pipeline.render import instances_to_label_image, overlay
+from ..pipeline.tracks import targets_label_image
 from . import bags
 from .items import (
     END,
@@ -33,6 +34,7 @@ from .items import (
     SegEveryOutput,
     TracksOutput,
 )
+from .messages import Messages
 from .options import ReplayOptions
 from .outputs import CocoResults, ContactSheet, OverlayVideo
 from .prompts import TRACK
@@ -50,7 +52,9 @@ class OutputWriter:
 
     Output topics (``<ns>`` is ``opts.namespace``): ``<ns>/instances``,
     ``<ns>/instances/label``, ``<ns>/segment``, with ``overlay_topic`` ``<ns>/overlay``, and,
-    when the prompts add targets, ``<ns>/tracks`` and ``<ns>/tracks/label``; see
+    when the prompts add targets, ``<ns>/tracks`` and ``<ns>/tracks/label``. With vision_msgs
+    in the typestore, ``<ns>/detections``, and with a depth topic also ``<ns>/detections_3d``
+    and (with targets) ``<ns>/tracks/detections_3d``; see
     :func:`~segfast_ros.replay.pipeline.replay`.
 
     Args:
@@ -136,21 +140,9 @@ class OutputWriter:
         connections, and set up the side files."""
         store, opts = self.store, self.opts
         self.writer = writer = bags.open_writer(self.path, opts.storage)
-        self.types = {n: store.types[bags.msg_type(n)] for n in ("Instance", "InstanceArray")}
+        self.messages = Messages(store)
         self.image_type = store.types[bags.IMAGE]
-        self.roi_type = store.types["sensor_msgs/msg/RegionOfInterest"]
-        ns = opts.namespace.rstrip("/")
-        array_type = bags.msg_type("InstanceArray")
-        self.topics = {
-            "instances": (f"{ns}/instances", array_type),
-            "label": (f"{ns}/instances/label", bags.IMAGE),
-            "segment": (f"{ns}/segment", array_type),
-        }
-        if opts.overlay_topic:
-            self.topics["overlay"] = (f"{ns}/overlay", bags.IMAGE)
-        if any(p.action == TRACK for p in opts.prompts):
-            self.topics["tracks"] = (f"{ns}/tracks", array_type)
-            self.topics["tracks_label"] = (f"{ns}/tracks/label", bags.IMAGE)
+        self.topics = _topics(opts, vision=self.messages.vision)
         self.conns = {
             key: writer.add_connection(name, msgtype, typestore=store)
             for key, (name, msgtype) in self.topics.items()
@@ -167,22 +159,18 @@ class OutputWriter:
         self.summary.timings_ms["write"].append(1e3 * (time.perf_counter() - start))
         self.summary.written[name] += 1
 
-    def _instance(self, rec: InstanceRecord) -> Any:
-        return self.types["Instance"](
-            **rec.scalar_fields(),
-            box=self.roi_type(**rec.roi_fields()),
-            rle_counts=rec.rle_counts,
-            prompt=rec.prompt,
-        )
-
-    def _array(self, header: Any, strategy: str, records: list[InstanceRecord], n: int, ms: float):
-        return self.types["InstanceArray"](
-            header=header,
-            strategy=strategy,
-            instances=[self._instance(r) for r in records],
-            decoder_prompts=n,
-            segevery_ms=ms,
-        )
+    def _detections(self, key: str, header: Any, records: list, bag_time: int) -> None:
+        """``<ns>/detections`` (2D, every record) or a ``detections_3d`` topic (the records
+        with a valid 3D position), when the bag has that topic."""
+        if key not in self.topics:
+            return
+        if key == "detections":
+            msg = self.messages.detection2d_array(header, detections_2d(records))
+        else:
+            oriented = self.opts.depth.oriented_boxes
+            dets = detections_3d(records, oriented=oriented)
+            msg = self.messages.detection3d_array(header, dets)
+        self._write(key, msg, bag_time)
 
     def _write_item(self, item: Any) -> None:
         """Write one item of the results queue."""
@@ -190,7 +178,9 @@ class OutputWriter:
             self.writer.write(self.copies[item.conn.id], item.bag_time, item.raw)
             self.summary.copied += 1
         elif isinstance(item, PromptAnswer):
-            msg = self._array(item.frame.msg.header, "segany", item.records, item.sets, item.ms)
+            msg = self.messages.instance_array(
+                item.frame.msg.header, "segany", item.records, item.sets, item.ms
+            )
             self._write("segment", msg, item.frame.bag_time)
         elif isinstance(item, TracksOutput):
             self._tracks(item)
@@ -210,16 +200,16 @@ class OutputWriter:
 
     def _tracks(self, item: TracksOutput) -> None:
         """The targets on a frame: ``<ns>/tracks`` and its mono16 label image (pixel = target
-        ID), and the found ones as COCO annotations."""
-        frame, header = item.frame, item.frame.msg.header
+        ID), ``<ns>/tracks/detections_3d``, and the found ones as COCO annotations."""
+        frame, header, records = item.frame, item.frame.msg.header, item.records
         hw = frame.image.shape[:2]
         start = time.perf_counter()
-        records = target_records(item.results, hw)
         labels = targets_label_image(item.results, hw)
         self.summary.timings_ms["render"].append(1e3 * (time.perf_counter() - start))
-        arr = self._array(header, "targets", records, item.decoded, item.ms)
+        arr = self.messages.instance_array(header, "targets", records, item.decoded, item.ms)
         self._write("tracks", arr, frame.bag_time)
         self._write("tracks_label", self._image(header, labels, "mono16"), frame.bag_time)
+        self._detections("tracks_3d", header, records, frame.bag_time)
         if self.opts.coco:
             self.coco.add(self._coco_image(frame), records, targets=True)
 
@@ -237,9 +227,13 @@ class OutputWriter:
         drawn = overlay(frame.image, labels) if need_overlay else None
         self.summary.timings_ms["render"].append(1e3 * (time.perf_counter() - start))
         seg_ms = result.timings_ms.get("total", 0.0)
-        arr = self._array(header, result.strategy, item.records, result.decoder_prompts, seg_ms)
+        arr = self.messages.instance_array(
+            header, result.strategy, item.records, result.decoder_prompts, seg_ms
+        )
         self._write("instances", arr, frame.bag_time)
         self._write("label", self._image(header, labels, "mono16"), frame.bag_time)
+        self._detections("detections", header, item.records, frame.bag_time)
+        self._detections("detections_3d", header, item.records, frame.bag_time)
         if self.opts.overlay_topic:
             self._write("overlay", self._image(header, rgb_pixels(drawn), "rgb8"), frame.bag_time)
         if self.opts.coco:
@@ -266,3 +260,28 @@ class OutputWriter:
         if self.sheet is not None and self.sheet.save(self.opts.contact_sheet):
             files["contact sheet"] = str(self.opts.contact_sheet)
         files["output bag"] = str(self.summary.output)
+
+
+def _topics(opts: ReplayOptions, *, vision: bool) -> dict[str, tuple[str, str]]:
+    """The output topics: key -> (name, type)."""
+    ns = opts.namespace.rstrip("/")
+    array_type = bags.msg_type("InstanceArray")
+    topics = {
+        "instances": (f"{ns}/instances", array_type),
+        "label": (f"{ns}/instances/label", bags.IMAGE),
+        "segment": (f"{ns}/segment", array_type),
+    }
+    if opts.overlay_topic:
+        topics["overlay"] = (f"{ns}/overlay", bags.IMAGE)
+    tracks = any(p.action == TRACK for p in opts.prompts)
+    if tracks:
+        topics["tracks"] = (f"{ns}/tracks", array_type)
+        topics["tracks_label"] = (f"{ns}/tracks/label", bags.IMAGE)
+    if vision:
+        topics["detections"] = (f"{ns}/detections", bags.vision_type("Detection2DArray"))
+        if opts.depth_topic is not None:
+            d3 = bags.vision_type("Detection3DArray")
+            topics["detections_3d"] = (f"{ns}/detections_3d", d3)
+            if tracks:
+                topics["tracks_3d"] = (f"{ns}/tracks/detections_3d", d3)
+    return topics
