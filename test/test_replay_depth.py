@@ -11,12 +11,14 @@ runs the shipped demo model (real masks); the bad-input cases the small random-w
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from replay_bags import REPO, read_bag
-from rgbd_bags import COLOUR, COLOUR_INFO, DEPTH, DEPTH_INFO, DT, T0, write_rgbd_bag
+from replay_bags import REPO, cli_args, read_bag, segevery, tiny_predictor
+from rgbd_bags import COLOUR, COLOUR_INFO, DEPTH, DEPTH_INFO, DT, T0, RGBDBag, write_rgbd_bag
 from rosbags.rosbag2 import Reader
 
 from segfast_ros.masks import rle_to_mask
@@ -301,3 +303,154 @@ def test_vision_types_carry_rosidls_hashes(demo_replay) -> None:
         doc = json.loads((generated / f"{name}.json").read_text())
         rosidl = {h["type_name"]: h["hash_string"] for h in doc["type_hashes"]}
         assert conns[f"{NS}/{topic}"].digest == rosidl[f"vision_msgs/msg/{name}"]
+
+
+# ------------------------------------------------------- bad input, small random-weights model
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_onnx_dir: Path) -> Predictor:
+    return tiny_predictor(tiny_onnx_dir)
+
+
+def _replay(tmp_path: Path, predictor: Predictor, spec: RGBDBag, **options):
+    write_rgbd_bag(tmp_path / "in", spec)
+    opts = ReplayOptions(topic=COLOUR, depth_topic=DEPTH, **options)
+    summary = replay(tmp_path / "in", tmp_path / "out", predictor, segevery(), opts)
+    assert summary.complete and summary.processed == spec.frames  # bad depth never stops it
+    return summary, read_bag(tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("spec", "frames_3d", "reason", "rejected"),
+    [
+        (RGBDBag(encoding="mono8"), 0, "no depth image received yet", "encoding 'mono8'"),
+        (RGBDBag(colour_k_zero=True, depth_k_zero=True), 0, "no CameraInfo", "K is all zero"),
+        (RGBDBag(stamp_offset=2 * 10**9), 0, "no depth image within 0.030 s", ""),
+        (RGBDBag(depth_scale=0.5, depth_info=False), 0, "no depth CameraInfo to scale it by", ""),
+        # Sound inputs, or one CameraInfo bad and the other enough: 3D on every frame.
+        (RGBDBag(colour_k_zero=True), 4, "", "colour CameraInfo: CameraInfo K is all zero"),
+        (RGBDBag(depth_scale=0.5), 4, "", ""),
+        (RGBDBag(encoding="32FC1"), 4, "", ""),
+    ],
+    ids=["encoding", "k-zero", "stamps-far", "size-no-info", "colour-k-zero", "scaled", "32FC1"],
+)
+def test_bad_depth_input_is_counted_and_those_frames_stay_2d(
+    tmp_path: Path, tiny: Predictor, spec: RGBDBag, frames_3d: int, reason: str, rejected: str
+) -> None:
+    summary, out = _replay(tmp_path, tiny, spec)
+    report = summary.depth
+    assert report.frames_3d == frames_3d
+    assert sum(report.frames_2d.values()) == spec.frames - frames_3d
+    assert all(reason in r for r in report.frames_2d), report.frames_2d
+    text = summary.format()
+    if reason:
+        assert reason in text
+    if rejected:
+        bad = {**report.bad_depth, **report.bad_info}
+        assert bad and all(rejected in r for r in bad), bad
+        assert sum(bad.values()) >= spec.frames and rejected in text
+    else:
+        assert not report.bad_depth and not report.bad_info
+    valid = [i.position_3d.valid for _, arr in out[f"{NS}/instances"] for i in arr.instances]
+    assert len(valid) > 0 and any(valid) == (frames_3d > 0)
+    if frames_3d == 0:
+        for _, dets in out.get(f"{NS}/detections_3d", []):
+            assert dets.detections == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "error"),
+    [
+        (RGBDBag(), {"depth_topic": "/nope"}, "--depth-topic '/nope' is not in the bag"),
+        (RGBDBag(), {"depth_topic": COLOUR_INFO}, "has type sensor_msgs/msg/CameraInfo"),
+        (RGBDBag(), {"camera_info_topic": "/x/info"}, "--camera-info-topic '/x/info' is not"),
+        (RGBDBag(colour_info=False, depth_info=False), {}, "no CameraInfo for 3D"),
+    ],
+    ids=["missing", "wrong-type", "info-missing", "no-info"],
+)
+def test_depth_topics_that_cannot_work_are_refused_with_the_bags_topics(
+    tmp_path: Path, tiny: Predictor, spec: RGBDBag, options: dict, error: str
+) -> None:
+    write_rgbd_bag(tmp_path / "in", spec)
+    opts = ReplayOptions(topic=COLOUR, **{"depth_topic": DEPTH, **options})
+    with pytest.raises(replay_bags.BagError) as info:
+        replay(tmp_path / "in", tmp_path / "out", tiny, segevery(), opts)
+    assert error in str(info.value) and f"{COLOUR} (sensor_msgs/msg/Image" in str(info.value)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="--camera-info-topic need --depth-topic"):
+        ReplayOptions(camera_info_topic=COLOUR_INFO).check()
+
+
+def test_without_vision_msgs_only_the_projects_messages_are_written(
+    tmp_path: Path, tiny: Predictor, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """vision_msgs missing is simulated by pointing its lookup (SEGFAST_VISION_MSGS_DIR, which
+    alone is searched when set) at an empty folder."""
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("SEGFAST_VISION_MSGS_DIR", str(tmp_path / "empty"))
+    replay_bags._typestore.cache_clear()
+    with caplog.at_level("WARNING", logger="segfast.replay"):
+        store = replay_bags.typestore()
+        assert replay_bags.typestore() is store and not replay_bags.has_vision_msgs(store)
+    said = [r for r in caplog.records if "vision_msgs not found" in r.getMessage()]
+    assert len(said) == 1 and str(tmp_path / "empty") in said[0].getMessage()  # once
+    prompts = parse_prompts([{"time": 0.0, "boxes": [[40, 40, 120, 120]], "track": True}])
+    summary, out = _replay(tmp_path, tiny, RGBDBag(frames=2), prompts=prompts)
+    assert set(out) == {
+        f"{NS}/{t}" for t in ("instances", "instances/label", "tracks", "tracks/label")
+    }
+    assert "vision_msgs not found" in summary.vision_msgs
+    assert summary.vision_msgs in summary.format()
+    assert summary.depth.frames_3d == 2
+    assert any(i.position_3d.valid for _, arr in out[f"{NS}/instances"] for i in arr.instances)
+    found = [i for _, arr in out[f"{NS}/tracks"] for i in arr.instances if i.area]
+    assert found and all(i.position_3d.valid for i in found)
+
+
+def test_cli_depth_flags_and_settings(tmp_path: Path, tiny_onnx_dir: Path) -> None:
+    write_rgbd_bag(tmp_path / "in", RGBDBag(frames=2))
+    base = ["--onnx-dir", str(tiny_onnx_dir), "--set", "points_per_side=2", "--topic", COLOUR]
+
+    def run(out: str, *extra: str) -> subprocess.CompletedProcess:
+        args = cli_args(str(tmp_path / "in"), str(tmp_path / out), *base, *extra)
+        return subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=120)
+
+    # A 1 ms tolerance: the jittered depth stamps (2-6 ms away) pair with no frame.
+    done = run(
+        "out",
+        *("--depth-topic", DEPTH, "--set", "depth.sync_tolerance=0.001"),
+        *("--set", "depth.erode_px=1", "--json", str(tmp_path / "s.json")),
+    )
+    assert done.returncode == 0, done.stderr
+    depth = json.loads((tmp_path / "s.json").read_text())["depth"]
+    assert depth["settings"] == {"erode_px": 1, "sync_tolerance": 0.001}
+    assert depth["frames_3d"] == 0 and sum(depth["frames_2d"].values()) == 2
+    assert "no depth image within 0.001 s" in done.stdout
+    missing = run("out2", "--depth-topic", "/nope")
+    assert missing.returncode == 2 and "'/nope' is not in the bag" in missing.stderr
+    assert DEPTH in missing.stderr
+    unknown = run("out3", "--depth-topic", DEPTH, "--set", "depth.bogus=1")
+    assert unknown.returncode == 2 and "depth.*" in unknown.stderr and "bogus" in unknown.stderr
+
+
+def test_the_depth_replay_is_the_same_run_after_run(tmp_path: Path, tiny: Predictor) -> None:
+    """The pairing depends on bag order only, never on how fast the threads run; with
+    --every 2 the depth of the frames not taken is passed over."""
+    write_rgbd_bag(tmp_path / "in", RGBDBag(frames=6))
+    runs = []
+    for name in ("a", "b"):
+        opts = ReplayOptions(topic=COLOUR, depth_topic=DEPTH, every=2, queue_size=1)
+        summary = replay(tmp_path / "in", tmp_path / name, tiny, segevery(), opts)
+        assert summary.depth.frames_3d == 3 and not summary.depth.frames_2d
+        out = read_bag(tmp_path / name)
+        for _, arr in out[f"{NS}/instances"]:
+            arr.segevery_ms = 0.0  # wall time: the one field that differs
+        store = replay_bags.typestore()
+        runs.append(
+            {
+                t: [bytes(store.serialize_cdr(m, m.__msgtype__)) for _, m in ms]
+                for t, ms in out.items()
+            }
+        )
+    assert runs[0] == runs[1] and len(runs[0][f"{NS}/instances"]) == 3
