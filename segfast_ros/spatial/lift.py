@@ -32,7 +32,7 @@ import numpy as np
 from ..masks import mask_run_lengths
 from ..segevery.settings import check_bool, param, settings_from_dict, validate_params
 from .camera import CameraModel
-from .roi_masks import checked_rois, decode_columns, erode_t
+from .roi_masks import checked_rois, decode_columns, erode_t, pixel_indices_t
 
 Vec3 = tuple[float, float, float]
 _ZERO3: Vec3 = (0.0, 0.0, 0.0)
@@ -245,6 +245,7 @@ class _Frame:
         np.multiply(depth_t, rays_y[None, :], out=xyz[1])
         xyz[2] = depth_t
         self.xyz = xyz.reshape(3, width * height)
+        self.index_t = pixel_indices_t(self.hw)
         e = settings.erode_px
         self.kernel = np.ones((2 * e + 1, 2 * e + 1), dtype=np.uint8) if e > 0 else None
         p = settings.extent_percentile
@@ -274,13 +275,7 @@ class _Frame:
         if sel is None:
             sel = np.logical_and(mask_t.view(bool), ok)
             pixels = np.count_nonzero(mask_t)
-        # Pixel (u, v) = (x + c, y + r) of ROI index c h + r is image index u H + v.
-        index = np.flatnonzero(sel)
-        image_index = index // h
-        image_index *= height - h
-        image_index += index
-        image_index += x * height + y
-        return image_index, int(pixels)
+        return self.index_t[x : x + w, y : y + h][sel], int(pixels)
 
     def lifted(self, xyz: np.ndarray, pixels: int, want: bool) -> Lifted:
         """The instance's :class:`Lifted` from its ``(3, n)`` valid points."""
@@ -289,8 +284,9 @@ class _Frame:
         cloud = np.ascontiguousarray(xyz.T) if want else None
         if n < self.settings.min_points:
             return Lifted(False, num_points=n, valid_fraction=fraction, points=cloud)
-        low, mid, high = _quantiles(xyz, self.quantiles)
         obb = _oriented_box(xyz.T, self.quantiles) if self.settings.oriented_boxes else _NO_BOX
+        # xyz is this instance's slice of a gather made for this call: reordered in place.
+        low, mid, high = _quantiles(xyz, self.quantiles, in_place=True)
         return Lifted(
             True,
             centroid=mid,
@@ -305,26 +301,35 @@ class _Frame:
         )
 
 
+#: Fewer points than this are sorted rather than partitioned: numpy's SIMD sort is faster there.
+_SORT_BELOW = 2048
 _NO_BOX = (_ZERO3, (0.0, 0.0, 0.0, 1.0), _ZERO3)
 
 
-def _quantiles(values: np.ndarray, qs: Sequence[float]) -> list[Vec3]:
+def _quantiles(values: np.ndarray, qs: Sequence[float], *, in_place: bool = False) -> list[Vec3]:
     """``np.percentile(values, q, axis=1)`` (linear) for each ``q``.
 
     Args:
-        values: ``(3, n)``, ``n >= 1``.
+        values: ``(3, n)``, ``n >= 1``; each row reordered when ``in_place``.
     """
     n = values.shape[1]
     pos = [q / 100.0 * (n - 1) for q in qs]
-    below = [math.floor(p) for p in pos]
-    above = [min(b + 1, n - 1) for b in below]
-    ordered = np.partition(values, sorted(set(below + above)), axis=1)
-    lower, upper = ordered[:, below].T.tolist(), ordered[:, above].T.tolist()
-    weights = [p - b for p, b in zip(pos, below, strict=True)]
-    return [
-        (lo[0] + (hi[0] - lo[0]) * t, lo[1] + (hi[1] - lo[1]) * t, lo[2] + (hi[2] - lo[2]) * t)
-        for lo, hi, t in zip(lower, upper, weights, strict=True)
-    ]
+    below = [int(p) for p in pos]  # floor: p >= 0
+    above = [b + 1 if b + 1 < n else b for b in below]
+    ordered = values if in_place else values.copy()
+    if n < _SORT_BELOW:
+        ordered.sort(axis=1)
+    else:
+        ordered.partition(sorted(set(below + above)), axis=1)
+    picked = ordered[:, below + above].T.tolist()
+    k = len(pos)
+    out = []
+    for i in range(k):
+        lo, hi, t = picked[i], picked[k + i], pos[i] - below[i]
+        out.append(
+            (lo[0] + (hi[0] - lo[0]) * t, lo[1] + (hi[1] - lo[1]) * t, lo[2] + (hi[2] - lo[2]) * t)
+        )
+    return out
 
 
 def _oriented_box(

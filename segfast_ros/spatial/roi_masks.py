@@ -10,6 +10,7 @@ maps they select from are transposed once per frame to match.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import cv2
@@ -97,7 +98,21 @@ def erode_t(
     x, y, w, h = roi
     before_u, after_u = min(m, x), min(m, hw[1] - x - w)
     before_v, after_v = min(m, y), min(m, hw[0] - y - h)
+    if before_u == after_u == before_v == after_v == m:  # inside the image: one call
+        return cv2.erode(mask_t, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
     padded = cv2.copyMakeBorder(
         mask_t, before_u, after_u, before_v, after_v, cv2.BORDER_CONSTANT, value=0
     )
     return cv2.erode(padded, kernel)[before_u : before_u + w, before_v : before_v + h]
+
+
+@functools.lru_cache(maxsize=4)
+def pixel_indices_t(hw: tuple[int, int]) -> np.ndarray:
+    """``(W, H)`` int32: the column-major flat index ``u H + v`` of every pixel (read-only).
+
+    A mask's selected pixels' indices are then one boolean gather of a view of it.
+    """
+    height, width = hw
+    out = np.arange(height * width, dtype=np.int32).reshape(width, height)
+    out.flags.writeable = False
+    return out
