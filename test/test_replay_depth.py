@@ -364,10 +364,11 @@ def test_bad_depth_input_is_counted_and_those_frames_stay_2d(
     [
         (RGBDBag(), {"depth_topic": "/nope"}, "--depth-topic '/nope' is not in the bag"),
         (RGBDBag(), {"depth_topic": COLOUR_INFO}, "has type sensor_msgs/msg/CameraInfo"),
+        (RGBDBag(), {"depth_topic": COLOUR}, "is the image topic being segmented"),
         (RGBDBag(), {"camera_info_topic": "/x/info"}, "--camera-info-topic '/x/info' is not"),
         (RGBDBag(colour_info=False, depth_info=False), {}, "no CameraInfo for 3D"),
     ],
-    ids=["missing", "wrong-type", "info-missing", "no-info"],
+    ids=["missing", "wrong-type", "colour", "info-missing", "no-info"],
 )
 def test_depth_topics_that_cannot_work_are_refused_with_the_bags_topics(
     tmp_path: Path, tiny: Predictor, spec: RGBDBag, options: dict, error: str

@@ -115,10 +115,16 @@ def select_depth_topics(
     when the bag has one of that type; a given one must be in the bag.
 
     Raises:
-        bags.BagError: a given topic missing or of another type, or no CameraInfo at all (3D
-            needs intrinsics); the message lists the bag's topics.
+        bags.BagError: a given topic missing or of another type, the depth topic the image
+            topic, or no CameraInfo at all (3D needs intrinsics); the message lists the bag's
+            topics.
     """
     _check_topic(reader, depth_topic, bags.IMAGE, "--depth-topic")
+    if depth_topic == image_topic:
+        raise bags.BagError(
+            f"--depth-topic {depth_topic!r} is the image topic being segmented; expected the "
+            f"depth image aligned to it. Topics in the bag:\n{bags.describe_topics(reader)}"
+        )
     defaults = []
     chosen = {}
     for key, given, image, flag in (

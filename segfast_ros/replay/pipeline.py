@@ -128,7 +128,7 @@ def replay(
         tracking_settings=opts.tracking_changes(),
     )
     store = bags.typestore()
-    summary.vision_msgs = _vision_line(store, opts.namespace)
+    summary.vision_msgs = _vision_line(store, opts)
     reader = bags.open_reader(input_bag)
     try:
         summary.topic = bags.select_topic(reader, opts.topic)
@@ -144,12 +144,14 @@ def replay(
     return summary
 
 
-def _vision_line(store: Any, namespace: str) -> str:
-    """The summary's vision_msgs line: where the types came from, or why they are missing."""
+def _vision_line(store: Any, opts: ReplayOptions) -> str:
+    """The summary's vision_msgs line: where the types came from and what they give, or why
+    they are missing."""
     if not bags.has_vision_msgs(store):
         return bags.vision_msgs_missing()
-    ns = namespace.rstrip("/")
-    return f"vision_msgs from {bags.vision_msgs_dir()}: {ns}/detections and the 3D detections"
+    ns = opts.namespace.rstrip("/")
+    written = f"{ns}/detections" + (f", {ns}/detections_3d" if opts.depth_topic else "")
+    return f"vision_msgs from {bags.vision_msgs_dir()}: {written}"
 
 
 def _depth_report(reader: Any, topic: str, opts: ReplayOptions) -> DepthReport | None:
