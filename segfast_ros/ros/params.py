@@ -105,8 +105,8 @@ PROMPT_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         f"{PROMPTS}.max_detections",
         100,
-        "Most detections of one ~/prompts message decoded (the first ones, in message order); "
-        "the rest are counted as skipped.",
+        "Most detections of one ~/prompts message decoded (the highest-scoring ones, answered "
+        "in message order); the rest are counted as skipped.",
         range=num_range(100, 1, 4096),
     ),
 )
