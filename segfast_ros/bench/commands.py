@@ -28,6 +28,7 @@ from ..model_args import (
 )
 from ..runtime.images import read_rgb
 from ..runtime.paths import DEMO_MODEL, resolve_model_path
+from . import lifting as bench_lifting  # numpy and cv2 only
 from . import memory as bench_memory  # no ROS import until a case runs
 from . import tracking as bench_tracking  # the tracking library loads when a part runs
 from .report import write_json, write_rows_json
@@ -341,26 +342,6 @@ def cmd_bench_tracking(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_lifting(args: argparse.Namespace) -> int:
-    """Depth lifting's cost: 100 instances to 3D, the point cloud, depth resampling."""
-    from . import lifting
-    from .report import format_columns
-
-    context = bench_tracking.machine_context()  # first: the load of the others, not this run's
-    scene = lifting.lifting_scene(args.size, args.instances, seed=args.seed)
-    print(bench_tracking.machine_line(context))
-    rows, summary = lifting.bench_lifting(scene, runs=args.runs, voxel_m=args.voxel)
-    print(f"\nDepth lifting: medians of {args.runs} (ms)")
-    print(format_columns(rows, lifting.LIFTING_COLUMNS))
-    notes = lifting.lifting_notes(rows, summary)
-    for note in notes:
-        print(f"note: {note}")
-    if args.json:
-        write_json(args.json, {"context": context, "scene": summary, "rows": rows, "notes": notes})
-        print(f"wrote {args.json}")
-    return 0
-
-
 def add_parsers(sub: Any) -> None:
     """``bench``, ``bench-segevery``, ``bench-node``, ``bench-memory``, ``bench-tracking`` and
     ``bench-lifting`` on ``sub`` (the ``segfast`` subparsers), in that order."""
@@ -449,14 +430,8 @@ def _add_lifting_parser(sub: Any) -> None:
         "bench-lifting",
         help="depth lifting's cost: 100 masks to 3D (goal < 5 ms), point cloud, depth resampling",
     )
-    size, count = bench_tracking.parse_size, bench_tracking.count_arg
-    p.add_argument("--size", type=size, default="640x480", help="frame WxH")
-    p.add_argument("--instances", type=count, default=100, help="instances on the frame")
-    p.add_argument("--runs", type=count, default=200, help="timed calls per part")
-    p.add_argument("--voxel", type=float, default=0.01, help="point cloud voxel, metres")
-    p.add_argument("--seed", type=int, default=0, help="the generated frame")
-    p.add_argument("--json", help="write the table as JSON (docs/results/depth/bench.json)")
-    p.set_defaults(func=cmd_bench_lifting)
+    bench_lifting.add_arguments(p)
+    p.set_defaults(func=bench_lifting.run_cli)
 
 
 def _add_tracking_parser(sub: Any) -> None:

@@ -19,6 +19,7 @@ instance a plane of its own nearer the camera, sensor noise, dropped pixels (0) 
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +31,9 @@ from ..pipeline.render import InstanceRecord, instance_record
 from ..spatial.camera import CameraModel, resample_depth
 from ..spatial.cloud import cloud_points
 from ..spatial.lift import Lifted, LiftSettings, lift_masks
-from .report import Column
+from .report import Column, format_columns, write_json
 from .timing import p50_p95, sample_ms
-from .tracking import moving_instances
+from .tracking import count_arg, machine_context, machine_line, moving_instances, parse_size
 
 #: The issue's goal for lifting :data:`GOAL_INSTANCES` instances at :data:`GOAL_HW`.
 LIFT_GOAL_MS = 5.0
@@ -191,3 +192,33 @@ def lifting_notes(rows: Sequence[LiftingRow], summary: dict[str, Any]) -> list[s
         f"{summary['cloud_points']} in the cloud"
     )
     return notes
+
+
+# ------------------------------------------------------------------------------ the command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``segfast bench-lifting`` options."""
+    parser.add_argument("--size", type=parse_size, default="640x480", help="frame WxH")
+    parser.add_argument("--instances", type=count_arg, default=100, help="instances on it")
+    parser.add_argument("--runs", type=count_arg, default=200, help="timed calls per part")
+    parser.add_argument("--voxel", type=float, default=CLOUD_VOXEL_M, help="cloud voxel, m")
+    parser.add_argument("--seed", type=int, default=0, help="the generated frame")
+    parser.add_argument("--json", help="write the table as JSON (docs/results/depth/bench.json)")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``segfast bench-lifting``: time, print the table and notes, write JSON."""
+    context = machine_context()  # first: the load of the others, not this run's
+    scene = lifting_scene(args.size, args.instances, seed=args.seed)
+    print(machine_line(context))
+    rows, summary = bench_lifting(scene, runs=args.runs, voxel_m=args.voxel)
+    print(f"\nDepth lifting: medians of {args.runs} (ms)")
+    print(format_columns(rows, LIFTING_COLUMNS))
+    notes = lifting_notes(rows, summary)
+    for note in notes:
+        print(f"note: {note}")
+    if args.json:
+        write_json(args.json, {"context": context, "scene": summary, "rows": rows, "notes": notes})
+        print(f"wrote {args.json}")
+    return 0
