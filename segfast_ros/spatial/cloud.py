@@ -37,19 +37,41 @@ def voxel_downsample(points: np.ndarray, voxel_m: float) -> np.ndarray:
         raise ValueError(f"voxel_m must be a finite number >= 0 (metres), got {voxel_m!r}")
     if voxel_m == 0 or len(pts) == 0:
         return np.ascontiguousarray(pts, dtype=np.float32)
-    cells = np.floor(pts / voxel_m).astype(np.int64)
-    cells -= cells.min(axis=0)
-    span = cells.max(axis=0) + 1
-    if float(span[0]) * float(span[1]) * float(span[2]) < 2.0**62:
-        keys = (cells[:, 0] * span[1] + cells[:, 1]) * span[2] + cells[:, 2]
-        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    else:  # a cloud spanning kilometres at millimetre voxels: rows as keys
-        _, inverse, counts = np.unique(cells, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
+    return _voxel_means(pts, np.zeros(len(pts), dtype=np.int64), voxel_m)[0]
+
+
+def _voxel_means(
+    points: np.ndarray, labels: np.ndarray, voxel_m: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean point per occupied ``(label, voxel)``, and its label: every label's points are
+    downsampled on their own, all in one sort. Ordered by label, then voxel."""
+    axes = np.ascontiguousarray(points.T, dtype=np.float64)  # (3, N): each axis contiguous
+    cells = np.floor(axes / voxel_m).astype(np.int64)
+    cells -= cells.min(axis=1, keepdims=True)
+    span = cells.max(axis=1) + 1
+    per_label = int(span[0]) * int(span[1]) * int(span[2])
+    if float(per_label) * (float(labels.max()) + 1) >= 2.0**62:
+        # A cloud spanning kilometres at millimetre voxels: (label, cell) rows as keys.
+        rows = np.column_stack((labels, cells.T))
+        unique, inverse, counts = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
+        kept = unique[:, 0]
+        inverse = inverse.reshape(-1)
+    else:
+        keys = labels * per_label + (cells[0] * span[1] + cells[1]) * span[2] + cells[2]
+        # Stable: the keys come in long sorted runs (label by label, column by column), which
+        # a merge sort takes as they are.
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+        new = np.empty(len(keys), dtype=bool)
+        new[0], new[1:] = True, ordered[1:] != ordered[:-1]
+        inverse = np.empty(len(keys), dtype=np.intp)
+        inverse[order] = np.cumsum(new) - 1
+        kept = ordered[new] // per_label
+        counts = np.bincount(inverse)
     out = np.empty((len(counts), 3), dtype=np.float32)
     for axis in range(3):
-        out[:, axis] = np.bincount(inverse, weights=pts[:, axis], minlength=len(counts)) / counts
-    return out
+        out[:, axis] = np.bincount(inverse, weights=axes[axis], minlength=len(counts)) / counts
+    return out, kept
 
 
 def cloud_points(
@@ -74,13 +96,16 @@ def cloud_points(
     id_array = np.asarray(ids, dtype=np.int64).reshape(-1)
     if id_array.size and (id_array.min() < 0 or id_array.max() > np.iinfo(np.uint32).max):
         raise ValueError(f"ids must be in [0, 2**32), got {ids!r}")
-    xyz, labels = [], []
-    for one, ident in zip(lifted, id_array.tolist(), strict=True):
-        if one.valid and one.points is not None and len(one.points):
-            kept = voxel_downsample(one.points, voxel_m)
-            xyz.append(kept)
-            labels.append(np.full(len(kept), ident, dtype=np.uint32))
-    if not xyz:
-        voxel_downsample(np.zeros((0, 3)), voxel_m)  # still refuse a bad voxel_m
+    kept = [
+        i
+        for i, one in enumerate(lifted)
+        if one.valid and one.points is not None and len(one.points)
+    ]
+    voxel_downsample(np.zeros((0, 3)), voxel_m)  # refuse a bad voxel_m even with no points
+    if not kept:
         return np.zeros((0, 3), dtype=np.float32), np.zeros(0, dtype=np.uint32)
-    return np.concatenate(xyz), np.concatenate(labels)
+    points = np.concatenate([lifted[i].points for i in kept])
+    index = np.repeat(np.arange(len(kept)), [len(lifted[i].points) for i in kept])
+    if voxel_m > 0:
+        points, index = _voxel_means(points, index, voxel_m)
+    return np.ascontiguousarray(points, dtype=np.float32), id_array[kept][index].astype(np.uint32)
