@@ -339,16 +339,17 @@ def _oriented_box(
 
     ``qs``: the ``(p, ..., 100 - p)`` percentiles of :class:`_Frame` (first and last used).
     """
-    pts = points.astype(np.float64)
-    mean = pts.mean(axis=0)
-    centred = pts - mean
+    mean = points.mean(axis=0, dtype=np.float64)
+    centred = points - mean  # float64
     _, vectors = np.linalg.eigh(centred.T @ centred)
     axes = vectors[:, ::-1].copy()  # columns: longest spread first
     for i in (0, 1):  # each axis points where its largest component is positive
         if axes[np.argmax(np.abs(axes[:, i])), i] < 0:
             axes[:, i] = -axes[:, i]
-    axes[:, 2] = np.cross(axes[:, 0], axes[:, 1])  # right-handed: a proper rotation
-    low, high = (np.asarray(v) for v in _quantiles((centred @ axes).T, (qs[0], qs[-1])))
+    (ax, ay, az), (bx, by, bz) = axes[:, 0].tolist(), axes[:, 1].tolist()
+    axes[:, 2] = (ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx)  # right-handed
+    local = axes.T @ centred.T  # (3, n), each axis contiguous
+    low, high = (np.asarray(v) for v in _quantiles(local, (qs[0], qs[-1]), in_place=True))
     center = mean + axes @ ((low + high) / 2.0)
     return _vec(center), rotation_quaternion(axes), _vec(high - low)
 
