@@ -99,6 +99,8 @@ def erode_t(
     before_u, after_u = min(m, x), min(m, hw[1] - x - w)
     before_v, after_v = min(m, y), min(m, hw[0] - y - h)
     if before_u == after_u == before_v == after_v == m:  # inside the image: one call
+        # Contiguous: on a strided view cv2 splits the work over threads, slower for small masks.
+        mask_t = np.ascontiguousarray(mask_t)
         return cv2.erode(mask_t, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
     padded = cv2.copyMakeBorder(
         mask_t, before_u, after_u, before_v, after_v, cv2.BORDER_CONSTANT, value=0
