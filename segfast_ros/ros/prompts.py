@@ -62,7 +62,6 @@ from typing import Any
 
 import numpy as np
 from rclpy.lifecycle import LifecycleNode
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
 from segfast_ros.msg import InstanceArray
@@ -73,7 +72,7 @@ from segfast_ros.pipeline.tracks import Tracking
 from segfast_ros.ros.conversions import record_to_msg, stamp_to_ns
 from segfast_ros.ros.diagnostics import Health, fmt_stamp
 from segfast_ros.ros.intake import FrameIntake
-from segfast_ros.ros.qos import instances_qos, overridable
+from segfast_ros.ros.qos import instances_qos, overridable, prompts_qos
 from segfast_ros.ros.tracking import TargetTracking
 from segfast_ros.ros.vision import VisionOutputs
 from segfast_ros.runtime import Backend
@@ -82,13 +81,10 @@ from segfast_ros.tracking.associate import match
 from segfast_ros.tracking.overlap import Footprints, iou_matrix
 from segfast_ros.tracking.states import TRACK_TRACKED
 
-__all__ = ["PROMPTS_DEPTH", "PROMPTS_STRATEGY", "PromptTopic", "prompts_qos"]
+__all__ = ["PROMPTS_STRATEGY", "PromptTopic"]
 
 #: The ``strategy`` of a ``~/prompted`` message.
 PROMPTS_STRATEGY = "prompts"
-#: ``~/prompts``' subscription history (reliable, keep last): a burst from a detector is taken
-#: whole; the worker then answers the newest.
-PROMPTS_DEPTH = 10
 
 _COUNTERS = (
     "received",
@@ -101,20 +97,6 @@ _COUNTERS = (
     "tracks_not_started",
     "errors",
 )
-
-
-def prompts_qos() -> QoSProfile:
-    """``~/prompts``: reliable, keep last :data:`PROMPTS_DEPTH`, volatile (overridable).
-
-    Reliable, as detectors publish by default; a best-effort detector needs
-    ``qos_overrides./<ns>/<node>/prompts.subscription.reliability:=best_effort``.
-    """
-    return QoSProfile(
-        depth=PROMPTS_DEPTH,
-        history=HistoryPolicy.KEEP_LAST,
-        reliability=ReliabilityPolicy.RELIABLE,
-        durability=DurabilityPolicy.VOLATILE,
-    )
 
 
 class PromptTopic:

@@ -16,9 +16,11 @@ Defaults, and why:
   volatile (ROS's sensor-data profile). Best effort matches reliable and best-effort drivers
   (and a latched CameraInfo publisher); 5 because depth images are kept by stamp for matching,
   so a short burst should not lose one that a colour frame will ask for.
-* ``~/instances`` and ``~/tracks``: reliable, keep last 2, volatile (as before QoS became
-  overridable: small messages a planner should not lose).
-* ``~/instances/label``, ``~/tracks/label`` and ``~/overlay``: reliable, keep last 1,
+* ``~/prompts`` (a detector's ``Detection2DArray``): reliable, keep last 10, volatile.
+* ``~/instances`` and ``~/tracks``, and likewise ``~/prompted``, ``~/detections``,
+  ``~/detections_3d`` and ``~/tracks/detections_3d``: reliable, keep last 2, volatile (as
+  before QoS became overridable: small messages a planner should not lose).
+* ``~/instances/label``, ``~/tracks/label``, ``~/overlay`` and ``~/points``: reliable, keep last 1,
   volatile. rviz's Image display asks for reliable, keep last 5, volatile (rviz_common's
   ``qos_profile(5)``), which a best-effort publisher would never match; ``ros2 bag record``
   asks for what the publishers offer (reliable when all are), so it records these reliably
@@ -63,6 +65,17 @@ def instances_qos() -> QoSProfile:
 def image_output_qos() -> QoSProfile:
     """Label images and ``~/overlay``: reliable, keep last 1, volatile (rviz, bags)."""
     return _keep_last(1, ReliabilityPolicy.RELIABLE)
+
+
+def prompts_qos() -> QoSProfile:
+    """``~/prompts``: reliable, keep last 10, volatile.
+
+    Reliable, as detectors publish by default (a reliable subscription does not match a
+    best-effort publisher: such a detector needs
+    ``qos_overrides./<ns>/<node>/prompts.subscription.reliability:=best_effort``); 10 so that a
+    burst is taken whole, and the node's worker answers the newest.
+    """
+    return _keep_last(10, ReliabilityPolicy.RELIABLE)
 
 
 def overridable() -> QoSOverridingOptions:
