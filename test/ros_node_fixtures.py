@@ -65,6 +65,25 @@ def model_params(model_dir: Path, **params: Any) -> dict[str, Any]:
     return {"model_dir": str(model_dir), "precision": "fp32", **params}
 
 
+def demo_grid_params(**params: Any) -> dict[str, Any]:
+    """A node on the shipped demo model: SegEvery's grid at 5 Hz with 8 points a side and the
+    demo presets (segevery/presets.py; SAM's own filters keep almost no mask of it),
+    diagnostics every 0.5 s, and ``params`` on top."""
+    from segfast_ros.segevery.presets import DEMO_SEGEVERY_PARAMS
+
+    grid = {f"segevery.grid.{k}": v for k, v in DEMO_SEGEVERY_PARAMS["grid"].items()}
+    return model_params(
+        "demo",
+        **{
+            "segevery.rate": 5.0,
+            "segevery.grid.points_per_side": 8,
+            **grid,
+            "diagnostics_period": 0.5,
+            **params,
+        },
+    )
+
+
 def run_node(args: list[str], domain_id: int, log_path: Path) -> Iterator[NodeProcess]:
     """A fixture's body: the node process, then its clean exit (code 0) once the tests ran."""
     proc = NodeProcess(args, domain_id, log_path)

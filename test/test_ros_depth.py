@@ -35,8 +35,8 @@ from rgbd_msgs import (
     on_object,
 )
 from ros_node_fixtures import (
+    demo_grid_params,
     domain_id,
-    model_params,
     node_args,
     participant,
     publish_and_wait,
@@ -48,7 +48,6 @@ from sensor_msgs.msg import CameraInfo, Image
 from segfast_ros.bench.scene_depth import RGBDScene, generate_rgbd_scene
 from segfast_ros.msg import InstanceArray
 from segfast_ros.ros.harness import Client, NodeProcess, image_msg
-from segfast_ros.segevery.presets import DEMO_SEGEVERY_PARAMS
 from segfast_ros.srv import Segment
 
 NS = "/segfast_depth"
@@ -64,17 +63,7 @@ CENTROID_TOLERANCE = 0.05
 
 @pytest.fixture(scope="module")
 def node(domain_id: int, tmp_path_factory: pytest.TempPathFactory):
-    params = model_params(
-        "demo",
-        **{
-            "segevery.rate": 5.0,
-            "segevery.grid.points_per_side": 8,
-            **{f"segevery.grid.{k}": v for k, v in DEMO_SEGEVERY_PARAMS["grid"].items()},
-            "diagnostics_period": 0.5,
-            "cache_size": 4,
-            "depth.enabled": True,
-        },
-    )
+    params = demo_grid_params(**{"cache_size": 4, "depth.enabled": True})
     args = [
         *node_args(NS, params, image="camera/color/image_raw"),
         *("-r", "depth:=camera/aligned_depth_to_color/image_raw"),

@@ -24,8 +24,8 @@ from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.srv import SetParameters
 from ros_node_fixtures import (
+    demo_grid_params,
     domain_id,
-    model_params,
     node_args,
     participant,
     publish_and_wait,
@@ -40,7 +40,6 @@ from segfast_ros.masks import rle_to_mask
 from segfast_ros.msg import Instance, InstanceArray
 from segfast_ros.ros.harness import Client, NodeProcess, image_msg
 from segfast_ros.ros.qos import SERVICE_QOS
-from segfast_ros.segevery.presets import DEMO_SEGEVERY_PARAMS
 from segfast_ros.srv import Segment, Track
 
 NS = "/segfast_track"
@@ -62,17 +61,7 @@ def stamp(k: int) -> int:
 
 @pytest.fixture(scope="module")
 def node(domain_id: int, tmp_path_factory: pytest.TempPathFactory):
-    params = model_params(
-        "demo",
-        **{
-            "segevery.rate": 5.0,
-            "segevery.grid.points_per_side": 8,
-            # The demo presets (segevery/presets.py): SAM's filters keep almost no mask here.
-            **{f"segevery.grid.{k}": v for k, v in DEMO_SEGEVERY_PARAMS["grid"].items()},
-            "diagnostics_period": 0.5,
-            "cache_size": CACHE,
-        },
-    )
+    params = demo_grid_params(**{"cache_size": CACHE})
     args = node_args(NS, params, image="camera/image")
     yield from run_node(args, domain_id, tmp_path_factory.mktemp("track") / "node.log")
 
