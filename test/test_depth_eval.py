@@ -53,12 +53,14 @@ def test_the_ground_truth_masks_themselves_match_every_instance_with_the_same_er
     assert not model_errors(rgbd, shifted, settings)[0][k]
 
 
-def test_exact_depth_over_the_eroded_mask_averages_to_the_ground_truth():
-    """The diagnosis column with no sensor and no median: only erosion separates it from the
-    exact visible-surface mean, so it is far inside the goal."""
+def test_the_estimator_on_the_true_depth_is_far_inside_the_goal():
+    """The diagnosis column with no sensor: on planes facing the camera the ray through the
+    pixel centroid at the median depth is the visible surface's mean; the generator's planes
+    tilt up to 25 degrees, which moves it a little, not near the goal."""
     rgbd = generate_rgbd_scene(DEPTH_SEED_BASE + 1, (240, 320))
-    gt = gt_errors(rgbd, LiftSettings(erode_px=0))
-    assert np.all(gt["exact_depth_eroded_mean"] < 1e-4)
+    gt = gt_errors(rgbd, LiftSettings())
+    assert len(gt["exact_depth"]) == len(rgbd) > 0
+    assert np.all(gt["exact_depth"] < GOAL_REL_ERROR / 2)
 
 
 def test_held_out_seeds_are_apart_from_every_other_set():
@@ -84,11 +86,7 @@ def _check_common(doc: dict, scenes: int) -> None:
     assert sum(k["objects"] for k in gt["by_kind"].values()) == gt["measurable"]["objects"]
     # The depth part of the error is the geometry: well inside the goal on true masks.
     assert gt["measurable"]["z_max"] < GOAL_REL_ERROR
-    assert set(gt["diagnosis"]) == {
-        "same_points_mean",
-        "exact_depth_median",
-        "exact_depth_eroded_mean",
-    }
+    assert set(gt["diagnosis"]) == {"same_points_mean", "same_points_median", "exact_depth"}
     assert gt["worst"] and gt["worst"][0]["lift"] == pytest.approx(gt["measurable"]["max"])
 
 

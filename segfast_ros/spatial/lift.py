@@ -10,9 +10,15 @@ colour pixel, so a mask selects its depth pixels directly. For each instance:
    points (small or thin objects);
 3. the depth pixels under it that are valid (finite, inside ``[min_m, max_m]``, never 0) are
    back-projected through the colour camera;
-4. the centroid is the per-axis median of those points (a few wrong depths do not move it),
-   the axis-aligned box the ``[p, 100 - p]`` per-axis percentiles, and the optional oriented
-   box the same percentiles along the points' principal axes (PCA).
+4. the centroid's depth Z is the median of those valid depths (a few wrong depths do not
+   move it); its X and Y are the ray through the plain mask's pixel centroid (mean u, mean v)
+   at that depth. A per-axis median of the points would not do: for a lopsided shape (an L, a
+   handle) the median pixel column and row are not the shape's centre, and on a surface facing
+   the camera the visible surface's mean is the ray through the pixel centroid. The plain mask
+   (all its pixels, valid depth or not) gives that centroid: erosion and holes in the depth
+   would shift it;
+5. the axis-aligned box is the ``[p, 100 - p]`` per-axis percentiles of the points, and the
+   optional oriented box the same percentiles along the points' principal axes (PCA).
 
 Everything is in the camera's optical frame (x right, y down, z forward; REP 103), metres.
 Pixels outside an instance's ROI are not read (for the tight boxes of SegEvery and the
@@ -100,7 +106,9 @@ class Lifted:
     Attributes:
         valid: at least ``min_points`` valid depth points were found; the geometry fields are
             zeros otherwise.
-        centroid: per-axis median of the valid points inside the (eroded) mask.
+        centroid: ``Z`` the median of the valid depths inside the (eroded) mask, ``X, Y`` the
+            ray through the plain mask's pixel centroid at that depth:
+            ``X = (mean u - cx) Z / fx``, ``Y = (mean v - cy) Z / fy``.
         min: axis-aligned box corner, the ``extent_percentile`` percentile per axis.
         max: the other corner, the ``100 - extent_percentile`` percentile.
         obb_center: the oriented box's centre (zeros unless ``oriented_boxes``).
@@ -168,11 +176,11 @@ def lift_masks(
     ]
     # One gather of every instance's points: (3, sum of n), instance i's at bounds[i]:[i + 1].
     bounds = np.zeros(len(chosen) + 1, dtype=np.int64)
-    np.cumsum([len(index) for index, _ in chosen], out=bounds[1:])
-    xyz = frame.xyz.take(np.concatenate([index for index, _ in chosen]), axis=1)
+    np.cumsum([len(c[0]) for c in chosen], out=bounds[1:])
+    xyz = frame.xyz.take(np.concatenate([c[0] for c in chosen]), axis=1)
     return [
-        frame.lifted(xyz[:, bounds[i] : bounds[i + 1]], pixels, points)
-        for i, (_, pixels) in enumerate(chosen)
+        frame.lifted(xyz[:, bounds[i] : bounds[i + 1]], pixels, ray, points)
+        for i, (_, pixels, ray) in enumerate(chosen)
     ]
 
 
@@ -232,6 +240,7 @@ class _Frame:
     def __init__(self, depth: np.ndarray, camera: CameraModel, settings: LiftSettings) -> None:
         self.settings = settings
         self.hw = camera.hw
+        self.fx, self.fy, self.cx, self.cy = camera.fx, camera.fy, camera.cx, camera.cy
         height, width = self.hw
         depth_t = cv2.transpose(depth.astype(np.float32, copy=False))  # (W, H)
         lo = settings.min_m if settings.min_m > 0 else float(np.finfo(np.float32).tiny)
@@ -251,8 +260,11 @@ class _Frame:
         p = settings.extent_percentile
         self.quantiles = (p, 50.0, 100.0 - p)
 
-    def select(self, columns: np.ndarray, roi: list[int]) -> tuple[np.ndarray, int]:
-        """``(flat column-major indices of the valid pixels used, pixels of the mask used)``.
+    def select(
+        self, columns: np.ndarray, roi: list[int]
+    ) -> tuple[np.ndarray, int, tuple[float, float]]:
+        """``(flat column-major indices of the valid pixels used, pixels of the mask used, the
+        ray (x/z, y/z) through the plain mask's pixel centroid)``.
 
         Args:
             columns: the instance's ``(w * H,)`` decoded ROI columns.
@@ -261,8 +273,9 @@ class _Frame:
         x, y, w, h = roi
         height = self.hw[0]
         if w == 0 or h == 0:
-            return np.zeros(0, dtype=np.int64), 0
+            return np.zeros(0, dtype=np.int64), 0, (0.0, 0.0)
         mask_t = columns.reshape(w, height)[:, y : y + h]
+        ray = self.centroid_ray(mask_t, x, y)
         ok = self.valid_t[x : x + w, y : y + h]
         sel = None
         if self.kernel is not None:
@@ -275,9 +288,20 @@ class _Frame:
         if sel is None:
             sel = np.logical_and(mask_t.view(bool), ok)
             pixels = np.count_nonzero(mask_t)
-        return self.index_t[x : x + w, y : y + h][sel], int(pixels)
+        return self.index_t[x : x + w, y : y + h][sel], int(pixels), ray
 
-    def lifted(self, xyz: np.ndarray, pixels: int, want: bool) -> Lifted:
+    def centroid_ray(self, mask_t: np.ndarray, x: int, y: int) -> tuple[float, float]:
+        """``(x/z, y/z)`` of the ray through a ``(w, h)`` ROI mask's mean pixel."""
+        total = np.count_nonzero(mask_t)
+        if total == 0:
+            return 0.0, 0.0
+        per_u = np.count_nonzero(mask_t, axis=1)
+        per_v = np.count_nonzero(mask_t, axis=0)
+        mean_u = x + float(per_u @ np.arange(len(per_u))) / total
+        mean_v = y + float(per_v @ np.arange(len(per_v))) / total
+        return (mean_u - self.cx) / self.fx, (mean_v - self.cy) / self.fy
+
+    def lifted(self, xyz: np.ndarray, pixels: int, ray: tuple[float, float], want: bool) -> Lifted:
         """The instance's :class:`Lifted` from its ``(3, n)`` valid points."""
         n = xyz.shape[1]
         fraction = n / pixels if pixels else 0.0
@@ -286,10 +310,10 @@ class _Frame:
             return Lifted(False, num_points=n, valid_fraction=fraction, points=cloud)
         obb = _oriented_box(xyz.T, self.quantiles) if self.settings.oriented_boxes else _NO_BOX
         # xyz is this instance's slice of a gather made for this call: reordered in place.
-        low, mid, high = _quantiles(xyz, self.quantiles, in_place=True)
+        low, (_, _, z), high = _quantiles(xyz, self.quantiles, in_place=True)
         return Lifted(
             True,
-            centroid=mid,
+            centroid=(ray[0] * z, ray[1] * z, z),
             min=low,
             max=high,
             obb_center=obb[0],
