@@ -36,7 +36,9 @@ def test_bench_lifting_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixt
     assert 0.8 < scene["valid_depth_fraction"] < 1.0
 
     rows = doc["rows"]
-    assert [r["part"] for r in rows] == ["lift", "lift", "lift", "cloud", "resample"]
+    assert [r["part"] for r in rows] == ["lift", "lift", "lift", "lift", "cloud", "resample"]
+    assert rows[1]["detail"].strip() == "cv2 on one thread"
+    assert doc["context"]["cv2_threads"] >= 1
     for row in rows:
         assert row["runs"] == 3 and 0 < row["median_ms"] <= row["p95_ms"]
     # The goal is for 100 instances at 640x480: not judged on this frame, and said so.

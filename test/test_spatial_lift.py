@@ -321,6 +321,35 @@ def test_lift_masks_matches_a_dense_reference(seed: int, settings: LiftSettings)
                 np.testing.assert_allclose(getattr(out, key), ref[key], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("erode_px", [0, 2, 5])
+def test_a_roi_that_cuts_its_mask_lifts_the_cut_mask(erode_px: int) -> None:
+    # Masks whose runs wrap from column to column (full-height bands, the image's edges) and
+    # ragged ones, each read through a ROI cutting it: as if the mask were only what the ROI
+    # holds (the pixels outside it are background, also to the erosion).
+    masks, depth = _random_scene(5, 12)
+    masks[0] = False
+    masks[0][:, 30:70] = True  # whole columns: one run across 40 columns
+    masks[1] = False
+    masks[1][:, :12] = True  # whole columns at the image's left edge
+    rng = np.random.default_rng(9)
+    counts, _ = mask_refs(masks)
+    rois, cut = [], np.zeros_like(masks)
+    for k in range(len(masks)):
+        x0, x1 = sorted(rng.integers(0, HW[1] + 1, 2).tolist())
+        y0, y1 = sorted(rng.integers(0, HW[0] + 1, 2).tolist())
+        rois.append((x0, y0, x1 - x0, y1 - y0))
+        cut[k, y0:y1, x0:x1] = masks[k, y0:y1, x0:x1]
+    settings = LiftSettings(erode_px=erode_px, min_points=5, extent_percentile=5.0)
+    got = lift_masks(counts, rois, depth, CAM, settings, points=True)
+    expected = lift_dense(cut, depth, CAM, settings, points=True)
+    for one, ref in zip(got, expected, strict=True):
+        assert one.num_points == ref.num_points and one.valid == ref.valid
+        assert one.valid_fraction == pytest.approx(ref.valid_fraction)
+        np.testing.assert_allclose(one.centroid, ref.centroid, rtol=1e-9, atol=1e-12)
+        assert one.min == ref.min and one.max == ref.max
+        np.testing.assert_array_equal(_sorted_rows(one.points), _sorted_rows(ref.points))
+
+
 def test_mask_refs_round_trip() -> None:
     masks, _ = _random_scene(4, 6)
     counts, rois = mask_refs(masks)
