@@ -180,14 +180,17 @@ def image_files(items: Sequence[str]) -> list[Path]:
     return list_images(items)
 
 
-def strategy_options(items: Sequence[str] | None) -> list[tuple[str, object]]:
-    """``--set key=value`` pairs, values parsed as YAML scalars (numbers, booleans)."""
+def strategy_options(
+    items: Sequence[str] | None, example: str = "points_per_side=16"
+) -> list[tuple[str, object]]:
+    """``--set key=value`` pairs, values parsed as YAML scalars (numbers, booleans); ``example``
+    is shown when a pair is malformed."""
     import yaml
 
     pairs = []
     for item in items or ():
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. points_per_side=16")
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. {example}")
         pairs.append((key.strip(), yaml.safe_load(value)))
     return pairs

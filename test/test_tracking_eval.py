@@ -119,7 +119,7 @@ def test_target_summary_judges_exits_and_rates():
 def test_tracking_settings_from_set_pairs():
     s = tracking_settings(["min_hits=1", "tracking.lost_score=0.25", "use_mask_input=False"])
     assert (s.min_hits, s.lost_score, s.use_mask_input) == (1, 0.25, False)
-    with pytest.raises(ValueError, match="FIELD=VALUE"):
+    with pytest.raises(ValueError, match="KEY=VALUE, e.g. min_hits=1"):
         tracking_settings(["min_hits"])
     with pytest.raises(ValueError, match="bogus"):
         tracking_settings(["bogus=1"])

@@ -38,7 +38,13 @@ import numpy as np
 
 from ..bench.report import write_json
 from ..bench.scene_depth import BASELINE_M, NOISE_PER_M2, RANGE_M, RGBDScene, generate_rgbd_scene
-from .metrics import DEFAULT_MODEL_DIR, iou_matrix, result_masks
+from .metrics import (
+    DEFAULT_MODEL_DIR,
+    add_eval_arguments,
+    iou_matrix,
+    result_masks,
+    settings_values,
+)
 from .tracking_metrics import match_truth
 
 if TYPE_CHECKING:
@@ -381,28 +387,16 @@ def format_depth_report(report: Mapping[str, Any]) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``segfast eval-depth``'s flags."""
-    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="the demo model's folder")
+    add_eval_arguments(
+        p,
+        seed_base=DEPTH_SEED_BASE,
+        held_out="training, the demo model's evaluation and tuning, and the tracking evaluation",
+        settings="LiftSettings",
+        example="erode_px=2",
+    )
     p.add_argument("--scenes", type=int, default=50, help="held-out RGB-D scenes (default 50)")
     p.add_argument("--hw", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
-    p.add_argument(
-        "--seed-base",
-        type=int,
-        default=DEPTH_SEED_BASE,
-        help=f"first scene seed (default {DEPTH_SEED_BASE}, held out from training, the demo "
-        "model's evaluation and tuning, and the tracking evaluation)",
-    )
-    p.add_argument("--precision", choices=("fp32", "int8"), default="int8")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="a LiftSettings field, e.g. erode_px=2 (as the node's depth.* parameters; "
-        "repeatable)",
-    )
     p.add_argument("--gt-only", action="store_true", help="ground-truth masks only, no model")
-    p.add_argument("--json", help="write the report here (e.g. docs/results/depth/eval.json)")
 
 
 def lift_settings(pairs: Sequence[str]) -> LiftSettings:
@@ -412,11 +406,9 @@ def lift_settings(pairs: Sequence[str]) -> LiftSettings:
     Raises:
         ValueError: a malformed pair, an unknown field or a value out of its range.
     """
-    from ..model_args import strategy_options
     from ..spatial.lift import LiftSettings
 
-    values = {k.removeprefix("depth."): v for k, v in strategy_options(pairs)}
-    return LiftSettings.from_dict(values)
+    return LiftSettings.from_dict(settings_values(pairs, "depth", "erode_px=2"))
 
 
 def eval_depth_command(args: argparse.Namespace) -> int:

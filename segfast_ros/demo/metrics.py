@@ -10,7 +10,10 @@ that training never draws (it uses the SeedSequence stream of
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -27,6 +30,49 @@ EVAL_SEED_BASE = 1_000_000
 VALIDATION_SEED_BASE = 2_000_000
 #: Default folder of the shipped demo model.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "demo"
+
+
+def add_eval_arguments(
+    p: argparse.ArgumentParser, *, seed_base: int, held_out: str, settings: str, example: str
+) -> None:
+    """The flags every held-out evaluation of the demo model shares: ``--model-dir``,
+    ``--seed-base``, ``--precision``, ``--threads``, ``--set`` and ``--json``.
+
+    Args:
+        seed_base: the evaluation's first seed (its default).
+        held_out: what its seeds are kept apart from, for the help text.
+        settings: the settings type ``--set`` fills, e.g. ``"TrackingSettings"``.
+        example: a ``FIELD=VALUE`` example for the help text.
+    """
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="the demo model's folder")
+    p.add_argument(
+        "--seed-base",
+        type=int,
+        default=seed_base,
+        help=f"first seed (default {seed_base}, held out from {held_out})",
+    )
+    p.add_argument("--precision", choices=("fp32", "int8"), default="int8")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help=f"a {settings} field, e.g. {example} (as the node's parameters; repeatable)",
+    )
+    p.add_argument("--json", help="write the report here")
+
+
+def settings_values(pairs: Sequence[str], prefix: str, example: str) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` strings as a settings dict: values parsed as YAML scalars, the
+    node's ``<prefix>.`` optional before a field; ``example`` is shown for a malformed pair.
+
+    Raises:
+        ValueError: a pair without ``=`` or a field name.
+    """
+    from ..model_args import strategy_options
+
+    return {k.removeprefix(f"{prefix}."): v for k, v in strategy_options(pairs, example)}
 
 
 def eval_scenes(

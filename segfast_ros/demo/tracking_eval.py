@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..bench.report import write_json
-from .metrics import DEFAULT_MODEL_DIR, iou_matrix
+from .metrics import DEFAULT_MODEL_DIR, add_eval_arguments, iou_matrix, settings_values
 from .tracking_metrics import (
     MotFrame,
     SequenceRun,
@@ -316,52 +316,30 @@ def _commit() -> str | None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``segfast eval-tracking``'s flags."""
-    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="the demo model's folder")
+    add_eval_arguments(
+        p,
+        seed_base=TRACKING_SEED_BASE,
+        held_out="training and the demo model's evaluation",
+        settings="TrackingSettings",
+        example="min_hits=1",
+    )
     p.add_argument("--sequences", type=int, default=8, help="held-out sequences (default 8)")
     p.add_argument("--frames", type=int, default=60, help="frames per sequence (default 60)")
     p.add_argument("--hw", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
     p.add_argument(
-        "--seed-base",
-        type=int,
-        default=TRACKING_SEED_BASE,
-        help=f"first sequence seed (default {TRACKING_SEED_BASE}, held out from training and "
-        "from the demo model's evaluation)",
-    )
-    p.add_argument("--precision", choices=("fp32", "int8"), default="int8")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="a TrackingSettings field, e.g. min_hits=1 (repeatable; default: the defaults)",
-    )
-    p.add_argument(
         "--no-reacquire", action="store_true", help="no re-acquisition from SegEvery instances"
     )
-    p.add_argument("--json", help="write the report here")
 
 
 def tracking_settings(pairs: Sequence[str]) -> TrackingSettings:
-    """TrackingSettings from ``FIELD=VALUE`` strings (values parsed as Python literals).
+    """TrackingSettings from ``FIELD=VALUE`` strings (``tracking.`` prefix optional).
 
     Raises:
         ValueError: a malformed pair, an unknown field or a value out of its range.
     """
-    import ast
-
     from ..tracking.settings import TrackingSettings
 
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        if not sep or not name.strip():
-            raise ValueError(f"--set {pair!r}: expected FIELD=VALUE, e.g. min_hits=1")
-        try:
-            values[name.strip().removeprefix("tracking.")] = ast.literal_eval(text.strip())
-        except (ValueError, SyntaxError):
-            raise ValueError(f"--set {pair!r}: {text!r} is not a number or bool") from None
-    return TrackingSettings.from_dict(values)
+    return TrackingSettings.from_dict(settings_values(pairs, "tracking", "min_hits=1"))
 
 
 def eval_tracking_command(args: argparse.Namespace) -> int:
