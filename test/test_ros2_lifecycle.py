@@ -322,6 +322,13 @@ def _reach(s: Scenario, run: Launch, client: Client) -> None:
             START_S,
             f"~/segment of {list(s.nodes)}",
         )
+        # The service is offered at the end of activate, just before the "active" line.
+        wait(
+            lambda: run.log().count("]: active: ") >= len(s.nodes) or not run.alive(),
+            START_S,
+            "every node's 'active' line",
+            poll=0.01,
+        )
     assert run.alive(), "launch ended before the Ctrl-C"
 
 

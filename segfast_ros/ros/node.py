@@ -353,14 +353,15 @@ class SegfastNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         cfg = self._config
         self._frames.start_encoder()
-        self._frames.subscribe(cfg.use_compressed)
         self._calls.start(cfg.segment_workers)
-        self._service.start()
-        self._tracks.start()
-        self._prompts.activate()
         self._depth.subscribe()
+        self._frames.subscribe(cfg.use_compressed)
+        self._prompts.activate()
         self._active = True
         self._segevery.start(cfg.segevery_rate)
+        # The planner services last: once ~/segment is in the graph, everything else runs.
+        self._service.start()
+        self._tracks.start()
         self.get_logger().info(
             f"active: images on {self._frames.topic}, services {self._service.name} and "
             f"{self._tracks.name}, instances on "
