@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "segfast_ros"
 #: The rooms in the order of the flow: a room may import the rooms before it, never one after.
 #: Rooms that share a rank (the two adapters) may not import each other either.
 ROOMS: tuple[tuple[str, ...], ...] = (
-    ("spec", "profiles"),
+    ("spec", "profiles", "topics"),
     ("runtime",),
     ("modeling",),
     ("export",),

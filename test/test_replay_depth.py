@@ -34,7 +34,6 @@ from segfast_ros.replay.depth import (
     LOOKAHEAD_NS,
     DepthInput,
     DepthPairing,
-    sibling_info,
 )
 from segfast_ros.replay.items import DecodedFrame
 from segfast_ros.replay.prompts import parse_prompts
@@ -44,6 +43,7 @@ from segfast_ros.segevery.presets import DEMO_SEGEVERY_PARAMS
 from segfast_ros.segevery.registry import build_segevery
 from segfast_ros.spatial.camera import camera_from_info
 from segfast_ros.spatial.lift import lift_masks
+from segfast_ros.topics import camera_info_sibling
 
 MODEL = REPO / "models" / "demo"
 NS = "/segfast"
@@ -135,7 +135,7 @@ def test_depth_images_near_no_frame_are_dropped_and_counted() -> None:
     ],
 )
 def test_the_camera_info_default_is_the_image_topics_sibling(image: str, info: str) -> None:
-    assert sibling_info(image) == info
+    assert camera_info_sibling(image) == info
 
 
 # ---------------------------------------------------------------- the replay, demo model

@@ -25,6 +25,7 @@ from ..pipeline.render import InstanceRecord
 from ..pipeline.spatial import Spatial
 from ..spatial.camera import CameraInfoError
 from ..spatial.lift import LiftSettings
+from ..topics import camera_info_sibling
 from . import bags
 from .items import DecodedFrame
 from .summary import DepthReport
@@ -43,9 +44,6 @@ LOOKAHEAD_NS = 1_000_000_000
 LOOKAHEAD_FRAMES = 16
 #: Depth frames the caller's :class:`~segfast_ros.pipeline.spatial.Spatial` keeps.
 CACHE_SIZE = 2 * LOOKAHEAD_DEPTHS + 1
-
-#: Image transports' sub-topics: the CameraInfo is the sibling of the raw topic.
-_TRANSPORTS = ("/compressed", "/compressedDepth", "/theora", "/zstd")
 
 
 @dataclass(frozen=True)
@@ -73,17 +71,6 @@ class DepthTopics:
             if topic is not None:
                 kinds[topic] = kind
         return kinds
-
-
-def sibling_info(image_topic: str) -> str:
-    """The CameraInfo topic an image topic's driver publishes beside it: ``/a/b/image_raw`` ->
-    ``/a/b/camera_info`` (``/a/b/image_raw/compressed`` too: image_transport's sub-topics)."""
-    for suffix in _TRANSPORTS:
-        if image_topic.endswith(suffix):
-            image_topic = image_topic[: -len(suffix)]
-            break
-    parent = image_topic.rsplit("/", 1)[0]
-    return f"{parent}/camera_info"
 
 
 def _check_topic(reader: Any, topic: str, msgtype: str, flag: str) -> None:
@@ -135,15 +122,15 @@ def select_depth_topics(
             _check_topic(reader, given, bags.CAMERA_INFO, flag)
             chosen[key] = given
             continue
-        sibling = sibling_info(image)
+        sibling = camera_info_sibling(image)
         info = reader.topics.get(sibling)
         if info is not None and info.msgtype == bags.CAMERA_INFO:
             chosen[key] = sibling
             defaults.append(key)
     if not chosen:
         raise bags.BagError(
-            f"no CameraInfo for 3D: the bag has neither {sibling_info(image_topic)} nor "
-            f"{sibling_info(depth_topic)}; pass --camera-info-topic (the colour image's "
+            f"no CameraInfo for 3D: the bag has neither {camera_info_sibling(image_topic)} nor "
+            f"{camera_info_sibling(depth_topic)}; pass --camera-info-topic (the colour image's "
             f"{bags.CAMERA_INFO}). Topics in the bag:\n{bags.describe_topics(reader)}"
         )
     return DepthTopics(depth_topic, defaults=tuple(defaults), **chosen)

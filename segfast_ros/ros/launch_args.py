@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from segfast_ros.profiles import DEVICE_TREE_MODEL, PROFILES, resolve_profile
+from segfast_ros.topics import camera_info_sibling
 
 
 @dataclass(frozen=True)
@@ -169,15 +170,6 @@ def node_parameters(arg: Callable[[str], str], share: Path) -> list[Any]:
     if arg("depth_topic"):
         overrides["depth.enabled"] = True
     return [*layers, overrides]
-
-
-def camera_info_sibling(image_topic: str) -> str:
-    """The ``camera_info`` topic next to an image topic, as image_transport names it.
-
-    ``/cam/color/image_raw`` -> ``/cam/color/camera_info``; ``image`` -> ``camera_info``.
-    """
-    base, sep, _ = image_topic.rstrip("/").rpartition("/")
-    return f"{base}{sep}camera_info" if sep else "camera_info"
 
 
 def remappings(arg: Callable[[str], str]) -> list[tuple[str, str]]:
