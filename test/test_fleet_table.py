@@ -260,19 +260,38 @@ def test_combine_of_csv_parts_works_without_pyarrow(tmp_path: Path) -> None:
         combine(parts, tmp_path / "fleet", "parquet")
 
 
+def test_combine_fills_stage_columns_an_older_part_lacks(tmp_path: Path) -> None:
+    """A resumed run may find parts written by a version with fewer stages: their times are
+    null, the rest of their rows as written."""
+    rows = frame_rows(4)
+    table = pq.read_table(write_part(tmp_path / "new", "parquet", rows))
+    pq.write_table(table.drop_columns(["lift_ms", "encoder_ms"]), tmp_path / "old.parquet")
+    lines = write_part(tmp_path / "new", "csv", rows).read_text().splitlines()
+    lift = COLUMNS.index("lift_ms")
+    old_csv = [",".join(c for i, c in enumerate(line.split(",")) if i != lift) for line in lines]
+    (tmp_path / "old.csv").write_text("\n".join(old_csv) + "\n")
+    parts = [tmp_path / "old.parquet", tmp_path / "old.csv"]
+    path, n = combine(parts, tmp_path / "fleet", "parquet")
+    want = [{**r, "lift_ms": None} for r in expected(rows, "bag_a", *ARGS)]
+    assert n == 8
+    assert read_table(path) == [{**r, "encoder_ms": None} for r in want] + want
+
+
 def bad_parts(folder: Path) -> dict[str, tuple[Path, str]]:
     """Parts that cannot be read, and what the error must say about each."""
     folder.mkdir()
     (folder / "garbage.parquet").write_bytes(b"PAR1 not really")
     header = ",".join(COLUMNS)
     (folder / "columns.csv").write_text("bag,topic,frame\nb,/t,1\n")
+    (folder / "twice.csv").write_text(f"{header},bag\n")
     (folder / "cell.csv").write_text(f"{header}\n" + "b,/t,x" + ",0" * (len(COLUMNS) - 3) + "\n")
     (folder / "short.csv").write_text(f"{header}\nb,/t,1\n")
     (folder / "empty.csv").write_text("")
     (folder / "rows.txt").write_text(header)
     return {
         "garbage": (folder / "garbage.parquet", "cannot read it as Parquet"),
-        "columns": (folder / "columns.csv", "not a fleet table: missing columns"),
+        "columns": (folder / "columns.csv", "not a fleet table: missing columns ['stamp_ns'"),
+        "twice": (folder / "twice.csv", "unknown columns [], 1 repeated"),
         "cell": (folder / "cell.csv", "line 2, column frame: 'x' is not int64"),
         "short": (folder / "short.csv", f"line 2: 3 cells, expected {len(COLUMNS)}"),
         "empty": (folder / "empty.csv", "empty, expected a CSV header"),
@@ -283,7 +302,7 @@ def bad_parts(folder: Path) -> dict[str, tuple[Path, str]]:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize(
-    "bad", ["garbage", "columns", "cell", "short", "empty", "suffix", "missing"]
+    "bad", ["garbage", "columns", "twice", "cell", "short", "empty", "suffix", "missing"]
 )
 def test_combine_names_a_part_it_cannot_read(tmp_path: Path, fmt: str, bad: str) -> None:
     good = write_part(tmp_path / "good", "parquet", frame_rows(3))

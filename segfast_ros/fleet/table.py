@@ -57,18 +57,16 @@ def table_format(requested: str = "auto") -> str:
         TableError: ``"parquet"`` without pyarrow (the message says how to install it), or a
             format that is not ``auto``, ``parquet`` or ``csv``.
     """
-    if requested == "csv":
-        return "csv"
-    if requested == "parquet":
-        _arrow()
-        return "parquet"
-    if requested == "auto":
+    if requested not in ("auto", *FORMATS):
+        raise TableError(f"unknown table format {requested!r}: expected auto, parquet or csv")
+    if requested != "csv":
         try:
             _arrow()
         except TableError:
+            if requested == "parquet":
+                raise
             return "csv"
-        return "parquet"
-    raise TableError(f"unknown table format {requested!r}: expected auto, parquet or csv")
+    return "parquet" if requested == "auto" else requested
 
 
 class RowWriter:
@@ -128,7 +126,8 @@ def combine(parts: Sequence[Path], out_without_suffix: Path, fmt: str) -> tuple[
     through a temporary file that replaces the table only once whole.
 
     Parts of either format are read (a resumed run may find CSV parts from a run without
-    pyarrow). No parts give an empty table with the columns.
+    pyarrow); a part without some stage's column (from a version with fewer stages) has null
+    times there. No parts give an empty table with the columns.
 
     Returns:
         The table's path and its number of rows.
@@ -279,12 +278,14 @@ def _format_of(path: Path) -> str:
 
 
 def _check_columns(path: Path, names: Sequence[str]) -> None:
-    missing = [c for c in COLUMNS if c not in names]
+    """A table's columns must be :data:`COLUMNS`, each once; a stage column may be missing (a
+    part from a version with fewer stages: its times are null)."""
+    missing = [c for c in COLUMNS if c not in names and not c.endswith("_ms")]
     unknown = [n for n in names if n not in _TYPES]
-    if missing or unknown or len(names) != len(COLUMNS):
+    if missing or unknown or len(set(names)) != len(names):
         raise TableError(
             f"{path}: not a fleet table: missing columns {missing}, unknown columns {unknown}, "
-            f"{len(names)} columns (expected {len(COLUMNS)}: {', '.join(COLUMNS)})"
+            f"{len(names) - len(set(names))} repeated (expected {', '.join(COLUMNS)})"
         )
 
 
@@ -302,9 +303,14 @@ def _parquet_tables(path: Path) -> Iterator[Any]:
     schema = _schema(pa)
     try:
         file = parquet.ParquetFile(path)
-        _check_columns(path, file.schema_arrow.names)
-        for batch in file.iter_batches(batch_size=ROW_GROUP, columns=list(COLUMNS)):
-            yield pa.Table.from_batches([batch]).select(list(COLUMNS)).cast(schema)
+        names = file.schema_arrow.names
+        _check_columns(path, names)
+        present = [c for c in COLUMNS if c in names]
+        for batch in file.iter_batches(batch_size=ROW_GROUP, columns=present):
+            table = pa.Table.from_batches([batch])
+            for column in (c for c in COLUMNS if c not in names):
+                table = table.append_column(column, pa.nulls(len(table), pa.float64()))
+            yield table.select(list(COLUMNS)).cast(schema)
     except (OSError, pa.ArrowException) as e:
         raise TableError(f"{path}: cannot read it as Parquet ({e})") from e
 
@@ -317,11 +323,12 @@ def _csv_chunks(path: Path) -> Iterator[list[list[Any]]]:
             if header is None:
                 raise TableError(f"{path}: empty, expected a CSV header line ({COLUMNS[0]},...)")
             _check_columns(path, header)
-            where = [header.index(c) for c in COLUMNS]
+            where = [header.index(c) if c in header else None for c in COLUMNS]
             chunk: list[list[Any]] = []
             for cells in reader:
                 if cells:
-                    chunk.append(_parse_row(f"{path} line {reader.line_num}", cells, where))
+                    line = f"{path} line {reader.line_num}"
+                    chunk.append(_parse_row(line, cells, len(header), where))
                 if len(chunk) >= ROW_GROUP:
                     yield chunk
                     chunk = []
@@ -334,14 +341,14 @@ def _csv_chunks(path: Path) -> Iterator[list[list[Any]]]:
 _BOOLS = {"true": True, "false": False, "1": True, "0": False}
 
 
-def _parse_row(where_in_file: str, cells: list[str], where: list[int]) -> list[Any]:
-    """A CSV line's cells as typed values in :data:`COLUMNS` order: an empty cell is None
-    (a string column's is "")."""
-    if len(cells) != len(COLUMNS):
-        raise TableError(f"{where_in_file}: {len(cells)} cells, expected {len(COLUMNS)}")
+def _parse_row(line: str, cells: list[str], width: int, where: list[int | None]) -> list[Any]:
+    """A CSV line's cells as typed values in :data:`COLUMNS` order (``where``: each column's
+    cell, None for a missing stage column): an empty cell is None (a string column's "")."""
+    if len(cells) != width:
+        raise TableError(f"{line}: {len(cells)} cells, expected {width}")
     values: list[Any] = []
     for column, i in zip(COLUMNS, where, strict=True):
-        kind, text = _TYPES[column], cells[i]
+        kind, text = _TYPES[column], "" if i is None else cells[i]
         try:
             if kind == "string" or not text:
                 values.append(text if kind == "string" else None)
@@ -350,5 +357,5 @@ def _parse_row(where_in_file: str, cells: list[str], where: list[int]) -> list[A
             else:
                 values.append(int(text) if kind == "int64" else float(text))
         except (KeyError, ValueError):
-            raise TableError(f"{where_in_file}, column {column}: {text!r} is not {kind}") from None
+            raise TableError(f"{line}, column {column}: {text!r} is not {kind}") from None
     return values
