@@ -76,8 +76,8 @@ class RowWriter:
     Args:
         path_without_suffix: the file to write, less its suffix (its folder is created).
         fmt: ``"parquet"`` or ``"csv"`` (see :func:`table_format`).
-        bag, topic, worker: the bag's output name, its image topic and who replays it, on
-            every row.
+        bag, topic, worker: the bag (its input path or output name), its image topic and who
+            replays it, on every row.
 
     Called from one thread only (the replay's writer thread, then the worker's ``close``).
     """
