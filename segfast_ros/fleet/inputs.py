@@ -127,10 +127,9 @@ def _expand(path: Path, where: str, lists: set[Path]) -> Iterator[Path]:
 
 def _read_list(path: Path, where: str, lists: set[Path]) -> Iterator[Path]:
     """The bags a list file names (see :func:`collect_inputs`)."""
-    key = path.resolve()
-    if key in lists:
+    if path.resolve() in lists:
         return
-    lists.add(key)
+    lists.add(path.resolve())
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -138,15 +137,12 @@ def _read_list(path: Path, where: str, lists: set[Path]) -> Iterator[Path]:
             f"input {path}{where} is neither a bag nor a readable text list of bags ({err}); "
             f"{EXPECTED}"
         ) from err
-    entries = 0
-    for number, line in enumerate(text.splitlines(), 1):
-        entry = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip()
-        if not entry:
-            continue
-        entries += 1
-        item = Path(entry).expanduser()
-        yield from _expand(path.parent / item, f" (line {number} of list {path})", lists)
-    if not entries:
+    lines = [re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip() for line in text.splitlines()]
+    for number, entry in enumerate(lines, 1):
+        if entry:
+            where = f" (line {number} of list {path})"
+            yield from _expand(path.parent / Path(entry).expanduser(), where, lists)
+    if not any(lines):
         raise InputError(
             f"list file {path}{where} lists no bag (only blank lines and comments); expected "
             "one bag, folder of bags or list file per line"
@@ -186,16 +182,13 @@ def unique_names(paths: Sequence[Path]) -> list[str]:
         + [safe_name(a.name) for a in p.parents if a.name]
         for p in paths
     ]
-    full = [tuple(n.casefold() for n in chain) for chain in chains]
+    full = [[n.casefold() for n in chain] for chain in chains]
     depth = [1] * len(paths)
-
-    def name(i: int) -> str:
-        return "__".join(reversed(chains[i][: depth[i]]))
-
     while True:
+        names = ["__".join(reversed(c[:d])) for c, d in zip(chains, depth, strict=True)]
         groups: dict[str, list[int]] = {}
-        for i in range(len(paths)):
-            groups.setdefault(name(i).casefold(), []).append(i)
+        for i, name in enumerate(names):
+            groups.setdefault(name.casefold(), []).append(i)
         clashes = [g for g in groups.values() if len(g) > 1]
         deeper = [  # a parent helps only those whose folders differ somewhere
             i
@@ -207,13 +200,9 @@ def unique_names(paths: Sequence[Path]) -> list[str]:
             break
         for i in deeper:
             depth[i] += 1
-    names = [name(i) for i in range(len(paths))]
-    counts: dict[str, int] = {}
-    for i, n in enumerate(names):  # the same folders (a.mcap beside a/): numbered
-        key = n.casefold()
-        counts[key] = counts.get(key, 0) + 1
-        if counts[key] > 1:
-            names[i] = f"{n}__{counts[key]}"
+    for group in clashes:  # the same folders all the way up (a.mcap beside a/): numbered
+        for number, i in enumerate(group[1:], 2):
+            names[i] += f"__{number}"
     return [_short(n, p) for n, p in zip(names, paths, strict=True)]
 
 
