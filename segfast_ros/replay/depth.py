@@ -28,7 +28,7 @@ from ..spatial.lift import LiftSettings
 from ..topics import camera_info_sibling
 from . import bags
 from .items import DecodedFrame
-from .summary import DepthReport
+from .summary import DepthReport, StageTimes
 
 #: What a depth-side input message is.
 DEPTH, COLOUR_INFO, DEPTH_INFO = "depth", "colour_info", "depth_info"
@@ -266,7 +266,6 @@ class DepthLift:
         settings: the lift settings.
         tolerance_ns: the pairing tolerance (``depth.sync_tolerance``).
         report: where the counts go.
-        timings: the lift's times go to ``timings["lift"]``.
     """
 
     def __init__(
@@ -274,10 +273,9 @@ class DepthLift:
         settings: LiftSettings,
         tolerance_ns: int,
         report: DepthReport,
-        timings: dict[str, list[float]],
     ) -> None:
         self.spatial = Spatial(settings, tolerance_ns, CACHE_SIZE)
-        self.report, self.timings = report, timings
+        self.report = report
         self._counted = -1  # the last frame index counted in frames_3d / frames_2d
 
     def feed(self, inputs: list[DepthInput]) -> None:
@@ -297,12 +295,14 @@ class DepthLift:
                 which = "colour" if item.kind == COLOUR_INFO else "depth"
                 self.report.bad_info[f"{which} CameraInfo: {err}"] += 1
 
-    def lift(self, frame: DecodedFrame, records: list[InstanceRecord]) -> list[InstanceRecord]:
+    def lift(
+        self, frame: DecodedFrame, records: list[InstanceRecord], times: StageTimes
+    ) -> list[InstanceRecord]:
         """``records`` of ``frame`` with their 3D (unchanged when the frame has no depth);
-        the frame counted once, as lifted or 2D only with the reason."""
+        the frame counted once, as lifted or 2D only with the reason; the time as ``lift``."""
         start = time.perf_counter()
         outcome = self.spatial.lift(frame.key, frame.image.shape[:2], records)
-        self.timings["lift"].append(1e3 * (time.perf_counter() - start))
+        times.add("lift", 1e3 * (time.perf_counter() - start), frame.row)
         report = self.report
         if frame.index > self._counted:
             self._counted = frame.index

@@ -40,6 +40,7 @@ from .items import (
     END,
     CopiedMessage,
     DecodedFrame,
+    FrameDone,
     PromptAnswer,
     Queues,
     ReadFailed,
@@ -52,7 +53,7 @@ from .outputs import Progress
 from .prompts import SEGMENT, TRACK, UNTRACK, ScriptedPrompt
 from .reader import FrameReader
 from .schedule import PromptSchedule, SegEverySchedule
-from .summary import ReplaySummary
+from .summary import ReplaySummary, StageTimes
 from .writer import OutputWriter
 
 
@@ -68,6 +69,8 @@ class Inference:
         queues: the replay's queues.
         bag_start: the input bag's start time (ns); prompt times count from it.
         depth: lifts the results to 3D (with a depth topic), or None.
+        rows: pass each frame's row to the writer once the frame is complete
+            (:class:`~.items.FrameDone`).
     """
 
     def __init__(
@@ -79,10 +82,13 @@ class Inference:
         queues: Queues,
         bag_start: int,
         depth: DepthLift | None = None,
+        *,
+        rows: bool = False,
     ) -> None:
         self.predictor, self.segevery = predictor, segevery
         self.summary, self.queues = summary, queues
-        self.timings = summary.timings_ms
+        self.times = StageTimes(summary.timings_ms)
+        self.rows = rows
         self.segevery_due = SegEverySchedule(opts.segevery_rate_hz)
         self.prompts = PromptSchedule(opts.prompts, bag_start)
         self.tracking = Tracking(opts.tracking)
@@ -139,7 +145,7 @@ class Inference:
     def _frame(self, item: DecodedFrame) -> None:
         """Encode a frame, run SegEvery if due, follow the targets, answer the calls due; pass
         the results on."""
-        summary, timings = self.summary, self.timings
+        summary, times, row = self.summary, self.times, item.row
         summary.selected += 1
         # Time prompts due before this frame are answered from the previous frame, which is
         # then complete: its targets go out.
@@ -151,19 +157,20 @@ class Inference:
         item.depth_inputs = []  # fed: the writer does not need them
         item.index = summary.processed
         stamp = stamp_to_ns(item.msg.header.stamp)
+        row.index, row.stamp_ns, row.bag_time_ns = item.index, stamp, item.bag_time
         item.key = stamp if self.last is None else max(stamp, self.last.key + 1)
         start = time.perf_counter()
         self.predictor.set_image(item.image)
         encoded = time.perf_counter()
-        timings["decode_image"].append(item.decode_ms)
-        timings["encoder"].append(1e3 * (encoded - start))
+        times.add("decode_image", item.decode_ms, row)
+        times.add("encoder", 1e3 * (encoded - start), row)
         if self.segevery_due.due(item.bag_time):
             self._segevery(item, encoded)
         self._follow_targets(item)
         self.last = item
         for p in self.prompts.at_stamp(stamp):
             self._answer(p, item)
-        timings["inference"].append(1e3 * (time.perf_counter() - start))
+        times.add("inference", 1e3 * (time.perf_counter() - start), row)
         summary.processed += 1
 
     def _segevery(self, item: DecodedFrame, encoded: float) -> None:
@@ -173,8 +180,12 @@ class Inference:
         records = self.tracking.on_segevery(
             result.instances, item.key, result.image_hw, item.image
         )
-        self.timings["track_ids"].append(1e3 * (time.perf_counter() - start))
+        self.times.add("track_ids", 1e3 * (time.perf_counter() - start), item.row)
         records = self._lift(item, records)
+        row = item.row
+        row.segevery, row.instances = True, len(result.instances)
+        row.tracks = sum(r.track_state == TRACK_TRACKED for r in records)
+        row.positions_3d += _valid_3d(records)
         summary = self.summary
         # IDs are given 1, 2, 3, ... and never reused: the highest is the count.
         summary.segevery_tracks = max([summary.segevery_tracks, *(r.track_id for r in records)])
@@ -194,15 +205,22 @@ class Inference:
         self._pending, self._decoded, self._step_ms = item, 0, 0.0
         if results is None:
             return
-        self.timings["targets"].append(ms)
+        self.times.add("targets", ms, item.row)
         self._decoded = decoded_count(due, results)
         self._step_ms = ms
 
     def _flush_tracks(self) -> None:
-        """The last frame's targets to the writer, once every call on it is answered."""
+        """The last frame's targets to the writer, once every call on it is answered; then,
+        with ``rows``, its row."""
         frame, self._pending = self._pending, None
         if frame is None:
             return
+        self._pass_tracks(frame)
+        if self.rows:
+            self.queues.put(self.queues.results, FrameDone(frame.row))
+
+    def _pass_tracks(self, frame: DecodedFrame) -> None:
+        """``frame``'s targets (if any) to the writer, counted."""
         results = self.tracking.targets.results()
         if not results:
             self._states = {}
@@ -215,21 +233,23 @@ class Inference:
         self._states = {r.target_id: r.state for r in results}
         summary.tracks_frames += 1
         records = self._lift(frame, target_records(results, frame.image.shape[:2]))
+        frame.row.targets = sum(r.state == TRACK_TRACKED for r in results)
+        frame.row.positions_3d += _valid_3d(records)
         item = TracksOutput(frame, results, records, self._decoded, self._step_ms)
         self.queues.put(self.queues.results, item)
 
     def _segevery_result(self, item: DecodedFrame, encoded: float) -> SegEveryResult:
         """SegEvery on the encoded frame, its stages timed (``encoded``: the encoder's end)."""
-        timings = self.timings
+        times, row = self.times, item.row
         result = self.segevery(self.predictor, item.image)
         seg_ms = result.timings_ms
         detector_ms = seg_ms.get("detector", 0.0)
         decoder_ms = seg_ms.get("decoder", 0.0)
         if "detector" in seg_ms:
-            timings["detector"].append(detector_ms)
-        timings["decoder"].append(decoder_ms)
+            times.add("detector", detector_ms, row)
+        times.add("decoder", decoder_ms, row)
         seg_total = 1e3 * (time.perf_counter() - encoded)
-        timings["postprocess"].append(seg_total - detector_ms - decoder_ms)
+        times.add("postprocess", seg_total - detector_ms - decoder_ms, row)
         return result
 
     def _answer(self, prompt: ScriptedPrompt, frame: DecodedFrame | None) -> None:
@@ -251,19 +271,21 @@ class Inference:
             summary.prompt_errors.append(f"{prompt.name}: {err}")
             return
         summary.prompts_answered += 1
+        frame.row.prompts += 1
 
     def _segment(self, prompt: ScriptedPrompt, frame: DecodedFrame) -> None:
         """A SegAny call: its masks to ``<ns>/segment``."""
         start = time.perf_counter()
         records, sets = _segany(self.predictor, prompt)
         records = self._lift(frame, records)
+        frame.row.positions_3d += _valid_3d(records)
         ms = 1e3 * (time.perf_counter() - start)
-        self.timings["segany"].append(ms)
+        self.times.add("segany", ms, frame.row)
         self.queues.put(self.queues.results, PromptAnswer(frame, prompt, records, sets, ms))
 
     def _lift(self, frame: DecodedFrame, records: list[InstanceRecord]) -> list[InstanceRecord]:
         """``records`` of ``frame`` with 3D when depth is on; as they are otherwise."""
-        return records if self.depth is None else self.depth.lift(frame, records)
+        return records if self.depth is None else self.depth.lift(frame, records, self.times)
 
     def _track(self, prompt: ScriptedPrompt, frame: DecodedFrame) -> None:
         """``Track.srv``'s ADD (new targets, or ``ids`` prompted again), REMOVE or CLEAR on
@@ -314,3 +336,8 @@ def _segany(predictor: Predictor, prompt: ScriptedPrompt) -> tuple[list[Instance
         sets += 1
         records.extend(answer_records(answer, first_id=len(records)))
     return records, sets
+
+
+def _valid_3d(records: list[InstanceRecord]) -> int:
+    """How many of ``records`` have a valid 3D position."""
+    return sum(r.position_3d is not None and r.position_3d.valid for r in records)

@@ -2,8 +2,8 @@
 
 The reader puts :class:`DecodedFrame`, :class:`CopiedMessage`, :class:`SkippedFrame` and
 :class:`ReadFailed` items, then :data:`END`, into ``frames``; the caller's thread puts
-:class:`CopiedMessage`, :class:`SegEveryOutput`, :class:`PromptAnswer` and
-:class:`TracksOutput` items, then :data:`END`, into ``results``, which the writer drains. Both
+:class:`CopiedMessage`, :class:`SegEveryOutput`, :class:`PromptAnswer`, :class:`TracksOutput`
+and :class:`FrameDone` items, then :data:`END`, into ``results``, which the writer drains. Both
 queues are bounded and FIFO: a full queue makes its producer wait, so nothing is dropped and
 the order is the bag's.
 """
@@ -21,6 +21,7 @@ from ..pipeline.render import InstanceRecord
 from ..segevery.base import SegEveryResult
 from ..tracking.targets import TargetResult
 from .prompts import ScriptedPrompt
+from .summary import FrameRow
 
 #: The last item a queue carries: its producer is done.
 END = object()
@@ -40,6 +41,7 @@ class DecodedFrame:
             stamp (ns), or one more than the previous frame's when the stamps do not increase.
         depth_inputs: the depth images and CameraInfos (:class:`~.depth.DepthInput`) to give
             the caller's depth pairing before this frame is lifted (:mod:`.depth`).
+        row: its counts and stage times, filled by the caller and the writer.
     """
 
     index: int
@@ -49,6 +51,7 @@ class DecodedFrame:
     decode_ms: float
     key: int = -1
     depth_inputs: list[Any] = field(default_factory=list)
+    row: FrameRow = field(default_factory=FrameRow)
 
 
 @dataclass
@@ -109,6 +112,14 @@ class TracksOutput:
     records: list[InstanceRecord]
     decoded: int
     ms: float
+
+
+@dataclass
+class FrameDone:
+    """Every result of a frame is queued before this (caller -> writer, only when the replay
+    was given ``on_row``): the writer hands the row on once it has written them."""
+
+    row: FrameRow
 
 
 @dataclass

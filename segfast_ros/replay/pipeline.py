@@ -61,7 +61,7 @@ from .options import ReplayOptions
 from .outputs import Progress
 from .reader import FrameReader
 from .schedule import FrameSelector
-from .summary import STAGES, DepthReport, ReplaySummary
+from .summary import STAGES, DepthReport, FrameRow, ReplaySummary
 from .writer import OutputWriter
 
 __all__ = ["STAGES", "ReplayOptions", "ReplaySummary", "replay"]
@@ -75,6 +75,7 @@ def replay(
     options: ReplayOptions | None = None,
     *,
     on_frame: Callable[[ReplaySummary], None] | None = None,
+    on_row: Callable[[FrameRow], None] | None = None,
 ) -> ReplaySummary:
     """Replay ``input_bag`` through ``predictor`` and ``segevery`` into ``output_bag``.
 
@@ -104,6 +105,9 @@ def replay(
         segevery: the SegEvery strategy.
         options: see :class:`ReplayOptions`.
         on_frame: called on the caller's thread after each processed frame (tests, UIs).
+        on_row: called on the writer thread with each processed frame's
+            :class:`~.summary.FrameRow` (its counts and stage times), in order, once all of
+            the frame's results are written (the fleet table).
 
     Returns:
         The summary. A corrupt input part-way or Ctrl-C ends the replay early with
@@ -136,7 +140,7 @@ def replay(
         if opts.overlay_video and (opts.overlay_video.parent == output_bag):
             raise ValueError("write the overlay video outside the output bag folder")
         bags.prepare_output(output_bag, overwrite=opts.overwrite)
-        _run(reader, store, predictor, segevery, opts, summary, on_frame)
+        _run(reader, store, predictor, segevery, opts, summary, (on_frame, on_row))
         if isinstance(reader, SalvageReader) and summary.error is None:
             summary.error = reader.describe()
     finally:
@@ -204,13 +208,14 @@ def _run(
     segevery: SegEvery,
     opts: ReplayOptions,
     summary: ReplaySummary,
-    on_frame: Callable[[ReplaySummary], None] | None,
+    callbacks: tuple[Callable[[ReplaySummary], None] | None, Callable[[FrameRow], None] | None],
 ) -> None:
     """Start the writer (it opens the output), then the reader; run the models on this thread.
 
     However the run ends (the input done or corrupt, a write error, Ctrl-C), the reader is
     stopped and the writer drains what was queued and closes the output, with Ctrl-C deferred.
     """
+    on_frame, on_row = callbacks
     topic = summary.topic
     image_conns = [c for c in reader.connections if c.topic == topic]
     summary.topic_messages = sum(c.msgcount for c in image_conns)
@@ -227,7 +232,7 @@ def _run(
     if summary.depth is not None:
         infos = frozenset(kinds.values()) & {COLOUR_INFO, DEPTH_INFO}
         pairing = DepthPairing(tolerance_ns, infos)
-        lift = DepthLift(opts.depth, tolerance_ns, summary.depth, summary.timings_ms)
+        lift = DepthLift(opts.depth, tolerance_ns, summary.depth)
     frames = FrameReader(
         reader,
         store,
@@ -249,8 +254,12 @@ def _run(
         fps=selector.fps(expected, reader.duration),
         copied=conns if opts.copy_input else [],
         queues=queues,
+        on_row=on_row,
     )
-    inference = Inference(predictor, segevery, opts, summary, queues, reader.start_time, lift)
+    rows = on_row is not None
+    inference = Inference(
+        predictor, segevery, opts, summary, queues, reader.start_time, lift, rows=rows
+    )
     progress = Progress(expected, enabled=opts.progress)
     writer.start()
     started = time.perf_counter()

@@ -32,6 +32,53 @@ STAGES: tuple[str, ...] = (
 
 
 @dataclass
+class FrameRow:
+    """One processed frame: what it held and what each stage cost on it (a row of the fleet
+    table, :mod:`segfast_ros.fleet.table`; given to ``replay``'s ``on_row``).
+
+    Attributes:
+        index: position among the processed frames.
+        stamp_ns: the image's header stamp.
+        bag_time_ns: the image message's bag time.
+        segevery: SegEvery ran on the frame.
+        instances: SegEvery's instances on it (0 without SegEvery).
+        tracks: of those, the ones with a track ID (``TRACK_TRACKED``).
+        targets: prompted targets found on it (``TRACK_TRACKED``; lost ones not counted).
+        positions_3d: instances and targets written with a valid 3D position.
+        prompts: scripted calls answered from its embedding.
+        stages_ms: each stage's time on the frame (summed when a stage ran more than once, as
+            ``segany`` for several calls); a stage that did not run is absent.
+    """
+
+    index: int = -1
+    stamp_ns: int = 0
+    bag_time_ns: int = 0
+    segevery: bool = False
+    instances: int = 0
+    tracks: int = 0
+    targets: int = 0
+    positions_3d: int = 0
+    prompts: int = 0
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+
+class StageTimes:
+    """Where the replay's threads record a stage's time: the summary's list for the stage, and
+    the frame's row.
+
+    Args:
+        timings_ms: the summary's ``timings_ms`` (a list per stage is added when missing).
+    """
+
+    def __init__(self, timings_ms: dict[str, list[float]]) -> None:
+        self.timings_ms = timings_ms
+
+    def add(self, stage: str, ms: float, row: FrameRow) -> None:
+        self.timings_ms.setdefault(stage, []).append(ms)
+        row.stages_ms[stage] = row.stages_ms.get(stage, 0.0) + ms
+
+
+@dataclass
 class DepthReport:
     """What the replay did with depth (``--depth-topic``).
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from .items import (
     END,
     CopiedMessage,
     DecodedFrame,
+    FrameDone,
     PromptAnswer,
     Queues,
     SegEveryOutput,
@@ -38,7 +39,7 @@ from .messages import Messages
 from .options import ReplayOptions
 from .outputs import CocoResults, ContactSheet, OverlayVideo
 from .prompts import TRACK
-from .summary import ReplaySummary
+from .summary import FrameRow, ReplaySummary, StageTimes
 
 
 class OutputWriter:
@@ -66,6 +67,8 @@ class OutputWriter:
         fps: the overlay video's frame rate.
         copied: the input connections whose messages are copied (``copy_input``).
         queues: the replay's queues.
+        on_row: given each frame's row when its :class:`~.items.FrameDone` comes, after the
+            frame's results are written (their render and write times added to it).
     """
 
     def __init__(
@@ -79,8 +82,11 @@ class OutputWriter:
         fps: float,
         copied: Sequence[Any],
         queues: Queues,
+        on_row: Callable[[FrameRow], None] | None = None,
     ) -> None:
         self.path, self.store, self.opts, self.summary = path, store, opts, summary
+        self.times, self.on_row = StageTimes(summary.timings_ms), on_row
+        self._row = FrameRow()  # the row of the frame whose results are being written
         self.expected, self.fps, self.copied, self.queues = expected, fps, copied, queues
         self.topic = summary.topic
         self.error: str | None = None
@@ -156,7 +162,7 @@ class OutputWriter:
         name, msgtype = self.topics[key]
         start = time.perf_counter()
         self.writer.write(self.conns[key], bag_time, self.store.serialize_cdr(msg, msgtype))
-        self.summary.timings_ms["write"].append(1e3 * (time.perf_counter() - start))
+        self.times.add("write", 1e3 * (time.perf_counter() - start), self._row)
         self.summary.written[name] += 1
 
     def _detections(self, key: str, header: Any, records: list, bag_time: int) -> None:
@@ -177,7 +183,13 @@ class OutputWriter:
         if isinstance(item, CopiedMessage):
             self.writer.write(self.copies[item.conn.id], item.bag_time, item.raw)
             self.summary.copied += 1
-        elif isinstance(item, PromptAnswer):
+            return
+        if isinstance(item, FrameDone):
+            if self.on_row is not None:
+                self.on_row(item.row)
+            return
+        self._row = item.frame.row
+        if isinstance(item, PromptAnswer):
             msg = self.messages.instance_array(
                 item.frame.msg.header, "segany", item.records, item.sets, item.ms
             )
@@ -205,7 +217,7 @@ class OutputWriter:
         hw = frame.image.shape[:2]
         start = time.perf_counter()
         labels = targets_label_image(item.results, hw)
-        self.summary.timings_ms["render"].append(1e3 * (time.perf_counter() - start))
+        self.times.add("render", 1e3 * (time.perf_counter() - start), frame.row)
         arr = self.messages.instance_array(header, "targets", records, item.decoded, item.ms)
         self._write("tracks", arr, frame.bag_time)
         self._write("tracks_label", self._image(header, labels, "mono16"), frame.bag_time)
@@ -225,7 +237,7 @@ class OutputWriter:
             or (self.sheet is not None and self.sheet.wants(frame.index))
         )
         drawn = overlay(frame.image, labels) if need_overlay else None
-        self.summary.timings_ms["render"].append(1e3 * (time.perf_counter() - start))
+        self.times.add("render", 1e3 * (time.perf_counter() - start), frame.row)
         seg_ms = result.timings_ms.get("total", 0.0)
         arr = self.messages.instance_array(
             header, result.strategy, item.records, result.decoder_prompts, seg_ms
