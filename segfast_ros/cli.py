@@ -23,7 +23,9 @@ import numpy as np
 
 from .bench import commands as bench_commands
 from .demo import depth_eval, tracking_eval
+from .demo.replay_args import add_replay_options
 from .demo.run import demo_command, replay_command
+from .fleet.command import add_replay_many_parser
 from .model_args import (
     MODEL_HELP,
     MODES,
@@ -188,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quant_report_parser(sub)
     bench_commands.add_parsers(sub)
     _add_replay_parser(sub)
+    add_replay_many_parser(sub)
     bench_commands.add_replay_parser(sub)
     _add_demo_parser(sub)
     _add_eval_tracking_parser(sub)
@@ -257,85 +260,13 @@ def _add_replay_parser(sub: Any) -> None:
     )
     p.add_argument("input", help="input rosbag2 folder (mcap or sqlite3)")
     p.add_argument("output", help="output rosbag2 folder (must not exist, see --overwrite)")
-    add_backend_args(p, backend=False)
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    p.add_argument(
-        "--topic", help="image topic (sensor_msgs/Image or CompressedImage; default: the only one)"
-    )
-    pick = p.add_mutually_exclusive_group()
-    pick.add_argument("--every", type=int, default=1, help="process every N-th frame (default 1)")
-    pick.add_argument(
-        "--rate", type=float, help="process at most HZ frames per second of bag time"
-    )
-    _add_replay_segevery_args(p)
-    _add_replay_depth_args(p)
-    p.add_argument(
-        "--prompts",
-        help="YAML file of scripted calls: SegAny points/boxes, and targets to track (track: "
-        "true) or drop (untrack: [ids]), at bag times or stamps",
-    )
-    p.add_argument("--copy-input", action="store_true", help="copy all input topics through")
-    p.add_argument("--overlay-topic", action="store_true", help="also write <ns>/overlay images")
-    p.add_argument("--namespace", default="/segfast", help="output topic prefix (the node's)")
-    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    add_replay_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
     p.add_argument("--coco", help="write COCO results JSON (RLE masks) here")
     p.add_argument("--overlay-video", help="write an mp4 of the overlays here")
     p.add_argument("--contact-sheet", help="write a PNG contact sheet of overlays here")
     p.add_argument("--json", help="write the summary (counts, per-stage timings) as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.set_defaults(func=replay_command, backend="onnxruntime")
-
-
-def _add_replay_depth_args(p: argparse.ArgumentParser) -> None:
-    """``segfast replay``'s 3D flags: ``--depth-topic``, ``--camera-info-topic``,
-    ``--depth-info-topic`` (settings: ``--set depth.<field>``)."""
-    p.add_argument(
-        "--depth-topic",
-        help="depth image aligned to the colour image (sensor_msgs/Image, 16UC1 mm or 32FC1 "
-        "m): every instance gets its 3D position, and <ns>/detections_3d is written (with "
-        "vision_msgs); paired by header stamp within --set depth.sync_tolerance=S (0.03)",
-    )
-    p.add_argument(
-        "--camera-info-topic",
-        help="the colour image's sensor_msgs/CameraInfo (default: the image topic's sibling "
-        "camera_info, when the bag has it)",
-    )
-    p.add_argument(
-        "--depth-info-topic",
-        help="the depth image's CameraInfo, to scale depth of another resolution (default: the "
-        "depth topic's sibling camera_info, when the bag has it)",
-    )
-
-
-def _add_replay_segevery_args(p: argparse.ArgumentParser) -> None:
-    """``segfast replay``'s SegEvery flags: ``--mode``, ``--detector``, ``--segevery-rate``,
-    ``--set``."""
-    p.add_argument(
-        "--mode",
-        choices=MODES,
-        default="grid",
-        help="SegEvery strategy (object_aware needs --detector, except with the demo model)",
-    )
-    p.add_argument(
-        "--detector",
-        help="object-discovery detector ONNX (YOLOv8 output layout; default with the demo "
-        "model: its own)",
-    )
-    p.add_argument(
-        "--segevery-rate",
-        type=float,
-        help="SegEvery on at most HZ processed frames per second of bag time (default: every "
-        "processed frame; 0: never, only the encoder and --prompts)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="SegEvery strategy option, e.g. points_per_side=16, a tracking setting, e.g. "
-        "tracking.max_targets=4, or a depth setting, e.g. depth.erode_px=2 (as the node's "
-        "tracking.* and depth.* parameters; repeatable)",
-    )
 
 
 def _add_demo_parser(sub: Any) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,8 @@ from .model_choice import demo_model, replay_model, segevery_for
 if TYPE_CHECKING:
     from ..replay import ReplayOptions
     from ..runtime.backend import Backend
+    from ..runtime.predictor import Predictor
+    from ..segevery.base import SegEvery
 
 
 def demo_command(args: argparse.Namespace) -> int:
@@ -80,15 +83,27 @@ def demo_command(args: argparse.Namespace) -> int:
     return 0 if summary.complete else 3
 
 
-def replay_command(args: argparse.Namespace) -> int:
-    """``segfast replay``: exit 0 when complete, 3 on a corrupt input part-way, 130 on Ctrl-C.
+@dataclass
+class PreparedReplay:
+    """What :func:`~segfast_ros.replay.replay` runs a bag with, as ``segfast replay``'s flags
+    ask: the model (loaded), the SegEvery strategy and the options."""
+
+    predictor: Predictor
+    segevery: SegEvery
+    options: ReplayOptions
+
+
+def prepare_replay(args: argparse.Namespace) -> PreparedReplay:
+    """The model, strategy and options of ``segfast replay``'s flags (also each
+    ``segfast replay-many`` worker's, so that both write the same output for a bag).
 
     Without a model option the shipped demo model runs (as the node's ``model_dir:=demo``),
-    with its SegEvery settings and detector; the summary says so.
-    """
-    import json
+    with its SegEvery settings and detector; the summary's model line says so.
 
-    from ..replay import replay
+    Raises:
+        ValueError: invalid options (the message names the flag).
+        FileNotFoundError: a missing model, detector or prompts file.
+    """
     from ..replay.options import split_depth, split_tracking
     from ..runtime.predictor import Predictor
 
@@ -118,7 +133,17 @@ def replay_command(args: argparse.Namespace) -> int:
             if (v := getattr(args, k))
         ]
         options.model = f"{graph_files(backend)} ({', '.join(given)})"
-    summary = replay(args.input, args.output, Predictor(backend), segevery, options)
+    return PreparedReplay(Predictor(backend), segevery, options)
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    """``segfast replay``: exit 0 when complete, 3 on a corrupt input part-way, 130 on Ctrl-C."""
+    import json
+
+    from ..replay import replay
+
+    run = prepare_replay(args)
+    summary = replay(args.input, args.output, run.predictor, run.segevery, run.options)
     print(summary.format())
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
