@@ -27,6 +27,9 @@ setup(
         "export": ["torch>=2.1", "onnx>=1.15", "onnxscript"],
         # Offline rosbag replay (`segfast replay`): reads and writes rosbag2 without ROS.
         "replay": ["rosbags>=0.10"],
+        # A whole archive of bags on Ray (`segfast replay-many`), into a Parquet table. Without
+        # it, `--address local` runs in one process and the table is CSV.
+        "fleet": ["rosbags>=0.10", "ray>=2.9", "pyarrow>=12"],
     },
     # The replay registers our message types from these files (segfast_ros.replay.bags).
     data_files=[("share/segfast_ros/msg", sorted(glob("msg/*.msg")))],
