@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -104,13 +104,11 @@ def prepare_replay(args: argparse.Namespace) -> PreparedReplay:
         ValueError: invalid options (the message names the flag).
         FileNotFoundError: a missing model, detector or prompts file.
     """
-    from ..replay.options import split_depth, split_tracking
     from ..runtime.predictor import Predictor
 
     choice = replay_model(args)
     detector = args.detector or (choice.detector if choice else None)
-    tracking, overrides = split_tracking(strategy_options(args.set))
-    depth, tolerance, overrides = split_depth(overrides)
+    options, overrides = replay_flags(args)
     segevery, settings, source = segevery_for(
         choice,
         args.mode,
@@ -118,10 +116,7 @@ def prepare_replay(args: argparse.Namespace) -> PreparedReplay:
         overrides=overrides,
         detector_source="--detector" if args.detector else "the demo model's",
     )
-    options = _replay_options(args, settings, source)
-    options.tracking = tracking
-    options.depth, options.sync_tolerance_s = depth, tolerance
-    options.check()
+    options.segevery_settings, options.segevery_settings_source = settings, source
     if choice is not None:
         backend = make_backend(args, args.precision, model_dir=choice.onnx_dir)
         options.model = f"{graph_files(backend)}: {choice.label}"
@@ -155,11 +150,29 @@ def replay_command(args: argparse.Namespace) -> int:
     return 3 if summary.error else 0
 
 
-def _replay_options(
-    args: argparse.Namespace, settings: dict[str, Any], source: str
-) -> ReplayOptions:
-    """``segfast replay``'s flags as :class:`~segfast_ros.replay.ReplayOptions` (the model
-    label is added once the backend is loaded)."""
+def replay_flags(args: argparse.Namespace) -> tuple[ReplayOptions, list[tuple[str, object]]]:
+    """``segfast replay``'s flags as checked :class:`~segfast_ros.replay.ReplayOptions`, and
+    the ``--set`` pairs left for the SegEvery strategy; no model is loaded (``replay-many``
+    checks its flags with it before it writes anything). The model label and the SegEvery
+    settings are added by :func:`prepare_replay`.
+
+    Raises:
+        ValueError: an invalid flag or setting (named); PromptFileError for the prompts file.
+        FileNotFoundError: the prompts file is missing.
+    """
+    from ..replay.options import split_depth, split_tracking
+
+    tracking, overrides = split_tracking(strategy_options(args.set))
+    depth, tolerance, overrides = split_depth(overrides)
+    options = _replay_options(args)
+    options.tracking = tracking
+    options.depth, options.sync_tolerance_s = depth, tolerance
+    options.check()
+    return options, overrides
+
+
+def _replay_options(args: argparse.Namespace) -> ReplayOptions:
+    """``segfast replay``'s flags as :class:`~segfast_ros.replay.ReplayOptions`."""
     from ..replay import ReplayOptions, load_prompts
 
     return ReplayOptions(
@@ -180,8 +193,6 @@ def _replay_options(
         camera_info_topic=args.camera_info_topic,
         depth_info_topic=args.depth_info_topic,
         progress=not args.no_progress and sys.stderr.isatty(),
-        segevery_settings=settings,
-        segevery_settings_source=source,
     )
 
 
