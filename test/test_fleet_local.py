@@ -135,3 +135,14 @@ def test_errors_name_what_is_wrong(
     assert main([*argv[: -len(FLAGS)], "--address", "local", "--every", "0", *FLAGS]) == 2
     assert "--every must be >= 1" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o2" / "manifest.json")
+
+
+def test_one_progress_bar_over_all_bags(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    small_archive(tmp_path / "in", {"a": 4, "b": 3, "c": 3})
+    settings = FleetSettings(tmp_path / "out", address="local", progress=True)
+    run_fleet(fleet_args(), [tmp_path / "in"], settings)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("\n")  # one line, redrawn in place
+    draws = err.strip().split("\r")
+    assert "10/10 frames 100%" in draws[-1] and "3/3 bags" in draws[-1]
+    assert all("/10 frames" in d for d in draws if d)  # the total is every bag's frames
