@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import socket
@@ -40,6 +41,8 @@ OUTPUT_PLACES: dict[str, tuple[str, str]] = {
     "frames": ("frames", ""),  # the suffix is the table format's
 }
 DONE, FAILED, INTERRUPTED = "done", "failed", "interrupted"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -154,9 +157,11 @@ class BagWorker:
                 on_frame=lambda summary: self._count(summary, rows),
                 on_row=rows.add,
             )
-        except (BagError, OSError, ValueError) as err:
+        except Exception as err:  # one bad bag (or a bug it meets) must not stop the fleet
+            if not isinstance(err, (BagError, OSError, ValueError)):
+                log.exception("replaying %s failed", task.bag.path)
             summary = ReplaySummary(input=task.bag.path, output=out / "bags" / name)
-            summary.error = str(err)
+            summary.error = str(err) if isinstance(err, BagError) else _describe(err)
             summary.wall_s = time.perf_counter() - started
         finally:
             with self._lock:
@@ -245,7 +250,10 @@ def _move_into_place(
         os.replace(source, target)
         final[kind] = target
     summary.output = out / "bags" / name
-    summary.files = {what: _final(path, final) for what, path in summary.files.items()}
+    moved = {"coco": "coco", "output bag": "bag"}  # the replay's names for its files
+    summary.files = {
+        what: str(final.get(moved.get(what, ""), path)) for what, path in summary.files.items()
+    }
     doc: dict[str, Any] = summary.to_json()
     target = out / "summaries" / f"{name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -254,11 +262,8 @@ def _move_into_place(
     return final
 
 
-def _final(path: str, final: dict[str, Path]) -> str:
-    """A side file's path as the replay reported it, moved: its final path."""
-    names = {"coco.json": "coco"}
-    kind = names.get(Path(path).name, "bag")
-    return str(final.get(kind, path))
+def _describe(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}"
 
 
 def _remove(path: Path) -> None:
