@@ -135,3 +135,19 @@ def test_resume_after_an_interrupted_run_redoes_only_the_unfinished_bags(
         same_outputs(out, name, plain)
     bags = {r["bag"].rsplit("/", 1)[1] for r in read_table(out / "fleet.parquet")}
     assert bags == NAMES
+
+
+def test_workers_are_what_the_cluster_holds(local_ray) -> None:
+    from segfast_ros.fleet.pool import RayPool
+
+    def pool(**kw):
+        base = {"address": None, "workers": None, "cpus_per_worker": 1.0}
+        return RayPool(fleet_args(), **{**base, "gpus_per_worker": 0.0, "max_retries": 1, **kw})
+
+    assert pool().workers == 2  # two CPUs
+    many = pool(workers=5)
+    assert many.workers == 2 and "--workers 5 asked, 2 fit" in many.label
+    with pytest.raises(FleetError, match="no worker fits the Ray cluster .*0 GPUs"):
+        pool(gpus_per_worker=1.0)
+    with pytest.raises(FleetError, match="no worker fits"):
+        pool(cpus_per_worker=3.0)

@@ -103,12 +103,14 @@ class RayPool:
             already initialised in this process (a test's ``ray.init``), that instance is used
             and left running.
         workers: actors to start; None, as many as the cluster's CPUs (and GPUs, with
-            ``gpus_per_worker``) allow.
+            ``gpus_per_worker``) allow now, which is also the most started (more would wait
+            for resources that are not there; the label says so).
         cpus_per_worker, gpus_per_worker: what each actor reserves.
         max_retries: restarts of a dead actor, and retries of the bag it was replaying.
 
     Raises:
-        FleetError: Ray is not installed, or cannot be started or reached.
+        FleetError: Ray is not installed, cannot be started or reached, or no worker fits
+            the cluster.
     """
 
     def __init__(
@@ -132,11 +134,21 @@ class RayPool:
                 where = address or "a new local instance"
                 raise FleetError(f"cannot start or reach Ray ({where}): {err}") from None
         resources = self.ray.cluster_resources()
-        self.workers = workers or _fitting(resources, cpus_per_worker, gpus_per_worker)
+        cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+        fit = _fitting(resources, cpus_per_worker, gpus_per_worker)
+        if fit < 1:  # an actor that fits nowhere would wait for ever
+            raise FleetError(
+                f"no worker fits the Ray cluster ({cpus:g} CPUs, {gpus:g} GPUs): each asks for "
+                f"--cpus-per-worker {cpus_per_worker:g} and --gpus-per-worker "
+                f"{gpus_per_worker:g}"
+            )
+        self.workers = min(workers or fit, fit)
+        capped = f"; --workers {workers} asked, {fit} fit" if workers and workers > fit else ""
         self.label = (
-            f"Ray ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; "
-            f"{self.workers} workers x {cpus_per_worker:g} CPU"
-            + (f" + {gpus_per_worker:g} GPU)" if gpus_per_worker else ")")
+            f"Ray ({cpus:g} CPUs, {gpus:g} GPUs; {self.workers} workers x "
+            f"{cpus_per_worker:g} CPU"
+            + (f" + {gpus_per_worker:g} GPU" if gpus_per_worker else "")
+            + f"{capped})"
         )
         self._actor_class = self.ray.remote(BagWorker).options(
             num_cpus=cpus_per_worker,
@@ -253,11 +265,11 @@ def import_ray() -> Any:
 
 
 def _fitting(resources: dict[str, float], cpus: float, gpus: float) -> int:
-    """How many workers of ``cpus`` (and ``gpus``) the cluster holds (at least 1)."""
-    n = math.floor(resources.get("CPU", 1) / cpus) if cpus > 0 else 1
+    """How many workers of ``cpus`` (and ``gpus``) the cluster holds now (0: none)."""
+    n = math.floor(resources.get("CPU", 0.0) / cpus + 1e-9)
     if gpus > 0:
-        n = min(n, math.floor(resources.get("GPU", 0) / gpus))
-    return max(1, n)
+        n = min(n, math.floor(resources.get("GPU", 0.0) / gpus + 1e-9))
+    return n
 
 
 def _short(err: BaseException) -> str:
