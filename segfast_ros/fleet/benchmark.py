@@ -21,10 +21,9 @@ Ray's own cost, per Ray run, from ``DIR/summary.json`` and ``DIR/manifest.json``
 * ``startup_s``: Ray started and the workers' models loaded (summary ``startup_s``);
 * ``sched_per_bag_s`` = (summary ``wall_s`` - ``startup_s`` - sum of the bags' ``wall_s``
   (each replay's own time, manifest) / workers) / bags: the time the workers were not replaying,
-  spread over the bags: handing bags out and results back, the progress polls, the last bags'
-  uneven end, and the fixed costs at the end of ``wall_s`` (Ray shut down, the fleet table
-  written), so it shrinks as bags get longer or more. Noise can make it slightly negative; it
-  is reported as it is, not clamped;
+  spread over the bags: handing bags out and results back, the manifest written, the progress
+  polls, and (with more than one worker) the last bags' uneven end. Noise can make it slightly
+  negative; it is reported as it is, not clamped;
 * ``process_per_bag_s`` = (median wall of ``ray-1x2`` - median wall of ``local``) / bags: all
   that Ray adds to the same one-worker run, seen from outside (its start included).
 """
@@ -342,8 +341,8 @@ OVERHEAD_HOW = {
     "startup_s": "summary.json startup_s: Ray started and the workers' models loaded (local: "
     "the model loaded in the process)",
     "sched_per_bag_s": "(summary wall_s - startup_s - sum of the manifest's bag wall_s / "
-    "workers) / bags, median over the rounds; wall_s includes Ray's shutdown and the table "
-    "written at the end; not clamped (noise can make it negative)",
+    "workers) / bags, median over the rounds; wall_s ends at the last bag's result (Ray's "
+    "shutdown and the table come after); not clamped (noise can make it negative)",
     "process_per_bag_s": "(median wall of ray-1x2 - median wall of local) / bags: whole "
     "processes, Ray's start included",
 }

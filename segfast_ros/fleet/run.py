@@ -160,9 +160,11 @@ def run_fleet(
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
+            summary.wall_s = time.perf_counter() - started  # Ray's shutdown not counted
             pool.close()
             summary.startup_s = pool.startup_s
-    summary.wall_s = time.perf_counter() - started
+    else:
+        summary.wall_s = time.perf_counter() - started
     summary.not_run = [t.bag.name for t in tasks if not summary.reported(t.bag.name)]
     progress.close(summary.frames, summary.progress_text())
     _write_table(manifest, out, fmt, summary)

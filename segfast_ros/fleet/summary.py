@@ -43,7 +43,8 @@ class FleetSummary:
         not_run: bags not finished when the run was interrupted.
         retried: bags started more than once (a worker died on them), with the attempts.
         frames, instances: processed in this run.
-        wall_s: the run's time, from the workers' start to the last bag.
+        wall_s: the run's time, from the workers' start (Ray's too, when the run starts it)
+            to the last bag's result; stopping Ray and writing the table come after.
         startup_s: Ray's start (when the run starts it) and the workers' (their models
             loaded); part of ``wall_s``.
         workers: each worker's share.
