@@ -315,7 +315,7 @@ def bench_fleet_command(args: argparse.Namespace) -> int:
         print(f"{len(bags)} bags of {lengths} frames, {args.size[1]}x{args.size[0]}")
         flags = ["--mode", args.mode, "--precision", args.precision, "--no-progress"]
         # Pinned, the runs without Ray are told their cores (ONNX Runtime's default is the
-        # machine's); a Ray worker's threads follow its CPUs.
+        # machine's); a Ray worker's follow its CPUs (fleet.run: one thread fewer).
         pinned = context["cores"]["pinned_to"]
         own = ["--threads", str(CORES)] if pinned else []
         each = {c: flags + ([] if CONFIGS[c] else own) for c in configs}

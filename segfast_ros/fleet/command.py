@@ -47,7 +47,8 @@ def add_replay_many_parser(sub: Any) -> None:
         "--cpus-per-worker",
         type=float,
         default=1.0,
-        help="CPUs each worker reserves; its ONNX Runtime threads follow (default 1)",
+        help="CPUs each worker reserves (default 1); it runs ONNX Runtime on one thread fewer "
+        "(at least 1), the replay's reader and writer take the rest; --threads overrides",
     )
     p.add_argument(
         "--gpus-per-worker",

@@ -63,8 +63,9 @@ class FleetSettings:
         address: ``local`` (this process, no Ray), None (a new local Ray instance, or the
             cluster ``RAY_ADDRESS`` names), ``auto`` or ``ray://host:port``.
         workers: Ray workers (None: as many as fit).
-        cpus_per_worker, gpus_per_worker: what each Ray worker reserves; a worker's ONNX
-            Runtime threads follow its CPUs unless ``--threads`` is given.
+        cpus_per_worker, gpus_per_worker: what each Ray worker reserves; a worker runs ONNX
+            Runtime on one thread fewer than its CPUs (at least one) unless ``--threads`` is
+            given.
         resume: skip the bags the manifest lists as complete.
         table: ``auto``, ``parquet`` or ``csv``.
         max_retries: Ray's restarts of a dead worker and retries of its bag.
@@ -271,11 +272,14 @@ def _pool(args: argparse.Namespace, settings: FleetSettings) -> Pool:
 
 
 def _threads_follow_cpus(args: argparse.Namespace, settings: FleetSettings) -> None:
-    """A Ray worker runs ONNX Runtime on as many threads as the CPUs it reserves (at least
-    one), unless ``--threads`` says otherwise: workers sharing a machine do not oversubscribe
-    it. In this process, all cores, as ``segfast replay``."""
+    """A Ray worker runs ONNX Runtime on one thread fewer than the CPUs it reserves (at least
+    one), unless ``--threads`` says otherwise: the replay's reader and writer threads (image
+    decoding, label images, serializing) need the rest, and workers sharing a machine must not
+    oversubscribe it. Measured on 2 cores (docs/benchmarks.md, "Fleet replay"): one worker of 2
+    CPUs replayed the benchmark's bags in 6.8 s with 1 ONNX Runtime thread and 12.3 s with 2,
+    whose spinning pool starved the other threads. In this process, as ``segfast replay``."""
     if settings.address != "local" and not args.threads:
-        args.threads = max(1, math.floor(settings.cpus_per_worker))
+        args.threads = max(1, math.floor(settings.cpus_per_worker) - 1)
     if settings.gpus_per_worker > 0 and not args.providers:
         args.providers = ["cuda", "cpu"]
 
