@@ -275,9 +275,10 @@ def _threads_follow_cpus(args: argparse.Namespace, settings: FleetSettings) -> N
     """A Ray worker runs ONNX Runtime on one thread fewer than the CPUs it reserves (at least
     one), unless ``--threads`` says otherwise: the replay's reader and writer threads (image
     decoding, label images, serializing) need the rest, and workers sharing a machine must not
-    oversubscribe it. Measured on 2 cores (docs/benchmarks.md, "Fleet replay"): one worker of 2
-    CPUs replayed the benchmark's bags in 6.8 s with 1 ONNX Runtime thread and 12.3 s with 2,
-    whose spinning pool starved the other threads. In this process, as ``segfast replay``."""
+    oversubscribe it. Measured on 2 cores (docs/benchmarks.md, "Fleet replay"): a worker
+    replayed bench-fleet's bags in 6.8 s busy with 1 ONNX Runtime thread, 12.3 s with 2 (its
+    spinning pool starved the other threads) and 7.7 s with ONNX Runtime's default. In this
+    process, as ``segfast replay``."""
     if settings.address != "local" and not args.threads:
         args.threads = max(1, math.floor(settings.cpus_per_worker) - 1)
     if settings.gpus_per_worker > 0 and not args.providers:
