@@ -146,3 +146,30 @@ def test_one_progress_bar_over_all_bags(tmp_path: Path, capsys: pytest.CaptureFi
     draws = err.strip().split("\r")
     assert "10/10 frames 100%" in draws[-1] and "3/3 bags" in draws[-1]
     assert all("/10 frames" in d for d in draws if d)  # the total is every bag's frames
+
+
+def test_resume_redoes_bags_when_the_settings_change_not_when_the_model_moves(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    small_archive(tmp_path / "in", {"x": 2})
+    shutil.copytree(REPO / "models" / "demo", tmp_path / "m1")
+    out = tmp_path / "out"
+
+    def run(model: Path, *flags: str):
+        args = fleet_args("--onnx-dir", str(model), "--detector", str(model / "detector.onnx"))
+        args.set = list(flags) or None
+        settings = FleetSettings(out, address="local", resume=True)
+        return run_fleet(args, [tmp_path / "in"], settings)
+
+    assert run(tmp_path / "m1").done == ["x"]
+    (tmp_path / "m1").rename(tmp_path / "m2")  # the same model, mounted elsewhere
+    assert run(tmp_path / "m2").skipped == ["x"]
+    assert run(tmp_path / "m2", "conf=0.5").done == ["x"]  # another setting: replayed again
+    assert run(tmp_path / "m2", "conf=0.5").skipped == ["x"]
+    # Another graph in the model folder (here the INT8 encoder, not even used at fp32): the
+    # model's files are hashed, so the bag is replayed again.
+    int8 = tmp_path / "m2" / "encoder.int8.onnx"
+    int8.write_bytes(int8.read_bytes() + b"\0")
+    assert run(tmp_path / "m2", "conf=0.5").done == ["x"]

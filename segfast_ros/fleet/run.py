@@ -293,9 +293,15 @@ def _total_frames(tasks: Sequence[BagTask], args: argparse.Namespace) -> int:
     return sum(math.ceil(n / every) for n in counts if n)
 
 
+#: Flags naming files whose content :func:`_model_files` hashes instead: a model folder that is
+#: mounted elsewhere on a cluster, or moved, does not make finished bags look stale.
+FILE_FLAGS = frozenset({"onnx_dir", "checkpoint", "detector", "prompts"})
+
+
 def _replay_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The flags that make a bag's outputs what they are (for the manifest's config print)."""
-    return {k: v for k, v in sorted(vars(args).items()) if k not in FLEET_FLAGS}
+    skip = FLEET_FLAGS | FILE_FLAGS
+    return {k: v for k, v in sorted(vars(args).items()) if k not in skip}
 
 
 def _model_files(args: argparse.Namespace) -> list[Path]:
