@@ -211,8 +211,8 @@ class RayPool:
         except errors.RayActorError as err:
             self._actors[index] = self._start([index])[0]
             error = (
-                f"its worker died {self.max_retries + 1} times replaying it (killed, or out of "
-                f"memory?): {_short(err)}"
+                "its worker died replaying it and Ray had no restart left (--max-retries "
+                f"{self.max_retries} per worker; killed, or out of memory?): {_short(err)}"
             )
         except errors.RayTaskError as err:
             error = f"the worker failed: {_short(err)}"

@@ -150,6 +150,8 @@ def run_fleet(
         else:
             tasks.append(BagTask(bag, out, fmt))
     _threads_follow_cpus(args, settings)
+    for marker in (out / "work").glob("*.attempts"):  # a past run's count: start again at 1
+        marker.unlink()
     started = time.perf_counter()
     progress = Progress(_total_frames(tasks, args), enabled=settings.progress)
     finish = _Finisher(manifest, summary, prints, config, progress, on_result)
