@@ -65,3 +65,15 @@ def test_cli_and_segevery_start_without_torch_or_onnx() -> None:
         "assert not bad, bad\n"
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_ray_and_pyarrow_stay_out_of_the_node_the_runtime_and_the_cli() -> None:
+    """Ray and pyarrow are the offline `fleet` extra: the runtime, the node's modules and the
+    CLI (replay-many included, until it runs) never load them."""
+    result = _run(
+        "import sys, segfast_ros.runtime, segfast_ros.ros.node, segfast_ros.cli\n"
+        "import segfast_ros.fleet.run, segfast_ros.fleet.command\n"
+        "bad = [m for m in ('ray', 'pyarrow') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    assert result.returncode == 0, result.stderr
