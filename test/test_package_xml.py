@@ -69,6 +69,8 @@ NOT_ROSDEP = {
     "pycocotools": "test oracle only",
     "motmetrics": "tracking evaluation only (IDF1, MOTA), requirements-dev.txt",
     "pandas": "comes with motmetrics: the tracking evaluation reads its summary",
+    "ray": "replay-many's workers (pip extra [fleet]); offline only, never on the robot",
+    "pyarrow": "replay-many's Parquet table (pip extra [fleet]); offline only",
 }
 
 
