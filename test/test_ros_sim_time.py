@@ -254,6 +254,11 @@ def test_diagnostics_rates_are_per_sim_second(sim: tuple[Client, BagPlayer]) -> 
         values = {kv.key: kv.value for kv in status.values}
         rates.append(float(values["input_rate_hz"]))
         encoded.append(float(values["encoded_rate_hz"]))
+    # NaN is the node's reading when frames arrived with no sim time between them (a stall
+    # took them at one clock reading; pipeline.frames.RateWindow.rate_hz): no rate at that
+    # instant, so the medians are over the defined readings. One NaN failed a CI run.
+    rates = [r for r in rates if not np.isnan(r)]
+    encoded = [r for r in encoded if not np.isnan(r)]
     assert len(rates) >= 5, rates
     assert 1.0 <= float(np.median(rates)) <= 5.0, rates
     assert float(np.median(encoded)) <= 5.0, encoded
