@@ -31,6 +31,7 @@ ROOMS: tuple[tuple[str, ...], ...] = (
     ("ros", "replay"),
     ("bench",),
     ("demo",),
+    ("distill",),
     ("fleet",),
     ("cli",),
 )
