@@ -173,3 +173,27 @@ def test_resume_redoes_bags_when_the_settings_change_not_when_the_model_moves(
     int8 = tmp_path / "m2" / "encoder.int8.onnx"
     int8.write_bytes(int8.read_bytes() + b"\0")
     assert run(tmp_path / "m2", "conf=0.5").done == ["x"]
+
+
+def test_a_bag_the_driver_cannot_fingerprint_does_not_stop_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver reads each bag's edges to fingerprint it; one it cannot read (permissions,
+    a flaky mount: faked here, as root reads everything) is still handed to a worker, which
+    replays it or fails it alone, and is never taken as complete on --resume."""
+    import segfast_ros.fleet.run as fleet_run
+
+    small_archive(tmp_path / "in", {"ok": 2, "odd": 2})
+    real = fleet_run.fingerprint
+
+    def flaky(path: Path) -> str:
+        if path.name == "odd":
+            raise InputError(f"cannot read input bag {path} to fingerprint it: EIO")
+        return real(path)
+
+    monkeypatch.setattr(fleet_run, "fingerprint", flaky)
+    settings = FleetSettings(tmp_path / "out", address="local", resume=True)
+    first = run_fleet(fleet_args(), [tmp_path / "in"], settings)
+    assert sorted(first.done) == ["odd", "ok"]
+    again = run_fleet(fleet_args(), [tmp_path / "in"], settings)
+    assert again.skipped == ["ok"] and again.done == ["odd"]  # never taken as complete

@@ -143,8 +143,9 @@ def run_fleet(
     summary = FleetSummary(out_dir=out, bags=len(bags), table_format=fmt)
     tasks, prints = [], {}
     for bag in bags:
-        prints[bag.name] = fingerprint(bag.path)
+        prints[bag.name] = _fingerprint(bag)
         ok, _ = manifest.complete(bag.name, prints[bag.name], config)
+        ok = ok and not prints[bag.name].startswith(UNREADABLE)
         if settings.resume and ok:
             summary.skipped.append(bag.name)
         else:
@@ -214,6 +215,19 @@ class _Finisher:
         self.progress.update(self.summary.frames, self.summary.progress_text(), force=True)
         if self.on_result is not None:
             self.on_result(result)
+
+
+#: The fingerprint of a bag the driver cannot read: never taken as complete.
+UNREADABLE = "unreadable: "
+
+
+def _fingerprint(bag: BagInput) -> str:
+    """The bag's fingerprint; for a bag this process cannot read, :data:`UNREADABLE` and the
+    reason, so the bag is replayed (and fails alone if its worker cannot read it either)."""
+    try:
+        return fingerprint(bag.path)
+    except InputError as err:
+        return f"{UNREADABLE}{err}"
 
 
 def _outside(bags: list[BagInput], out: Path) -> list[BagInput]:
