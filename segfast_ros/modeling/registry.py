@@ -56,6 +56,13 @@ def _sam_vit(embed_dim: int, depth: int, num_heads: int, global_attn: tuple[int,
     )
 
 
+def _cnn_encoder(backbone: str, img_size: int, out_chans: int) -> nn.Module:
+    # Imported on use: it needs timm, which the other models do not.
+    from .cnn_encoder import CnnImageEncoder
+
+    return CnnImageEncoder(backbone, img_size=img_size, out_chans=out_chans)
+
+
 def _efficientvit_sam_l2() -> nn.Module:
     # Imported on use: it needs timm, which the other models do not.
     from .efficientvit import efficientvit_sam_encoder
@@ -137,6 +144,33 @@ MODEL_REGISTRY["demo_tinyvit"] = replace(
     build_encoder=partial(
         MODEL_REGISTRY["tinyvit_s256"].build_encoder, window_sizes=(8, 8, 16, 16)
     ),
+)
+
+# Distillation students (issue 19). Each keeps its teacher's embedding shape and decoder dims,
+# so the teacher's prompt encoder and mask decoder load into it unchanged.
+MODEL_REGISTRY["demo_tinyvit_half"] = replace(
+    MODEL_REGISTRY["demo_tinyvit"],
+    name="demo_tinyvit_half",
+    description="Student of demo_tinyvit: its encoder at half the widths (16 dims per head), "
+    "same 64x16x16 embedding and decoder",
+    build_encoder=partial(
+        MODEL_REGISTRY["demo_tinyvit"].build_encoder,
+        embed_dims=(16, 32, 48, 64),
+        num_heads=(1, 2, 3, 4),
+    ),
+)
+MODEL_REGISTRY["demo_resnet18"] = replace(
+    MODEL_REGISTRY["demo_tinyvit"],
+    name="demo_resnet18",
+    description="NanoSAM-style student of demo_tinyvit: timm ResNet-18 + SAM neck, 256 px, "
+    "64x16x16 embedding, the demo's decoder",
+    build_encoder=partial(_cnn_encoder, "resnet18", 256, 64),
+)
+MODEL_REGISTRY["resnet18_sam"] = ModelSpec(
+    "resnet18_sam",
+    "NanoSAM-style student of SAM/MobileSAM/TinySAM: timm ResNet-18 + SAM neck, 1024 px, "
+    "256x64x64 embedding, SAM's decoder",
+    partial(_cnn_encoder, "resnet18", 1024, 256),
 )
 
 
