@@ -69,6 +69,37 @@ class MaskDecoder(nn.Module):
         Returns:
             Mask logits ``(B, M, 4h, 4w)`` and IoU predictions ``(B, M)``, ``M`` all tokens.
         """
+        masks, iou, _ = self._decode(
+            image_embeddings, image_pe, sparse_embeddings, dense_embeddings
+        )
+        return masks, iou
+
+    def forward_with_tokens(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_embeddings: torch.Tensor,
+        dense_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` plus the transformer's output tokens, for distillation.
+
+        Same arguments and computation as :meth:`forward` (one shared helper).
+
+        Returns:
+            Mask logits ``(B, M, 4h, 4w)``, IoU predictions ``(B, M)`` and the output tokens
+            ``(B, T, C)``: the IoU token, the ``M`` mask tokens, then one per prompt token
+            (``T = 1 + M + N``).
+        """
+        return self._decode(image_embeddings, image_pe, sparse_embeddings, dense_embeddings)
+
+    def _decode(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_embeddings: torch.Tensor,
+        dense_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decoder itself: ``(masks, iou, hs)`` (see :meth:`forward_with_tokens`)."""
         b = sparse_embeddings.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens[None].expand(b, -1, -1), sparse_embeddings], dim=1)
@@ -83,7 +114,7 @@ class MaskDecoder(nn.Module):
             [mlp(mask_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
         masks = self._upscale_masks(src, hyper, h, w)
-        return masks, self.iou_prediction_head(iou_out)
+        return masks, self.iou_prediction_head(iou_out), hs
 
     def _upscale_masks(
         self, src: torch.Tensor, hyper: torch.Tensor, h: int, w: int
