@@ -45,8 +45,9 @@ class CnnImageEncoder(nn.Module):
         in_chans: channels entering the neck (the two stages' channels together).
 
     Raises:
-        ValueError: ``img_size`` not a positive multiple of 32, ``out_chans`` not positive, or
-            a backbone whose last two stages are not at strides 16 and 32.
+        ValueError: ``img_size`` not a positive multiple of 32, ``out_chans`` not positive, an
+            unknown timm name, or a backbone whose last two stages are not at strides 16
+            and 32.
     """
 
     def __init__(self, backbone: str = "resnet18", img_size: int = 1024, out_chans: int = 256):
@@ -61,6 +62,11 @@ class CnnImageEncoder(nn.Module):
             raise ValueError(f"out_chans must be positive, got {out_chans}")
         import timm  # on use: timm is needed by this encoder only, not by the runtime
 
+        if not timm.is_model(backbone):
+            raise ValueError(
+                f"unknown timm backbone {backbone!r}; expected a timm CNN name such as "
+                "resnet18 (timm.list_models() lists them)"
+            )
         self.backbone = timm.create_model(
             backbone, pretrained=False, features_only=True, out_indices=(-2, -1)
         )
