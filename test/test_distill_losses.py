@@ -197,6 +197,17 @@ def test_initial_prompts_from_a_grid_and_from_teacher_masks() -> None:
     assert isinstance(more, PromptSets)
 
 
+@pytest.fixture
+def one_thread():
+    """The smoke runs on one thread: its ops are small (threads only add sync overhead, badly
+    so on a busy 2-core machine) and the trajectory it asserts on is then the same anywhere."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_a_tiny_student_distils_and_every_loss_term_falls(teacher, images, tmp_path) -> None:
     torch.manual_seed(0)
     student = build_sam("tinyvit_s256").train()
