@@ -25,6 +25,7 @@ from .bench import commands as bench_commands
 from .demo import depth_eval, tracking_eval
 from .demo.replay_args import add_replay_options
 from .demo.run import demo_command, replay_command
+from .distill.command import add_distill_parser
 from .fleet.benchmark import add_bench_fleet_parser
 from .fleet.command import add_replay_many_parser
 from .model_args import (
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands.add_parsers(sub)
     _add_replay_parser(sub)
     add_replay_many_parser(sub)
+    add_distill_parser(sub)
     add_bench_fleet_parser(sub)
     bench_commands.add_replay_parser(sub)
     _add_demo_parser(sub)
