@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -59,14 +58,7 @@ from ..modeling.sam import Sam
 from .detector_model import DemoDetector, detector_loss
 from .export import export_all, file_record, requantize
 from .segmenter_loss import segmenter_loss
-from .training_data import DEMO_MODEL, TrainConfig, make_batch, scene_stream
-
-
-def _lr_factor(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+from .training_data import DEMO_MODEL, TrainConfig, lr_factor, make_batch, scene_stream
 
 
 def train(
@@ -95,7 +87,7 @@ def train(
         batch = make_batch(
             [next(scenes) for _ in range(cfg.batch_size)], sam.info.image_size, cfg.loss_size
         )
-        factor = _lr_factor(step, cfg)
+        factor = lr_factor(step, cfg.steps, cfg.warmup_steps)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * factor
         for group in det_opt.param_groups:

@@ -8,6 +8,7 @@ exactly as :class:`~segfast_ros.segevery.detector.ObjectDetector` letterboxes at
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -137,3 +138,12 @@ def scene_stream(seed: int):
         scene = generate_scene(rng, hw)
         if len(scene):
             yield scene
+
+
+def lr_factor(step: int, steps: int, warmup: int) -> float:
+    """The learning-rate factor at ``step``: a linear warm-up over ``warmup`` steps, then a
+    cosine decay to 0.05 at ``steps`` (demo training and distillation alike)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))

@@ -140,7 +140,7 @@ def _folder_images(folder: Path, size: int) -> list[np.ndarray]:
 
 def _bag_images(bag: Path, topic: str | None, size: int) -> list[np.ndarray]:
     """Every usable frame of the bag's image topic (frames that do not decode are skipped)."""
-    from ..pipeline.image_msgs import ImageError, compressed_msg_to_rgb, image_msg_to_rgb
+    from ..pipeline.image_msgs import ImageError
     from ..replay import bags
 
     try:
@@ -154,9 +154,8 @@ def _bag_images(bag: Path, topic: str | None, size: int) -> list[np.ndarray]:
         images = []
         for i, (conn, t, raw) in enumerate(reader.messages(connections=conns)):
             msg = bags.deserialize(store, conn, raw, bag=bag, index=i, bag_time=t)
-            convert = image_msg_to_rgb if conn.msgtype == bags.IMAGE else compressed_msg_to_rgb
             try:
-                images.append(_fit(convert(msg), size))
+                images.append(_fit(bags.rgb_of(conn.msgtype, msg), size))
             except ImageError:
                 continue
         return images

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..demo.training_data import lr_factor
 from ..modeling.sam import Sam
 from ..runtime.transforms import prepare_image
 from ..spec import LABEL_BG, LABEL_FG, LABEL_PAD
@@ -144,10 +145,7 @@ class Distiller:
         sets = []
         for i, hw in enumerate(valid):
             grid = grid_points(2 * cfg.prompts, size, self.gen, hw)
-            probe = PromptSets(
-                torch.cat([grid[:, None], torch.zeros(len(grid), 1, 2)], dim=1),
-                _fg_pad(len(grid)),
-            )
+            probe = _point_sets(grid)
             with torch.no_grad():
                 out = decode_stages(self.teacher, t_emb[i : i + 1], probe.coords, probe.labels)
             masks = out.logits[:, 0] > 0
@@ -177,7 +175,7 @@ class Distiller:
     def train_step(self) -> dict[str, float]:
         images, valid = self.batch()
         for group in self.opt.param_groups:
-            group["lr"] = self.cfg.lr * _lr_factor(self.step, self.cfg)
+            group["lr"] = self.cfg.lr * lr_factor(self.step, self.cfg.steps, self.cfg.warmup)
         total, stats = self.loss(images, valid)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
@@ -206,10 +204,7 @@ class Distiller:
                     t_emb, s_emb = self.teacher.encode(x), self.student.encode(x)
                     for kind, rate in (("point", 0.0), ("box", 1.0)):
                         probe = grid_points(8, size, gen, hw)
-                        sets = PromptSets(
-                            torch.cat([probe[:, None], torch.zeros(8, 1, 2)], dim=1),
-                            _fg_pad(8),
-                        )
+                        sets = _point_sets(probe)
                         t = decode_stages(self.teacher, t_emb, sets.coords, sets.labels)
                         if kind == "box":
                             sets = initial_prompts(
@@ -319,9 +314,11 @@ class Distiller:
         }
 
 
-def _fg_pad(k: int) -> torch.Tensor:
-    """``(k, 2)`` labels of one foreground point and a pad token."""
-    return torch.tensor([[float(LABEL_FG), float(LABEL_PAD)]]).expand(k, 2).clone()
+def _point_sets(points: torch.Tensor) -> PromptSets:
+    """One prompt set per ``(k, 2)`` point: the point (foreground) and a pad token."""
+    k = len(points)
+    labels = torch.tensor([[float(LABEL_FG), float(LABEL_PAD)]]).expand(k, 2).clone()
+    return PromptSets(torch.cat([points[:, None], torch.zeros(k, 1, 2)], dim=1), labels)
 
 
 def _uniform_points(
@@ -335,13 +332,6 @@ def _uniform_points(
     on = teacher_logits[torch.arange(k), px[:, 0, 1], px[:, 0, 0]] > 0
     labels = torch.where(on, float(LABEL_FG), float(LABEL_BG))[:, None]
     return xy, labels
-
-
-def _lr_factor(step: int, cfg: DistillConfig) -> float:
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
 def _config_json(cfg: DistillConfig) -> dict[str, Any]:

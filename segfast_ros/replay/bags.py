@@ -27,7 +27,7 @@ from rosbags.rosbag2 import Reader, Writer
 from rosbags.rosbag2.enums import StoragePlugin
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from ..pipeline.image_msgs import image_fields
+from ..pipeline.image_msgs import compressed_msg_to_rgb, image_fields, image_msg_to_rgb
 from .mcap_salvage import SalvageReader
 
 log = logging.getLogger("segfast.replay")
@@ -300,6 +300,15 @@ def read_messages(
             f"input bag {reader.path} is corrupt after {count} readable messages: "
             f"{type(err).__name__}: {err}"
         ) from err
+
+
+def rgb_of(msgtype: str, msg: Any) -> np.ndarray:
+    """A deserialized ``sensor_msgs/Image`` or ``CompressedImage`` (``msgtype``) as RGB.
+
+    Raises:
+        ImageError: an encoding or payload that is not a usable image (the message says why).
+    """
+    return (image_msg_to_rgb if msgtype == IMAGE else compressed_msg_to_rgb)(msg)
 
 
 def deserialize(

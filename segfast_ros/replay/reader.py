@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..pipeline.image_msgs import ImageError, compressed_msg_to_rgb, image_msg_to_rgb
+from ..pipeline.image_msgs import ImageError
 from . import bags
 from .depth import DepthInput, DepthPairing, DepthTopics
 from .items import END, CopiedMessage, DecodedFrame, Queues, ReadFailed, SkippedFrame
@@ -138,9 +138,8 @@ class FrameReader:
         """
         start = time.perf_counter()
         msg = self._deserialize(conn, raw, index, bag_time)
-        convert = image_msg_to_rgb if conn.msgtype == bags.IMAGE else compressed_msg_to_rgb
         try:
-            image = convert(msg)
+            image = bags.rgb_of(conn.msgtype, msg)
         except ImageError as err:
             return SkippedFrame(str(err))
         return DecodedFrame(-1, bag_time, msg, image, 1e3 * (time.perf_counter() - start))
