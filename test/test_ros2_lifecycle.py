@@ -144,7 +144,7 @@ def wait_offers(c: Client, outputs: bool, active: bool) -> None:
 
 
 def state(c: Client) -> str:
-    return c.call(c.get_state, GetState.Request()).current_state.label
+    return c.call(c.get_state, GetState.Request(), resend_after=5.0).current_state.label
 
 
 def cli(domain_id: int, *args: str) -> str:

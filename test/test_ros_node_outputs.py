@@ -109,7 +109,7 @@ def test_parameters_change_at_runtime_and_ranges_are_enforced(client: Client) ->
 
 
 def test_lifecycle_state_and_diagnostics(client: Client) -> None:
-    state = client.call(client.get_state, GetState.Request()).current_state
+    state = client.call(client.get_state, GetState.Request(), resend_after=5.0).current_state
     assert state.label == "active"
 
     client.diagnostics.clear()

@@ -126,11 +126,34 @@ class Client:
                 raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
             self.executor.spin_once(timeout_sec=0.05)
 
-    def call(self, client: Any, request: Any, timeout: float = 30.0) -> Any:
-        """Call a service and wait for the response."""
+    def call(
+        self, client: Any, request: Any, timeout: float = 30.0, resend_after: float | None = None
+    ) -> Any:
+        """Call a service and wait for the response.
+
+        ``resend_after`` (seconds; only for idempotent queries such as ``get_state``) sends the
+        request again while no response has come. Fast DDS drops a response when the server has
+        not yet matched the client's response reader within 100 ms of answering
+        (ros2/rmw_fastrtps#390, "client will not receive response"), which happens on a loaded
+        machine right after discovery; the call would otherwise wait for ever.
+        """
         self.spin_until(client.service_is_ready, timeout, f"service {client.srv_name}")
+        deadline = time.monotonic() + timeout
         future = client.call_async(request)
-        self.spin_until(future.done, timeout, f"a response from {client.srv_name}")
+        while not future.done():
+            step = resend_after if resend_after is not None else timeout
+            wait = min(step, deadline - time.monotonic())
+            if wait <= 0:
+                raise AssertionError(
+                    f"timed out after {timeout:g} s waiting for a response from {client.srv_name}"
+                )
+            try:
+                self.spin_until(future.done, wait, "")
+            except AssertionError:
+                if resend_after is None or time.monotonic() >= deadline:
+                    continue  # the loop names the timeout
+                client.remove_pending_request(future)
+                future = client.call_async(request)
         return future.result()
 
 
