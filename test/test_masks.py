@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import cv2
 import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
@@ -20,6 +21,9 @@ from segfast_ros.masks import (
     rle_area,
     rle_to_mask,
     stability_score,
+    threshold_logits,
+    threshold_windows,
+    window_run_lengths,
 )
 
 # pycocotools 2.0.11 on numpy 2 warns about its own __array__; nothing to do with our code.
@@ -96,6 +100,86 @@ def test_rle_errors() -> None:
         rle_to_mask({"size": [2, 3], "counts": [2, 3]})
     with pytest.raises(ValueError, match="compressed RLE"):
         rle_to_mask({"size": [2, 3], "counts": "abc"})
+
+
+def smooth_logits(n: int, h: int, w: int, seed: int) -> np.ndarray:
+    """``(n, h, w)`` float32 logits shaped like a decoder's: smooth blobs of every size (low-res
+    noise, upscaled), and frames that are empty, all foreground, all inside the stability band,
+    a full-height stripe and a blob cut by the frame's corners."""
+    rng = np.random.default_rng(seed)
+    low = rng.normal(0.0, 3.0, (n, 5, 6)).astype(np.float32)
+    logits = np.stack([cv2.resize(x, (w, h), interpolation=cv2.INTER_CUBIC) for x in low])
+    logits += rng.uniform(-5.0, 2.0, (n, 1, 1)).astype(np.float32)
+    logits[0], logits[1], logits[2] = -5.0, 5.0, 0.5
+    logits[3] = -5.0
+    logits[3][:, w // 3 : w // 2 + 1] = 5.0  # every row: a run crosses from column to column
+    yy, xx = np.mgrid[:h, :w]
+    logits[4] = 4.0 - np.minimum(np.hypot(yy, xx), np.hypot(h - 1 - yy, w - 1 - xx)) / 2.0
+    return logits
+
+
+def windows_of(mask: np.ndarray, rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
+    """``(y0, y1, x0, x1)`` windows that hold every pixel of ``mask``: its box, the box grown
+    at random, the whole frame."""
+    h, w = mask.shape
+    out = [(0, h, 0, w)]
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size:
+        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        out.append((y0, y1, x0, x1))
+        grow = rng.integers(0, 3, 4)
+        out.append((max(0, y0 - grow[0]), min(h, y1 + grow[1]), max(0, x0 - grow[2]), x1))
+    return out
+
+
+@pytest.mark.parametrize(("h", "w"), [*SIZES, (30, 41)])
+def test_window_run_lengths_against_the_brute_force_rle(h: int, w: int) -> None:
+    rng = np.random.default_rng(h * w)
+    masks = np.concatenate([special_masks(h, w), smooth_logits(8, h, w, seed=h) > 0])
+    checked = 0
+    for mask in masks:
+        expected = reference_rle(mask)
+        for y0, y1, x0, x1 in windows_of(mask, rng):
+            counts = window_run_lengths(mask[y0:y1, x0:x1], (x0, y0), (h, w))
+            assert counts.dtype == np.int64
+            assert counts.tolist() == expected, (mask.astype(int), (y0, y1, x0, x1))
+            checked += 1
+    assert checked > 2 * len(masks)
+
+
+def test_window_run_lengths_edges_and_errors() -> None:
+    assert window_run_lengths(np.zeros((0, 0), bool), (0, 0), (3, 4)).tolist() == [12]
+    assert window_run_lengths(np.zeros((2, 2), bool), (1, 1), (3, 4)).tolist() == [12]
+    # Set at the frame's first and last pixels, spanning every row: no empty run in between.
+    assert window_run_lengths(np.ones((3, 4), bool), (0, 0), (3, 4)).tolist() == [0, 12]
+    assert window_run_lengths(np.ones((3, 1), np.uint8), (3, 0), (3, 4)).tolist() == [9, 3]
+    with pytest.raises(ValueError, match=r"a 2x3 \(W x H\) window at \(x0, y0\) = \(3, 0\)"):
+        window_run_lengths(np.ones((3, 2), bool), (3, 0), (3, 4))
+
+
+@pytest.mark.parametrize(
+    ("threshold", "offset"), [(0.0, 1.0), (0.5, 0.25), (0.0, 0.0), (1.0, -0.5)]
+)
+def test_threshold_windows_equals_threshold_logits_and_boxes(
+    threshold: float, offset: float
+) -> None:
+    logits = smooth_logits(12, 37, 53, seed=5)
+    got = threshold_windows(logits, threshold, offset)
+    masks, stability, areas = threshold_logits(logits, threshold, offset)
+    boxes = masks_to_boxes(masks)
+    assert got.boxes.dtype == np.float32 and got.stability.dtype == np.float32
+    np.testing.assert_array_equal(got.boxes, boxes)
+    np.testing.assert_array_equal(got.stability, stability)
+    np.testing.assert_array_equal(got.areas, areas)
+    assert got.areas.dtype == areas.dtype
+    for i, (window, box) in enumerate(zip(got.windows, boxes.astype(int), strict=True)):
+        x0, y0, x1, y1 = box
+        assert got.origin(i) == (x0, y0)
+        assert window.dtype == bool and window.shape == (y1 - y0, x1 - x0)
+        np.testing.assert_array_equal(window, masks[i][y0:y1, x0:x1])
+    assert got.areas[0] == 0 and got.areas[1] == 37 * 53
+    with pytest.raises(ValueError, match=r"expected logits \(G, H, W\)"):
+        threshold_windows(logits[0])
 
 
 def test_stability_score_against_brute_force() -> None:

@@ -10,7 +10,13 @@ import pytest
 from segevery_scene import REGIONS, A, B, C, H, SceneBackend, W, make_scene
 from test_masks import special_masks
 
-from segfast_ros.masks import Instance, mask_to_rle, masks_to_boxes, rle_to_mask
+from segfast_ros.masks import (
+    Instance,
+    mask_to_rle,
+    masks_to_boxes,
+    rle_to_mask,
+    threshold_windows,
+)
 from segfast_ros.runtime import Predictor
 from segfast_ros.segevery.candidates import (
     CropFrame,
@@ -166,6 +172,23 @@ def test_crop_frame_pastes_crop_masks_and_drops_masks_cut_by_the_crop() -> None:
     np.testing.assert_array_equal(out.prompts, [[48.0 + 64, 43.0 + 48]])
     np.testing.assert_array_equal(rle_to_mask(out.rles[0])[48:, 64:], REGIONS[B])
     assert rle_to_mask(out.rles[0]).sum() == REGIONS[B].sum()
+
+
+def test_crop_frame_rles_equal_the_masks_pasted_into_the_full_frame() -> None:
+    masks = special_masks(17, 13)  # empty, full, corners, a border, stripes, noise
+    logits = np.where(masks, 5.0, -5.0).astype(np.float32)
+    windows = threshold_windows(logits)
+    kept = np.arange(1, len(masks))  # the empty mask is never kept
+    for box, image_hw in [
+        ((0, 0, 13, 17), (17, 13)),
+        ((5, 0, 18, 17), (17, 30)),
+        ((0, 4, 13, 21), (40, 13)),
+        ((7, 9, 20, 26), (31, 22)),
+    ]:
+        x0, y0, x1, y1 = box
+        pasted = np.zeros((len(kept), *image_hw), bool)
+        pasted[:, y0:y1, x0:x1] = masks[kept]
+        assert CropFrame(box, image_hw).rles(windows, kept) == mask_to_rle(pasted)
 
 
 # --------------------------------------------------------- the candidates container and clean-up

@@ -8,11 +8,12 @@ bounded memory:
 * Per batch (:meth:`_Decode.batch`): one decoder call at low resolution (:func:`decode_prompts`),
   then the predicted-IoU filter, before the expensive upscale.
 * Per upscale group of the survivors (:meth:`_Decode.group`), at most ``upscale_budget`` pixels
-  of float32 logits: upscale to the predictor's image, threshold (stability and area in the same
-  pass), boxes, the empty-mask, stability and crop-edge filters, the strategy's look at the
-  logits, then RLE in the full frame. A group is reduced to RLE before the next is upscaled, so
-  memory is bounded by the budget (about 5 bytes per budget pixel: the logits and their masks)
-  whatever the frame size and the number of prompts.
+  of float32 logits: upscale to the predictor's image, threshold (stability, area and box in
+  one pass over each frame, each mask kept as its box: :func:`~.masks.threshold_windows`), the
+  empty-mask, stability and crop-edge filters, the strategy's look at the logits, then RLE in
+  the full frame from each box (:func:`~.masks.window_run_lengths`). A group is reduced to RLE
+  before the next is upscaled, so memory is bounded by the budget (about 5 bytes per budget
+  pixel: the logits and one mask frame) whatever the frame size and the number of prompts.
 * :func:`finish_candidates`: the optional small-region clean-up (:func:`clean_small_regions`),
   then best first.
 
@@ -36,13 +37,15 @@ import numpy.typing as npt
 
 from ..masks import (
     Instance,
+    MaskWindows,
     box_near_crop_edge,
     mask_to_rle,
     masks_to_boxes,
     nms,
     remove_small_regions,
     rle_to_mask,
-    threshold_logits,
+    threshold_windows,
+    window_run_lengths,
 )
 from ..runtime.predictor import Predictor
 from ..runtime.transforms import upscale_group_size
@@ -248,20 +251,16 @@ class CropFrame:
             return np.zeros(len(boxes), dtype=bool)
         return box_near_crop_edge(boxes, self.box, self.image_hw, self.edge_tolerance)
 
-    def rles(self, masks: np.ndarray, kept: np.ndarray) -> list[dict[str, Any]]:
-        """RLEs, in the full frame, of the ``(h, w)`` masks ``masks[kept]``, one at a time.
-
-        A crop's masks are pasted on one full-frame canvas, each over the previous one (the
-        rest of the canvas stays empty); ``masks[kept]`` would copy them all.
-        """
-        if not self.is_crop:
-            return [mask_to_rle(masks[i][None])[0] for i in kept]
-        x0, y0, x1, y1 = self.box
-        canvas = np.zeros(self.image_hw, dtype=bool)
+    def rles(self, masks: MaskWindows, kept: np.ndarray) -> list[dict[str, Any]]:
+        """RLEs, in the full frame, of the crop's masks ``kept``, each from its window (the
+        rest of the full frame is background)."""
+        x0, y0 = self.box[:2]
+        size = list(self.image_hw)
         out = []
-        for i in kept:
-            canvas[y0:y1, x0:x1] = masks[i]
-            out.append(mask_to_rle(canvas[None])[0])
+        for i in kept.tolist():
+            wx, wy = masks.origin(i)
+            counts = window_run_lengths(masks.windows[i], (x0 + wx, y0 + wy), self.image_hw)
+            out.append({"size": size, "counts": counts.tolist()})
         return out
 
 
@@ -405,13 +404,12 @@ class _Decode:
         """
         f = self.settings
         logits = self.predictor.upscale(low_res)  # (G, h, w), within the budget
-        masks, stability, areas = threshold_logits(
-            logits, f.mask_threshold, f.stability_score_offset
-        )
+        masks = threshold_windows(logits, f.mask_threshold, f.stability_score_offset)
+        stability, areas = masks.stability, masks.areas
         keep = areas > 0
         if f.stability_score_thresh > 0:
             keep &= stability >= f.stability_score_thresh
-        boxes = self.frame.boxes_to_full(masks_to_boxes(masks))
+        boxes = self.frame.boxes_to_full(masks.boxes)
         keep &= ~self.frame.cut_by_crop(boxes)
         kept = np.flatnonzero(keep)
         if len(kept) == 0:
