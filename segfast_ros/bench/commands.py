@@ -1,10 +1,10 @@
 """The ``segfast`` benchmark commands: ``bench``, ``bench-segevery``, ``bench-node``,
-``bench-memory``, ``bench-tracking``, ``bench-lifting`` and ``bench-replay``, their flags and what
-each prints and writes.
+``bench-memory``, ``bench-tracking``, ``bench-lifting``, ``bench-postprocess`` and
+``bench-replay``, their flags and what each prints and writes.
 
 ``cli.py`` calls :func:`add_parsers` and :func:`add_replay_parser` (the latter after
-``replay``, where ``segfast --help`` lists it). Heavy imports (torch, onnxruntime, rclpy) happen
-inside the commands, so building the parser stays instant.
+``replay``, where ``segfast --help`` lists the two replay benchmarks). Heavy imports (torch,
+onnxruntime, rclpy) happen inside the commands, so building the parser stays instant.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ..runtime.images import read_rgb
 from ..runtime.paths import DEMO_MODEL, resolve_model_path
 from . import lifting as bench_lifting  # numpy and cv2 only
 from . import memory as bench_memory  # no ROS import until a case runs
+from . import postprocess as bench_postprocess  # replays run as processes
 from . import tracking as bench_tracking  # the tracking library loads when a part runs
 from .report import write_json, write_rows_json
 from .scenes import frame
@@ -424,6 +425,17 @@ def add_parsers(sub: Any) -> None:
     _add_lifting_parser(sub)
 
 
+def _add_postprocess_parser(sub: Any) -> None:
+    """``bench-postprocess`` on ``sub``."""
+    p = sub.add_parser(
+        "bench-postprocess",
+        help="SegEvery post-processing and rendering vs the decoder: this checkout vs --base, "
+        "replaying make demo's bag",
+    )
+    bench_postprocess.add_arguments(p)
+    p.set_defaults(func=bench_postprocess.run_cli)
+
+
 def _add_lifting_parser(sub: Any) -> None:
     """``bench-lifting`` on ``sub``."""
     p = sub.add_parser(
@@ -460,7 +472,8 @@ def _add_tracking_parser(sub: Any) -> None:
 
 
 def add_replay_parser(sub: Any) -> None:
-    """``bench-replay`` on ``sub`` (the ``segfast`` subparsers; listed after ``replay``)."""
+    """``bench-replay`` and ``bench-postprocess`` on ``sub`` (the ``segfast`` subparsers; listed
+    after ``replay``)."""
     p = sub.add_parser(
         "bench-replay",
         help="replay throughput vs the encoder-bound limit (raw/JPEG, SegEvery off/on)",
@@ -477,3 +490,4 @@ def add_replay_parser(sub: Any) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="grid/hierarchical option")
     p.add_argument("--json", help="write the table as JSON")
     p.set_defaults(func=cmd_bench_replay, backend="onnxruntime")
+    _add_postprocess_parser(sub)
