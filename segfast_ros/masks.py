@@ -277,7 +277,7 @@ class MaskWindows:
     """Thresholded masks, each kept as the window of its box (struct of arrays).
 
     Attributes:
-        windows: ``G`` bool arrays: mask ``i`` inside ``boxes[i]``; ``(0, 0)`` when empty.
+        windows: ``G`` bool arrays: mask ``i`` inside ``boxes[i]``; ``(0, 0)`` when not made.
         boxes: ``(G, 4)`` float32 XYXY pixel edges (all zeros for an empty mask).
         stability: ``(G,)`` float32.
         areas: ``(G,)`` int64 mask pixels.
@@ -294,12 +294,13 @@ class MaskWindows:
 
 
 def threshold_windows(
-    logits: np.ndarray, mask_threshold: float = 0.0, offset: float = 1.0
+    logits: np.ndarray, mask_threshold: float = 0.0, offset: float = 1.0, min_stability: float = 0
 ) -> MaskWindows:
     """Masks, boxes, stability scores and areas of ``(G, H, W)`` float logits, as
     :func:`threshold_logits` and :func:`masks_to_boxes` give them, each mask kept as its box:
     one pass over each full frame finds the pixels above the lowest threshold, whose rows and
-    columns bound the rest of the work (a few percent of the frame for SegEvery's masks)."""
+    columns bound the rest of the work (a few percent of the frame for SegEvery's masks). A
+    mask less stable than ``min_stability`` (one a filter drops) is not made: area 0, no box."""
     logits = np.asarray(logits)
     if logits.ndim != 3:
         raise ValueError(f"expected logits (G, H, W), got shape {logits.shape}")
@@ -319,7 +320,8 @@ def threshold_windows(
                 np.greater(sub, mask_threshold - offset, out=band)
             union[i] = np.count_nonzero(band)
             inter[i] = np.count_nonzero(np.greater(sub, mask_threshold + offset, out=band))
-            mask = sub > mask_threshold
+            stable = _stability(inter[i], union[i]) >= min_stability
+            mask = sub > mask_threshold if stable else band[:0, :0]  # unmade: no box
             box = _tight_box(mask)
             if box is not None:
                 y0, y1, x0, x1 = box

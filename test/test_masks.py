@@ -178,6 +178,17 @@ def test_threshold_windows_equals_threshold_logits_and_boxes(
         assert window.dtype == bool and window.shape == (y1 - y0, x1 - x0)
         np.testing.assert_array_equal(window, masks[i][y0:y1, x0:x1])
     assert got.areas[0] == 0 and got.areas[1] == 37 * 53
+    # A stability floor leaves the masks below it unmade; the others are the same.
+    floor = float(np.median(stability))
+    some = threshold_windows(logits, threshold, offset, min_stability=floor)
+    made = stability >= floor
+    assert 0 < made.sum() < len(made)
+    np.testing.assert_array_equal(some.stability, stability)
+    np.testing.assert_array_equal(some.areas, np.where(made, areas, 0))
+    np.testing.assert_array_equal(some.boxes, np.where(made[:, None], boxes, 0))
+    for i in np.flatnonzero(made):
+        np.testing.assert_array_equal(some.windows[i], got.windows[i])
+    assert all(some.windows[i].shape == (0, 0) for i in np.flatnonzero(~made))
     with pytest.raises(ValueError, match=r"expected logits \(G, H, W\)"):
         threshold_windows(logits[0])
 

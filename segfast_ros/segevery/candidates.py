@@ -404,7 +404,9 @@ class _Decode:
         """
         f = self.settings
         logits = self.predictor.upscale(low_res)  # (G, h, w), within the budget
-        masks = threshold_windows(logits, f.mask_threshold, f.stability_score_offset)
+        masks = threshold_windows(
+            logits, f.mask_threshold, f.stability_score_offset, f.stability_score_thresh
+        )
         stability, areas = masks.stability, masks.areas
         keep = areas > 0
         if f.stability_score_thresh > 0:
