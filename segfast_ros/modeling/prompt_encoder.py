@@ -28,7 +28,8 @@ class PositionEmbeddingRandom(nn.Module):
 
     def dense(self, size: int) -> torch.Tensor:
         """Encoding of the centres of a ``size x size`` grid: ``(2 * feats, size, size)``."""
-        centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+        device = self.positional_encoding_gaussian_matrix.device
+        centres = (torch.arange(size, dtype=torch.float32, device=device) + 0.5) / size
         y, x = torch.meshgrid(centres, centres, indexing="ij")
         return self.encode(torch.stack([x, y], dim=-1)).permute(2, 0, 1)
 

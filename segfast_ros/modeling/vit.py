@@ -24,8 +24,8 @@ def _relative_table(rel_pos: torch.Tensor, q_size: int, k_size: int) -> torch.Te
         rel_pos = F.interpolate(rel_pos.T[None], size=span, mode="linear", align_corners=False)[
             0
         ].T
-    q = torch.arange(q_size)[:, None] * max(k_size / q_size, 1.0)
-    k = torch.arange(k_size)[None, :] * max(q_size / k_size, 1.0)
+    q = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
     rel = (q - k) + (k_size - 1) * max(q_size / k_size, 1.0)
     return rel_pos[rel.long()]
 
