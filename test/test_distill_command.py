@@ -41,6 +41,18 @@ def test_a_short_run_writes_a_student_that_loads_and_resume_continues_it(tmp_pat
     assert any(not torch.equal(first[k], changed[k]) for k in first)
 
 
+def test_one_seed_gives_one_run(tmp_path: Path) -> None:
+    # The student's random initialisation included: it once came from an unseeded state.
+    steps = ["--steps", "1", "--eval-every", "1"]
+    assert distill(tmp_path / "a", *steps) == 0
+    assert distill(tmp_path / "b", *steps) == 0
+    a, b = (json.loads((tmp_path / d / "distill.json").read_text()) for d in ("a", "b"))
+    assert a["evals"] == b["evals"]
+    for row in (*a["history"], *b["history"]):
+        del row["minutes"]  # wall time
+    assert a["history"] == b["history"]
+
+
 def test_bad_inputs_are_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     def error(*argv: str) -> str:
         assert main(["distill", *argv, "--out", str(tmp_path / "o"), *TINY]) == 2
@@ -61,6 +73,24 @@ def test_bad_inputs_are_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
         "--teacher", "mobile_sam", "--student", "resnet18_sam", "--images", "generated"
     )
     assert "--resume: no " in error(*base, "generated", "--resume")
+    assert "expected cpu, cuda or cuda:N" in error(*base, "generated", "--device", "mps")
+    assert "expected cpu, cuda or cuda:N" in error(*base, "generated", "--device", "gpu0")
+    text = error(*base, "generated", "--device", "cuda:7")
+    assert "--device 'cuda:7'" in text
+    assert "no CUDA device" in text or "CUDA device(s)" in text  # without a GPU / with fewer
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_a_run_on_cuda_follows_the_cpu_runs_losses(tmp_path: Path) -> None:
+    steps = ["--steps", "2", "--eval-every", "1", "--save-every", "1"]
+    assert distill(tmp_path / "cpu", *steps) == 0
+    assert distill(tmp_path / "gpu", *steps, "--device", "cuda") == 0
+    cpu, gpu = (json.loads((tmp_path / d / "distill.json").read_text()) for d in ("cpu", "gpu"))
+    assert gpu["device"].startswith("cuda")
+    for a, b in zip(cpu["history"], gpu["history"], strict=True):
+        for term in ("embedding", "tokens", "logits"):  # TF32 convolutions: not bit-equal
+            assert b[term] == pytest.approx(a[term], rel=0.05), term
+    build_sam("demo_tinyvit_half", tmp_path / "gpu" / "student.pt")  # CPU tensors, strict
 
 
 def test_resume_from_another_runs_checkpoint_is_refused(

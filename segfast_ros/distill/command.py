@@ -58,6 +58,12 @@ def add_distill_parser(sub: Any) -> None:
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the models train: cpu (default), cuda or cuda:N; prompts are drawn on the "
+        "CPU, so a seed gives the same prompts on any device",
+    )
     p.add_argument("--export", action="store_true", help="also write the student's fp32 ONNX")
     p.set_defaults(func=distill_command)
 
@@ -69,7 +75,7 @@ def distill_command(args: argparse.Namespace) -> int:
     from .images import ImageSourceError, open_images
     from .losses import DistillWeights
     from .models import DistillSetupError, load_student, load_teacher
-    from .train import DistillConfig, Distiller
+    from .train import DistillConfig, Distiller, check_device
 
     out = Path(args.out)
     try:
@@ -94,13 +100,15 @@ def distill_command(args: argparse.Namespace) -> int:
         cfg.check()
         if args.resume and not (out / "checkpoint.pt").is_file():
             raise ValueError(f"--resume: no {out / 'checkpoint.pt'} to continue")
+        device = check_device(args.device)  # before minutes of loading a teacher
         torch.set_num_threads(args.threads)
         teacher = load_teacher(args.teacher, args.teacher_checkpoint)
+        torch.manual_seed(args.seed)  # the student's random initialisation is the seed's
         student = load_student(args.student, args.student_checkpoint, teacher)
         source = open_images(
             args.images, teacher.info.image_size, topic=args.topic, seed=args.seed
         )
-        run = Distiller(teacher, student, source, cfg)
+        run = Distiller(teacher, student, source, cfg, device)
         if args.resume:
             run.resume(out / "checkpoint.pt")
     except (DistillSetupError, ImageSourceError, ValueError, FileNotFoundError) as err:
@@ -111,7 +119,7 @@ def distill_command(args: argparse.Namespace) -> int:
     if args.export:
         from ..export.onnx_export import export_model
 
-        export_model(student.eval(), out, ("fp32",))
+        export_model(student.cpu().eval(), out, ("fp32",))  # traced on the CPU
         record["exported"] = ["encoder.fp32.onnx", "decoder.fp32.onnx"]
     (out / "distill.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {out / 'student.pt'} and {out / 'distill.json'}")

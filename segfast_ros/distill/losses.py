@@ -97,9 +97,9 @@ def decode_stages(
     pe = sam.prompt_encoder
     lr = 4 * pe.embed_size
     if mask_input is None:
-        mask_input, has = torch.zeros(1, 1, lr, lr), torch.zeros(1)
+        mask_input, has = embeddings.new_zeros(1, 1, lr, lr), embeddings.new_zeros(1)
     else:
-        has = torch.ones(1)
+        has = embeddings.new_ones(1)
     sparse = pe.embed_points(coords, labels)
     dense = pe.embed_mask(mask_input, has)
     logits, iou, tokens = sam.mask_decoder.forward_with_tokens(

@@ -10,6 +10,9 @@
 Coordinates are in encoder-input pixels (X, Y), the frame :meth:`Sam.decode` takes; masks and
 logits are low-res ``(K, L, L)`` maps covering the whole ``S x S`` input (padding included).
 Every draw comes from the ``torch.Generator`` passed in: the same seed gives the same prompts.
+The draws run on the CPU (where the generator is), whatever device the models train on: the
+training loop hands these functions CPU copies of the low-res masks and moves the prompts to
+the device with :meth:`PromptSets.to`, so a seed gives the same prompts on a GPU too.
 """
 
 from __future__ import annotations
@@ -47,9 +50,13 @@ class PromptSets:
                 f"{tuple(points.shape)} and {tuple(labels.shape)}"
             )
         return PromptSets(
-            torch.cat([points.to(self.coords.dtype), self.coords], dim=1),
-            torch.cat([labels.to(self.labels.dtype), self.labels], dim=1),
+            torch.cat([points.to(self.coords), self.coords], dim=1),
+            torch.cat([labels.to(self.labels), self.labels], dim=1),
         )
+
+    def to(self, device: torch.device) -> PromptSets:
+        """These sets on ``device``."""
+        return PromptSets(self.coords.to(device), self.labels.to(device))
 
 
 def _pick_pixels(region: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:

@@ -18,6 +18,11 @@ Every ``eval_every`` steps the student's masks are compared with the teacher's o
 images (mIoU, point and box prompts); every ``save_every`` steps ``checkpoint.pt`` is written
 (student, optimizer, random states, the images used), so ``--resume`` continues the same run.
 ``minutes`` stops a run on wall time (for ablations at equal time).
+
+``device`` (``cpu``, ``cuda``, ``cuda:1``) holds both models, the batches, the losses and the
+optimizer; the prompts are drawn on the CPU from the run's generator (:mod:`.prompts`), so a
+seed draws the same prompts on any device. Checkpoints and ``student.pt`` hold CPU tensors
+and resume on any device.
 """
 
 from __future__ import annotations
@@ -85,10 +90,21 @@ class Distiller:
         student: train mode (:func:`~.models.load_student`).
         source: the images.
         cfg: the settings.
+        device: where both models train (:func:`check_device`); they are moved there.
     """
 
-    def __init__(self, teacher: Sam, student: Sam, source: ImageSource, cfg: DistillConfig):
+    def __init__(
+        self,
+        teacher: Sam,
+        student: Sam,
+        source: ImageSource,
+        cfg: DistillConfig,
+        device: str | torch.device = "cpu",
+    ):
         cfg.check()
+        self.device = check_device(device)
+        teacher.to(self.device)
+        student.to(self.device)
         self.teacher, self.student, self.source, self.cfg = teacher, student, source, cfg
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -113,7 +129,7 @@ class Distiller:
             inputs.append(tensor[0])
             valid.append(hw)
             self.used += 1
-        return torch.from_numpy(np.stack(inputs)), valid
+        return torch.from_numpy(np.stack(inputs)).to(self.device), valid
 
     def loss(
         self, images: torch.Tensor, valid: list[tuple[int, int]]
@@ -125,7 +141,7 @@ class Distiller:
         s_emb = self.student.encode(images)
         sets = self._first_prompts(t_emb, valid)
         t_in = s_in = None
-        total, stats = torch.zeros(()), {}
+        total, stats = torch.zeros((), device=self.device), {}
         power = 1.0 if cfg.hard_weighting else 0.0
         for r in range(cfg.rounds):
             with torch.no_grad():
@@ -145,10 +161,10 @@ class Distiller:
         sets = []
         for i, hw in enumerate(valid):
             grid = grid_points(2 * cfg.prompts, size, self.gen, hw)
-            probe = _point_sets(grid)
+            probe = _point_sets(grid).to(self.device)
             with torch.no_grad():
                 out = decode_stages(self.teacher, t_emb[i : i + 1], probe.coords, probe.labels)
-            masks = out.logits[:, 0] > 0
+            masks = (out.logits[:, 0] > 0).cpu()
             sets.append(
                 initial_prompts(
                     cfg.prompts,
@@ -159,7 +175,8 @@ class Distiller:
                     valid_hw=hw,
                 )
             )
-        return PromptSets(torch.cat([s.coords for s in sets]), torch.cat([s.labels for s in sets]))
+        coords, labels = torch.cat([s.coords for s in sets]), torch.cat([s.labels for s in sets])
+        return PromptSets(coords, labels).to(self.device)
 
     def _next_round(
         self, sets: PromptSets, s: StageOutputs, t: StageOutputs, size: int
@@ -167,9 +184,9 @@ class Distiller:
         """One more point per set (hard, or uniform), and the previous logits as mask input."""
         s_best, t_best = s.logits[:, 0].detach(), t.logits[:, 0]
         if self.cfg.hard_prompts:
-            points, labels = hard_points(s_best, t_best, self.gen, image_size=size)
+            points, labels = hard_points(s_best.cpu(), t_best.cpu(), self.gen, image_size=size)
         else:
-            points, labels = _uniform_points(t_best, self.gen, size)
+            points, labels = _uniform_points(t_best.cpu(), self.gen, size)
         return sets.with_points(points, labels), t_best[:, None], s_best[:, None]
 
     def train_step(self) -> dict[str, float]:
@@ -200,21 +217,21 @@ class Distiller:
             with torch.no_grad():
                 for image in self.source.held_out:
                     tensor, hw = prepare_image(image, self.student.info)
-                    x = torch.from_numpy(tensor)
+                    x = torch.from_numpy(tensor).to(self.device)
                     t_emb, s_emb = self.teacher.encode(x), self.student.encode(x)
                     for kind, rate in (("point", 0.0), ("box", 1.0)):
                         probe = grid_points(8, size, gen, hw)
-                        sets = _point_sets(probe)
+                        sets = _point_sets(probe).to(self.device)
                         t = decode_stages(self.teacher, t_emb, sets.coords, sets.labels)
                         if kind == "box":
                             sets = initial_prompts(
                                 8,
                                 size,
                                 gen,
-                                teacher_masks=t.logits[:, 0] > 0,
+                                teacher_masks=(t.logits[:, 0] > 0).cpu(),
                                 box_rate=rate,
                                 valid_hw=hw,
-                            )
+                            ).to(self.device)
                             t = decode_stages(self.teacher, t_emb, sets.coords, sets.labels)
                         s = decode_stages(self.student, s_emb, sets.coords, sets.labels)
                         iou = mask_iou(s.logits[:, 0] > 0, t.logits[:, 0] > 0)
@@ -231,7 +248,7 @@ class Distiller:
             "step": self.step,
             "used": self.used,
             "train_s": self.train_s,
-            "student": self.student.state_dict(),
+            "student": _cpu_state(self.student),
             "optimizer": self.opt.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "generator": self.gen.get_state(),
@@ -302,16 +319,54 @@ class Distiller:
                 torch.save(self.state(), out / "checkpoint.pt")
             if done:
                 break
-        torch.save(self.student.state_dict(), out / "student.pt")
+        torch.save(_cpu_state(self.student), out / "student.pt")
         return {
             "config": _config_json(cfg),
             "images": self.source.describe,
             "steps": self.step,
             "train_minutes": self.train_s / 60,
             "torch_threads": torch.get_num_threads(),
+            "device": _device_name(self.device),
             "history": self.history,
             "evals": self.evals,
         }
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device the run can use.
+
+    Raises:
+        ValueError: not a device name, or a CUDA device this machine does not have (named,
+            with what it has).
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"--device {device!r}: {err}; expected cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ValueError(
+            f"--device {device!r}: torch sees no CUDA device on this machine (torch "
+            f"{torch.__version__}, built for CUDA {torch.version.cuda}); use --device cpu"
+        )
+    if (dev.index or 0) >= count:
+        raise ValueError(f"--device {device!r}: this machine has {count} CUDA device(s)")
+    return dev
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state_dict on the CPU (checkpoints that load on any device)."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def _point_sets(points: torch.Tensor) -> PromptSets:
