@@ -194,7 +194,9 @@ def test_a_node_whose_model_cannot_load_stays_up_unconfigured(
     run, node = launched.runs[name], f"/{name}/segfast"
     service = launched.client.node.create_client(GetState, f"{node}/get_state")
     try:
-        state = launched.client.call(service, GetState.Request(), resend_after=5.0).current_state.label
+        state = launched.client.call(
+            service, GetState.Request(), resend_after=5.0
+        ).current_state.label
     finally:
         launched.client.node.destroy_client(service)
     assert state == "unconfigured"

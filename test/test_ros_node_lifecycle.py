@@ -82,7 +82,9 @@ def manager(managed: NodeProcess, domain_id: int):
 
 
 def _state(manager: Client) -> str:
-    return manager.call(manager.get_state, GetState.Request(), resend_after=5.0).current_state.label
+    return manager.call(
+        manager.get_state, GetState.Request(), resend_after=5.0
+    ).current_state.label
 
 
 def _change(manager: Client, transition: int) -> bool:

@@ -1,6 +1,6 @@
 """The ``segfast`` benchmark commands: ``bench``, ``bench-segevery``, ``bench-node``,
-``bench-memory``, ``bench-tracking``, ``bench-lifting``, ``bench-postprocess`` and
-``bench-replay``, their flags and what each prints and writes.
+``bench-memory``, ``bench-tracking``, ``bench-lifting``, ``bench-ops``, ``bench-postprocess``
+and ``bench-replay``, their flags and what each prints and writes.
 
 ``cli.py`` calls :func:`add_parsers` and :func:`add_replay_parser` (the latter after
 ``replay``, where ``segfast --help`` lists the two replay benchmarks). Heavy imports (torch,
@@ -30,6 +30,7 @@ from ..runtime.images import read_rgb
 from ..runtime.paths import DEMO_MODEL, resolve_model_path
 from . import lifting as bench_lifting  # numpy and cv2 only
 from . import memory as bench_memory  # no ROS import until a case runs
+from . import op_profile as bench_ops  # onnxruntime imported when it runs
 from . import postprocess as bench_postprocess  # replays run as processes
 from . import tracking as bench_tracking  # the tracking library loads when a part runs
 from .report import write_json, write_rows_json
@@ -344,8 +345,8 @@ def cmd_bench_tracking(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    """``bench``, ``bench-segevery``, ``bench-node``, ``bench-memory``, ``bench-tracking`` and
-    ``bench-lifting`` on ``sub`` (the ``segfast`` subparsers), in that order."""
+    """``bench``, ``bench-segevery``, ``bench-node``, ``bench-memory``, ``bench-tracking``,
+    ``bench-lifting`` and ``bench-ops`` on ``sub`` (the ``segfast`` subparsers), in that order."""
     p = sub.add_parser("bench", help="encoder/decoder latency table per backend and precision")
     add_backend_args(p, backend=False)
     p.add_argument("--image", help="image to time on (default: a generated 769x770 scene)")
@@ -423,6 +424,7 @@ def add_parsers(sub: Any) -> None:
 
     _add_tracking_parser(sub)
     _add_lifting_parser(sub)
+    _add_ops_parser(sub)
 
 
 def _add_postprocess_parser(sub: Any) -> None:
@@ -434,6 +436,17 @@ def _add_postprocess_parser(sub: Any) -> None:
     )
     bench_postprocess.add_arguments(p)
     p.set_defaults(func=bench_postprocess.run_cli)
+
+
+def _add_ops_parser(sub: Any) -> None:
+    """``bench-ops`` on ``sub``."""
+    p = sub.add_parser(
+        "bench-ops",
+        help="where ONNX graphs spend their time per operator type, side by side (fp32 vs int8)",
+        description=(bench_ops.__doc__ or "").split("\n\n")[0],
+    )
+    bench_ops.add_arguments(p)
+    p.set_defaults(func=bench_ops.run_cli)
 
 
 def _add_lifting_parser(sub: Any) -> None:
