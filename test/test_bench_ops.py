@@ -59,6 +59,7 @@ def test_the_demo_encoders_side_by_side() -> None:
     assert int8.kind_ms("int8 mm/conv") > 0 and int8.kind_ms("(de)quantize") > 0
     for p in (fp32, int8):
         assert 0 < p.kernel_ms <= p.run_ms  # kernels run inside the runs
+        assert p.plain_ms > 0
     assert int8.int8_free_ms == pytest.approx(int8.run_ms - int8.kind_ms("int8 mm/conv"))
 
 

@@ -8,8 +8,11 @@ its operator type and to one of four kinds: integer matmul/conv, (de)quantizatio
 matmul/conv, and everything else (element-wise, norms, softmax, layout).
 
 Per graph it reports the median wall time of a run and each operator type's median time per
-run. For an integer graph it also gives an Amdahl bound: the run time with every integer
-matmul/conv at zero cost, which caps what faster int8 kernels could ever give.
+run. The profiler costs time per node, which matters for small graphs, so each graph is also
+timed in a second session without it, in alternating rounds of their own: the speed ratios
+come from those plain runs. For an integer graph it also gives an Amdahl bound: the run time
+with every integer matmul/conv at zero cost, which caps what faster int8 kernels could ever
+give.
 
 Only graphs whose inputs all have static shapes (the encoders) can be fed.
 """
@@ -21,6 +24,7 @@ import json
 import os
 import statistics
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +68,8 @@ class GraphProfile:
     Attributes:
         label: the graph's name in the table (its file name, or its folder's if equal).
         path: the ONNX file.
-        run_ms: median wall time of a run (ONNX Runtime's ``model_run`` event).
+        run_ms: median wall time of a profiled run (ONNX Runtime's ``model_run`` event).
+        plain_ms: median wall time of a run without the profiler.
         op_ms: median milliseconds per run of each operator type's kernels.
         op_nodes: nodes of each operator type that ran.
         runs: timed runs.
@@ -73,6 +78,7 @@ class GraphProfile:
     label: str
     path: str
     run_ms: float
+    plain_ms: float
     op_ms: dict[str, float]
     op_nodes: dict[str, int]
     runs: int
@@ -168,26 +174,38 @@ def profile_graphs(
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"no ONNX graph at {f}")
-    with tempfile.TemporaryDirectory(prefix="segfast_ops_") as tmp:
-        sessions, feeds = [], []
-        for i, f in enumerate(files):
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
+
+    def session(f: Path, profile_prefix: str | None) -> Any:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        if profile_prefix is not None:
             options.enable_profiling = True
-            options.profile_file_prefix = os.path.join(tmp, f"graph{i}")
-            session = ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"])
-            sessions.append(session)
-            feeds.append(_feeds(session, seed))
+            options.profile_file_prefix = profile_prefix
+        return ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"])
+
+    plain = [session(f, None) for f in files]
+    feeds = [_feeds(s, seed) for s in plain]
+    plain_ms: list[list[float]] = [[] for _ in files]
+    for r in range(warmup + runs):
+        for i, (s, feed) in enumerate(zip(plain, feeds, strict=True)):
+            start = time.perf_counter()
+            s.run(None, feed)
+            if r >= warmup:
+                plain_ms[i].append(1000 * (time.perf_counter() - start))
+    del plain
+    with tempfile.TemporaryDirectory(prefix="segfast_ops_") as tmp:
+        profiled = [session(f, os.path.join(tmp, f"graph{i}")) for i, f in enumerate(files)]
         for _ in range(warmup + runs):
-            for session, feed in zip(sessions, feeds, strict=True):
-                session.run(None, feed)
+            for s, feed in zip(profiled, feeds, strict=True):
+                s.run(None, feed)
         profiles = []
-        for label, f, session in zip(_labels(files), files, sessions, strict=True):
-            walls, per_run, nodes = _read_profile(session.end_profiling(), warmup)
+        for i, (label, f, s) in enumerate(zip(_labels(files), files, profiled, strict=True)):
+            walls, per_run, nodes = _read_profile(s.end_profiling(), warmup)
             ops = sorted({op for r in per_run for op in r})
             op_ms = {op: statistics.median(r.get(op, 0.0) for r in per_run) for op in ops}
+            run_ms, plain_median = statistics.median(walls), statistics.median(plain_ms[i])
             profiles.append(
-                GraphProfile(label, str(f), statistics.median(walls), op_ms, nodes, len(walls))
+                GraphProfile(label, str(f), run_ms, plain_median, op_ms, nodes, len(walls))
             )
     return profiles
 
@@ -210,20 +228,25 @@ def format_report(profiles: Sequence[GraphProfile], top: int = 15) -> str:
             (f"{label} ms", lambda r, k=label: r.ms[k], f">{max(10, len(label) + 3)}.2f")
         )
     lines = [format_columns(op_rows(profiles)[:top], columns), ""]
-    width = max(len(k) for k in (*KINDS, "kernels", "run (wall)"))
+    width = max(len(k) for k in (*KINDS, "kernels", "run (profiled)", "run (no profiler)"))
     for kind in KINDS:
         cells = "  ".join(f"{p.kind_ms(kind):9.1f}" for p in profiles)
         lines.append(f"{kind:<{width}}  {cells}")
     lines.append(f"{'kernels':<{width}}  " + "  ".join(f"{p.kernel_ms:9.1f}" for p in profiles))
-    lines.append(f"{'run (wall)':<{width}}  " + "  ".join(f"{p.run_ms:9.1f}" for p in profiles))
+    for name, attr in (("run (profiled)", "run_ms"), ("run (no profiler)", "plain_ms")):
+        cells = "  ".join(f"{getattr(p, attr):9.1f}" for p in profiles)
+        lines.append(f"{name:<{width}}  {cells}")
     base = profiles[0]
     for p in profiles[1:]:
-        lines.append(f"{base.label} / {p.label} run time: {base.run_ms / p.run_ms:.2f}x")
+        lines.append(
+            f"{base.label} / {p.label} run time: {base.plain_ms / p.plain_ms:.2f}x without the "
+            f"profiler, {base.run_ms / p.run_ms:.2f}x with it"
+        )
         if p.int8_free_ms is not None:
             lines.append(
-                f"{p.label}: with its int8 matmul/conv at zero cost a run would take "
+                f"{p.label}: with its int8 matmul/conv at zero cost a profiled run would take "
                 f"{p.int8_free_ms:.1f} ms, at most {base.run_ms / p.int8_free_ms:.2f}x "
-                f"faster than {base.label}"
+                f"faster than {base.label}'s"
             )
     return "\n".join(lines)
 
