@@ -1,5 +1,5 @@
 """The ``segfast`` benchmark commands: ``bench``, ``bench-segevery``, ``bench-node``,
-``bench-memory``, ``bench-tracking``, ``bench-lifting``, ``bench-ops``, ``bench-postprocess``
+``bench-tracking``, ``bench-memory``, ``bench-lifting``, ``bench-ops``, ``bench-postprocess``
 and ``bench-replay``, their flags and what each prints and writes.
 
 ``cli.py`` calls :func:`add_parsers` and :func:`add_replay_parser` (the latter after
@@ -345,7 +345,7 @@ def cmd_bench_tracking(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    """``bench``, ``bench-segevery``, ``bench-node``, ``bench-memory``, ``bench-tracking``,
+    """``bench``, ``bench-segevery``, ``bench-node``, ``bench-tracking``, ``bench-memory``,
     ``bench-lifting`` and ``bench-ops`` on ``sub`` (the ``segfast`` subparsers), in that order."""
     p = sub.add_parser("bench", help="encoder/decoder latency table per backend and precision")
     add_backend_args(p, backend=False)
@@ -415,48 +415,29 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--json", help="write the table as JSON")
     p.set_defaults(func=cmd_bench_node)
 
-    p = sub.add_parser(
-        "bench-memory",
-        help="peak RSS and time of the node on one large frame: SegEvery and ~/segment",
-    )
-    bench_memory.add_arguments(p)
-    p.set_defaults(func=bench_memory.run_cli)
-
     _add_tracking_parser(sub)
-    _add_lifting_parser(sub)
-    _add_ops_parser(sub)
+    for name, module, help_text in _MODULE_BENCHES:
+        _add_module_parser(sub, name, module, help_text)
 
 
-def _add_postprocess_parser(sub: Any) -> None:
-    """``bench-postprocess`` on ``sub``."""
-    p = sub.add_parser(
-        "bench-postprocess",
-        help="SegEvery post-processing and rendering vs the decoder: this checkout vs --base, "
-        "replaying make demo's bag",
-    )
-    bench_postprocess.add_arguments(p)
-    p.set_defaults(func=bench_postprocess.run_cli)
+#: The benchmarks whose module declares its flags (``add_arguments``) and runs (``run_cli``).
+_MODULE_BENCHES = (
+    ("bench-memory", bench_memory, "peak RSS and time of the node on one large frame: "
+     "SegEvery and ~/segment"),
+    ("bench-lifting", bench_lifting, "depth lifting's cost: 100 masks to 3D (goal < 5 ms), "
+     "point cloud, depth resampling"),
+    ("bench-ops", bench_ops, "where ONNX graphs spend their time per operator type, side by "
+     "side (fp32 vs int8)"),
+)  # fmt: skip
 
 
-def _add_ops_parser(sub: Any) -> None:
-    """``bench-ops`` on ``sub``."""
-    p = sub.add_parser(
-        "bench-ops",
-        help="where ONNX graphs spend their time per operator type, side by side (fp32 vs int8)",
-        description=(bench_ops.__doc__ or "").split("\n\n")[0],
-    )
-    bench_ops.add_arguments(p)
-    p.set_defaults(func=bench_ops.run_cli)
-
-
-def _add_lifting_parser(sub: Any) -> None:
-    """``bench-lifting`` on ``sub``."""
-    p = sub.add_parser(
-        "bench-lifting",
-        help="depth lifting's cost: 100 masks to 3D (goal < 5 ms), point cloud, depth resampling",
-    )
-    bench_lifting.add_arguments(p)
-    p.set_defaults(func=bench_lifting.run_cli)
+def _add_module_parser(sub: Any, name: str, module: Any, help_text: str) -> None:
+    """``name`` on ``sub``, for a benchmark module with ``add_arguments`` and ``run_cli``;
+    its description is the first paragraph of the module's docstring."""
+    description = (module.__doc__ or "").split("\n\n")[0]
+    p = sub.add_parser(name, help=help_text, description=description)
+    module.add_arguments(p)
+    p.set_defaults(func=module.run_cli)
 
 
 def _add_tracking_parser(sub: Any) -> None:
@@ -503,4 +484,10 @@ def add_replay_parser(sub: Any) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="grid/hierarchical option")
     p.add_argument("--json", help="write the table as JSON")
     p.set_defaults(func=cmd_bench_replay, backend="onnxruntime")
-    _add_postprocess_parser(sub)
+    _add_module_parser(
+        sub,
+        "bench-postprocess",
+        bench_postprocess,
+        "SegEvery post-processing and rendering vs the decoder: this checkout vs --base, "
+        "replaying make demo's bag",
+    )
