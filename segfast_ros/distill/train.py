@@ -21,8 +21,8 @@ images (mIoU, point and box prompts); every ``save_every`` steps ``checkpoint.pt
 
 ``device`` (``cpu``, ``cuda``, ``cuda:1``) holds both models, the batches, the losses and the
 optimizer; the prompts are drawn on the CPU from the run's generator (:mod:`.prompts`), so a
-seed draws the same prompts on any device. Checkpoints and ``student.pt`` hold CPU tensors
-and resume on any device.
+seed draws the same prompts on any device. ``student.pt`` and the checkpoint's student hold
+CPU tensors; a checkpoint is read onto the CPU and resumes on any device.
 """
 
 from __future__ import annotations
