@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .report import Column, format_columns, write_rows_json
+from .timing import time_ms
 
 #: Operator types by kind; any other type is ``other``.
 OP_KINDS: dict[str, frozenset[str]] = {
@@ -188,10 +188,9 @@ def profile_graphs(
     plain_ms: list[list[float]] = [[] for _ in files]
     for r in range(warmup + runs):
         for i, (s, feed) in enumerate(zip(plain, feeds, strict=True)):
-            start = time.perf_counter()
-            s.run(None, feed)
+            _, ms = time_ms(lambda s=s, feed=feed: s.run(None, feed))
             if r >= warmup:
-                plain_ms[i].append(1000 * (time.perf_counter() - start))
+                plain_ms[i].append(ms)
     del plain
     with tempfile.TemporaryDirectory(prefix="segfast_ops_") as tmp:
         profiled = [session(f, os.path.join(tmp, f"graph{i}")) for i, f in enumerate(files)]
