@@ -140,20 +140,18 @@ class Client:
         self.spin_until(client.service_is_ready, timeout, f"service {client.srv_name}")
         deadline = time.monotonic() + timeout
         future = client.call_async(request)
+        resend_at = deadline if resend_after is None else time.monotonic() + resend_after
         while not future.done():
-            step = resend_after if resend_after is not None else timeout
-            wait = min(step, deadline - time.monotonic())
-            if wait <= 0:
+            now = time.monotonic()
+            if now > deadline:
                 raise AssertionError(
                     f"timed out after {timeout:g} s waiting for a response from {client.srv_name}"
                 )
-            try:
-                self.spin_until(future.done, wait, "")
-            except AssertionError:
-                if resend_after is None or time.monotonic() >= deadline:
-                    continue  # the loop names the timeout
+            if now >= resend_at and resend_after is not None:
                 client.remove_pending_request(future)
                 future = client.call_async(request)
+                resend_at = now + resend_after
+            self.executor.spin_once(timeout_sec=0.05)
         return future.result()
 
 
