@@ -114,3 +114,33 @@ def test_sam_vit_key_layout(name: str, keys: dict[str, tuple[int, ...]]) -> None
     for key, shape in keys.items():
         assert tuple(state[key].shape) == shape, key
     assert not any(k.startswith("image_encoder.head") for k in state)
+
+
+@pytest.mark.parametrize("form", ["tokens_to_image", "image_to_tokens"])
+@pytest.mark.parametrize("image_batch", [1, 3])
+def test_factored_cross_attention_is_the_plain_one(form: str, image_batch: int) -> None:
+    from segfast_ros.modeling.transformer import Attention
+
+    torch.manual_seed(0)
+    factored = Attention(32, 4, downsample_rate=2, form=form)  # type: ignore[arg-type]
+    plain = Attention(32, 4, downsample_rate=2)
+    with torch.no_grad():  # biases too: the forms must handle each of them
+        for p in factored.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    plain.load_state_dict(factored.state_dict())
+    tokens = torch.randn(3, 7, 32)  # B = 3 prompt sets of 7 tokens
+    image = torch.randn(image_batch, 50, 32)  # one image shared by the sets, or one per set
+    expanded = image.expand(3, -1, -1)
+    with torch.no_grad():
+        if form == "tokens_to_image":
+            got, want = (
+                factored(tokens, image, image * 0.5),
+                plain(tokens, expanded, expanded * 0.5),
+            )
+        else:
+            got, want = (
+                factored(image, tokens, tokens * 0.5),
+                plain(expanded, tokens, tokens * 0.5),
+            )
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -2,7 +2,8 @@
 
 :func:`export_all` writes what a training run leaves in ``out``; :func:`requantize` rebuilds only
 ``encoder.int8.onnx`` from the fp32 encoder there (``python -m segfast_ros.demo.train
---requantize``), calibrated on the same generated scenes.
+--requantize``), calibrated on the same generated scenes, and :func:`reexport_decoder` only
+``decoder.fp32.onnx`` (``--reexport-decoder``), from the weights its old graph holds.
 """
 
 from __future__ import annotations
@@ -123,3 +124,64 @@ def requantize(out: Path) -> Path:
     }
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     return path
+
+
+def reexport_decoder(out: Path) -> tuple[Path, float]:
+    """Write ``out/decoder.fp32.onnx`` anew with today's export, from the weights that the
+    fp32 graphs in ``out`` hold (no training): after a change to the decoder graph's form that
+    keeps its function (issue 18's factored cross attention).
+
+    Returns:
+        The file and the largest difference of its low-res logits from the old file's, on
+        seeded prompts (points and boxes, with and without a mask input).
+
+    Raises:
+        OnnxWeightsError: ``out`` does not hold the demo model's fp32 graphs.
+        ValueError: the new graph's logits differ from the old one's by more than 1e-3.
+    """
+    import onnxruntime as ort
+
+    from ..export.onnx_export import export_decoder
+    from ..export.onnx_weights import sam_from_onnx
+
+    path = out / "decoder.fp32.onnx"
+    sam = sam_from_onnx("demo_tinyvit", out)
+    old = ort.InferenceSession(path.read_bytes(), providers=["CPUExecutionProvider"])
+    feeds = _decoder_check_feeds(sam.info.embed_dim, sam.info.embed_size)
+    before = [old.run(None, f)[0] for f in feeds]
+    with tempfile.TemporaryDirectory() as tmp:
+        new_path = export_decoder(sam, Path(tmp) / path.name)
+        new = ort.InferenceSession(str(new_path), providers=["CPUExecutionProvider"])
+        after = [new.run(None, f)[0] for f in feeds]
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(after, before, strict=True))
+        if diff > 1e-3:
+            raise ValueError(f"the re-exported decoder's logits differ by {diff:.2e} (> 1e-3)")
+        path.write_bytes(new_path.read_bytes())
+    return path, diff
+
+
+def _decoder_check_feeds(dim: int, size: int) -> list[dict[str, np.ndarray]]:
+    """Decoder inputs for :func:`reexport_decoder`'s comparison: 3 points, 5 boxes, and the
+    boxes again with a mask input per set."""
+    rng = np.random.default_rng(0)
+    embedding = rng.standard_normal((1, dim, size, size)).astype(np.float32)
+    side = 16 * size  # the encoder's input side
+    points = rng.uniform(0, side, (3, 2, 2)).astype(np.float32)
+    corners = np.sort(rng.uniform(0, side, (5, 2, 2)), axis=1).astype(np.float32)
+    no_mask = np.zeros((1, 1, 4 * size, 4 * size), np.float32)
+    masks = rng.standard_normal((5, 1, 4 * size, 4 * size)).astype(np.float32)
+
+    def feed(coords, labels, mask, flag):
+        return {
+            "image_embeddings": embedding,
+            "point_coords": coords,
+            "point_labels": np.asarray(labels, np.float32),
+            "mask_input": mask,
+            "has_mask_input": np.array([flag], np.float32),
+        }
+
+    return [
+        feed(points, [[1, 0]] * 3, no_mask, 0.0),
+        feed(corners, [[2, 3]] * 5, no_mask, 0.0),
+        feed(corners, [[2, 3]] * 5, masks, 1.0),
+    ]

@@ -34,6 +34,11 @@ quantization, default target, calibrated on generated scenes), ``decoder.fp32.on
 
     python -m segfast_ros.demo.train --out models/demo --requantize
 
+``--reexport-decoder`` rewrites only ``decoder.fp32.onnx`` with today's export, from the weights
+the folder's fp32 graphs hold (after a change to the graph's form, not its function)::
+
+    python -m segfast_ros.demo.train --out models/demo --reexport-decoder
+
 This module is the loop and the command; the pieces it drives: :mod:`.training_data` (the
 settings and the batches), :mod:`.segmenter_loss`, :mod:`.detector_model` (the detector and its
 loss) and :mod:`.export` (the files, and the INT8 rebuild).
@@ -56,7 +61,7 @@ from ..export.quantize import quantization_settings
 from ..modeling.registry import build_sam
 from ..modeling.sam import Sam
 from .detector_model import DemoDetector, detector_loss
-from .export import export_all, file_record, requantize
+from .export import export_all, file_record, reexport_decoder, requantize
 from .segmenter_loss import segmenter_loss
 from .training_data import DEMO_MODEL, TrainConfig, lr_factor, make_batch, scene_stream
 
@@ -142,12 +147,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--checkpoint", action="store_true", help="also save the torch weights")
     parser.add_argument(
+        "--reexport-decoder",
+        action="store_true",
+        help="no training: rewrite --out's decoder.fp32.onnx with today's export, from the "
+        "weights its fp32 graphs hold (same outputs)",
+    )
+    parser.add_argument(
         "--requantize",
         action="store_true",
         help="no training: rebuild --out's encoder.int8.onnx from its encoder.fp32.onnx "
         "(current default int8 target, the training seed's calibration scenes)",
     )
     args = parser.parse_args(argv)
+    if args.reexport_decoder:
+        path, diff = reexport_decoder(args.out)
+        print(f"wrote {path}: its logits differ from the old file's by at most {diff:.2e}")
+        return
     if args.requantize:
         path = requantize(args.out)
         settings = quantization_settings(path) or {}

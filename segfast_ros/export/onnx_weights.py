@@ -140,6 +140,10 @@ def _from_node(
         )
     elif node.op_type == "MatMul" and anon and path == "mask_decoder":
         _upscaling(consts[anon[0]], state, found)
+    elif node.op_type == "Gemm" and anon and path == "mask_decoder":
+        _upscaling(consts[anon[0]].T, state, found)  # Gemm's weight is (4 * C_out, C_in)
+    elif anon and getattr(modules.get(path), "form", "plain") != "plain":
+        _factored_attention(node.op_type, consts[anon[0]], path, modules[path], found)
     elif node.op_type == "MatMul" and anon and path in modules:
         found[f"{path}.weight"] = consts[anon[0]].T
     elif node.name == "/mask_decoder/Expand" and anon:
@@ -181,6 +185,30 @@ def _upscaling(weight: np.ndarray, state: dict, found: dict) -> None:
         if tuple(state[f"{module}.weight"].shape) == (cin, cout, 2, 2):
             found[f"{module}.weight"] = weight.reshape(cin, 2, 2, cout).transpose(0, 3, 1, 2)
             return
+
+
+def _factored_attention(
+    op: str, value: np.ndarray, path: str, attention: nn.Module, found: dict
+) -> None:
+    """A decoder cross attention computed in a factored form (``modeling.transformer.
+    Attention``, ``form`` other than ``plain``): its projection weights enter the graph split
+    by head, ``(heads, d, C)`` or ``(heads, C, d)``, and the output projection's transposed.
+
+    A ``tokens_to_image`` attention's ``k_proj.bias`` is not in the graph: it adds the same
+    value to a token's scores over every pixel, which the softmax removes, so any value gives
+    the same outputs; it reads back as zeros."""
+    heads, form = attention.num_heads, attention.form
+    internal, dim = attention.q_proj.weight.shape
+    d = internal // heads
+    split = value.ndim == 3 and value.shape[0] == heads
+    if op == "MatMul" and split and value.shape[1:] == (d, dim) and form == "tokens_to_image":
+        found[f"{path}.k_proj.weight"] = value.reshape(internal, dim)
+        found[f"{path}.k_proj.bias"] = np.zeros(internal, np.float32)
+    elif op == "MatMul" and split and value.shape[1:] == (dim, d):
+        proj = "v_proj" if form == "tokens_to_image" else "q_proj"
+        found[f"{path}.{proj}.weight"] = value.transpose(0, 2, 1).reshape(internal, dim)
+    elif op == "Reshape" and value.shape == (internal, dim) and form == "image_to_tokens":
+        found[f"{path}.out_proj.weight"] = value.T
 
 
 def _attention_biases(node, consts: dict, attention: nn.Module | None, found: dict) -> None:

@@ -103,7 +103,9 @@ class MaskDecoder(nn.Module):
         b = sparse_embeddings.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens[None].expand(b, -1, -1), sparse_embeddings], dim=1)
-        src = (image_embeddings + dense_embeddings).expand(b, -1, -1, -1)
+        # Not expanded to the B prompt sets: the first layer's cross attentions broadcast the
+        # shared image over them, and the image becomes per-set only where it changes.
+        src = image_embeddings + dense_embeddings
         h, w = src.shape[-2:]
 
         hs, src = self.transformer(src, image_pe, tokens)
@@ -151,6 +153,8 @@ def _deconv2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
     Returns ``(..., 2, 2, Cout)``: the output block (row offset, column offset) of each pixel.
     """
     cin, cout = conv.weight.shape[:2]
-    weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
-    y = x @ weight
-    return y.reshape(*x.shape[:-1], 2, 2, cout) + conv.bias
+    weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * cout, cin)
+    # One 2-D linear map with its bias (a Gemm in ONNX, which fuses the bias add; a batched
+    # MatMul exports with a separate Add over its whole output).
+    y = F.linear(x.reshape(-1, cin), weight, conv.bias.repeat(4))
+    return y.reshape(*x.shape[:-1], 2, 2, cout)
