@@ -243,6 +243,7 @@ def create_session(
     intra_op_threads: int = 0,
     *,
     require_providers: bool = True,
+    allow_spinning: bool = False,
 ) -> ort.InferenceSession:
     """An ONNX Runtime session on the providers :func:`resolve_providers` returned.
 
@@ -250,12 +251,23 @@ def create_session(
     (missing CUDA libraries); on a robot that means running several times slower unnoticed, so
     with ``require_providers`` that fallback is an error.
 
+    The intra-op threads sleep when they run out of work unless ``allow_spinning``: ONNX
+    Runtime's default busy-waits, and a waiting pool takes the cores from everything else in
+    the process (the other session, the replay's reader and writer, the node's executor).
+    Measured on 2 cores (docs/benchmarks.md, issue 18): with both sessions spinning, ``make
+    demo``'s replay spent about 1.4x longer per frame, and a decoder run right after another
+    session's took up to twice as long; a lone single-prompt decoder run is about 13 % faster
+    spinning.
+
     Raises:
         ProviderUnavailableError: a requested provider could not be activated
             (``require_providers``).
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
+    )
     names = [n for n, _ in resolved]
     session = ort.InferenceSession(
         str(path), options, providers=names, provider_options=[o for _, o in resolved]
@@ -289,6 +301,8 @@ class OnnxRuntimeBackend:
         decoder_max_sets: most prompt sets per decoder run; a bigger call is split and its
             outputs joined. None: :func:`cpu_decoder_max_sets` when the decoder runs on the CPU
             provider, else no limit (GPU memory was not measured for this).
+        allow_spinning: let idle intra-op threads busy-wait (see :func:`create_session`); off
+            by default, for a process that does more than run these two graphs.
 
     Both sessions keep ONNX Runtime's CPU memory arena, which reuses one run's buffers in the
     next. The encoder's shapes never change; the decoder's batch does, and the arena would keep
@@ -317,6 +331,7 @@ class OnnxRuntimeBackend:
         provider_options: Mapping[str, Mapping[str, Any]] | None = None,
         require_providers: bool = True,
         decoder_max_sets: int | None = None,
+        allow_spinning: bool = False,
     ) -> None:
         self.encoder_path = _check_file(encoder_path, "encoder")
         self.decoder_path = _check_file(decoder_path, "decoder")
@@ -334,11 +349,15 @@ class OnnxRuntimeBackend:
             trt_engine_cache_dir=trt_engine_cache_dir,
             provider_options=provider_options,
         )
-        self.encoder = create_session(
-            self.encoder_path, resolved, intra_op_threads, require_providers=require_providers
-        )
-        self.decoder = create_session(
-            self.decoder_path, resolved, intra_op_threads, require_providers=require_providers
+        self.encoder, self.decoder = (
+            create_session(
+                path,
+                resolved,
+                intra_op_threads,
+                require_providers=require_providers,
+                allow_spinning=allow_spinning,
+            )
+            for path in (self.encoder_path, self.decoder_path)
         )
         self.providers: list[str] = self.encoder.get_providers()
         #: Options of the last decoder run of a call: return the CPU arena's unused regions.
@@ -421,12 +440,16 @@ class OnnxRuntimeBackend:
 
         More than :attr:`decoder_max_sets` sets run as several decoder runs, each written into
         the one output as it comes (no second copy of all the logits for a join). The last run
-        returns the CPU arena's unused regions.
+        of such a split call returns the CPU arena's unused regions. A call that fits one run
+        keeps them: the arena then holds at most one run's worth (the budget), and returning
+        and taking it back on every call made single-prompt calls about a third slower.
         """
+        cap = self.decoder_max_sets
+        split = cap is not None and len(point_coords) > cap
         return decode_in_runs(
-            lambda values, last: self._run_decoder(*values, shrink=last),
+            lambda values, last: self._run_decoder(*values, shrink=last and split),
             (image_embeddings, point_coords, point_labels, mask_input, has_mask_input),
-            self.decoder_max_sets,
+            cap,
         )
 
     def _run_decoder(
