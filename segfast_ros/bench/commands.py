@@ -28,10 +28,12 @@ from ..model_args import (
 )
 from ..runtime.images import read_rgb
 from ..runtime.paths import DEMO_MODEL, resolve_model_path
+from . import decoder as bench_decoder
 from . import lifting as bench_lifting  # numpy and cv2 only
 from . import memory as bench_memory  # no ROS import until a case runs
 from . import op_profile as bench_ops  # onnxruntime imported when it runs
 from . import postprocess as bench_postprocess  # replays run as processes
+from . import segany_speed as bench_segany  # ROS messages and torch imported when it runs
 from . import tracking as bench_tracking  # the tracking library loads when a part runs
 from .report import write_json, write_rows_json
 from .scenes import frame
@@ -428,6 +430,10 @@ _MODULE_BENCHES = (
      "point cloud, depth resampling"),
     ("bench-ops", bench_ops, "where ONNX graphs spend their time per operator type, side by "
      "side (fp32 vs int8)"),
+    ("bench-decoder", bench_decoder, "the fp32 decoder per prompt, several exports side by "
+     "side (batch 1 and 64)"),
+    ("bench-segany", bench_segany, "one SegAny point on a large frame: predict and the "
+     "~/segment handler vs upstream MobileSAM"),
 )  # fmt: skip
 
 
