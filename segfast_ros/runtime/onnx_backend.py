@@ -254,10 +254,10 @@ def create_session(
     The intra-op threads sleep when they run out of work unless ``allow_spinning``: ONNX
     Runtime's default busy-waits, and a waiting pool takes the cores from everything else in
     the process (the other session, the replay's reader and writer, the node's executor).
-    Measured on 2 cores (docs/benchmarks.md, issue 18): with every session spinning, ``make
-    demo``'s replay spent 1.3-1.7x longer per frame in inference, and a decoder run right after another
-    session's took up to twice as long; a lone single-prompt decoder run is about 13 % faster
-    spinning.
+    Measured on 2 cores (docs/DESIGN.md, issue 18): with every session spinning, ``make
+    demo``'s replay spent 1.3-1.7x longer per frame in inference, and a decoder run right
+    after another session's took up to twice as long; a lone single-prompt decoder run is
+    about 13 % faster spinning.
 
     Raises:
         ProviderUnavailableError: a requested provider could not be activated
