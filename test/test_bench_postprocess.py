@@ -5,9 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 import pytest
 
-from segfast_ros.bench.postprocess import BenchError, TreeRun, check_imports, tree_row
+from segfast_ros.bench.postprocess import (
+    BenchError,
+    TreeRun,
+    check_imports,
+    compare_results,
+    tree_row,
+)
 from segfast_ros.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,3 +53,20 @@ def test_the_command_line() -> None:
     assert (args.base, args.rounds, args.mode, args.json) == ("/tmp/base", 3, "object_aware", None)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench-postprocess"])  # --base is required
+
+
+def test_results_may_differ_by_rounding_not_by_instances() -> None:
+    from segfast_ros.masks import mask_to_rle
+
+    mask = np.zeros((1, 20, 30), bool)
+    mask[0, 5:15, 5:25] = True
+    edge = mask.copy()
+    edge[0, 5, 5] = False  # one pixel of 200 off
+    one = {"image_id": 1, "segmentation": mask_to_rle(mask)[0], "score": 0.9}
+    near = {**one, "segmentation": mask_to_rle(edge)[0], "score": 0.9 + 1e-5}
+    agree = compare_results([one], [near])
+    assert agree["pixels_differing"] == 1 and agree["min_mask_iou"] == 199 / 200
+    with pytest.raises(BenchError, match="other instances"):
+        compare_results([one], [one, one])
+    with pytest.raises(BenchError, match="scores by up to"):
+        compare_results([one], [{**one, "score": 0.5}])
