@@ -10,7 +10,8 @@ Sections:
 * RLE: :func:`mask_to_rle`, :func:`rle_to_mask`, :func:`rle_area` (COCO uncompressed RLE, read
   by ``pycocotools.mask.frPyObjects``); :func:`window_run_lengths` (a mask's, from its box).
 * Scores and boxes: :func:`stability_score`, :func:`threshold_logits`,
-  :func:`threshold_windows` (the same, each mask kept as its box), :func:`masks_to_boxes`,
+  :func:`threshold_windows` (the same, each mask kept as its box; :func:`threshold_regions` from
+  upscaled regions), :func:`masks_to_boxes`,
   :func:`box_area`, :func:`box_iou`, :func:`nms`, :func:`box_near_crop_edge`.
 * Clean-up: :func:`remove_small_regions`.
 
@@ -292,6 +293,16 @@ class MaskWindows:
         """``(x0, y0)``: the top-left pixel of mask ``i``'s window."""
         return int(self.boxes[i, 0]), int(self.boxes[i, 1])
 
+    @staticmethod
+    def concat(parts: Sequence[MaskWindows]) -> MaskWindows:
+        """The masks of ``parts``, in order."""
+        return MaskWindows(
+            [w for p in parts for w in p.windows],
+            np.concatenate([p.boxes for p in parts]).reshape(-1, 4),
+            np.concatenate([p.stability for p in parts]).astype(np.float32, copy=False),
+            np.concatenate([p.areas for p in parts]).astype(np.int64, copy=False),
+        )
+
 
 def threshold_windows(
     logits: np.ndarray, mask_threshold: float = 0.0, offset: float = 1.0, min_stability: float = 0
@@ -304,17 +315,33 @@ def threshold_windows(
     logits = np.asarray(logits)
     if logits.ndim != 3:
         raise ValueError(f"expected logits (G, H, W), got shape {logits.shape}")
-    g = len(logits)
+    return threshold_regions(
+        [(frame, (0, 0)) for frame in logits], mask_threshold, offset, min_stability
+    )
+
+
+def threshold_regions(
+    regions: Sequence[tuple[np.ndarray, tuple[int, int]] | None],
+    mask_threshold: float = 0.0,
+    offset: float = 1.0,
+    min_stability: float = 0,
+) -> MaskWindows:
+    """:func:`threshold_windows` of masks given as regions: ``(logits, (y0, x0))``, the
+    ``(h, w)`` logits of the rectangle at ``(y0, x0)`` outside which every pixel is at most the
+    lowest threshold (``runtime.transforms.upscale_regions``), or None for a mask with no
+    pixel above it. Boxes are in the frame's pixels."""
+    g = len(regions)
     low = min(mask_threshold - offset, mask_threshold, mask_threshold + offset)
-    loose = np.empty(logits.shape[1:], dtype=bool)
     windows: list[np.ndarray] = []
     boxes = np.zeros((g, 4), dtype=np.float32)
     inter, union, areas = (np.zeros(g, dtype=np.int64) for _ in range(3))
-    for i, frame in enumerate(logits):
-        np.greater(frame, low, out=loose)
-        region, window = _tight_box(loose), np.zeros((0, 0), dtype=bool)
-        if region is not None:
-            ry0, ry1, rx0, rx1 = region
+    for i, region in enumerate(regions):
+        window = np.zeros((0, 0), dtype=bool)
+        frame, (oy, ox) = region if region is not None else (np.zeros((0, 0)), (0, 0))
+        loose = np.greater(frame, low)
+        region_box = _tight_box(loose)
+        if region_box is not None:
+            ry0, ry1, rx0, rx1 = region_box
             sub, band = frame[ry0:ry1, rx0:rx1], loose[ry0:ry1, rx0:rx1]
             if low != mask_threshold - offset:  # loose is the band's low side unless offset < 0
                 np.greater(sub, mask_threshold - offset, out=band)
@@ -327,7 +354,7 @@ def threshold_windows(
                 y0, y1, x0, x1 = box
                 window = mask[y0:y1, x0:x1]
                 areas[i] = np.count_nonzero(window)
-                boxes[i] = (rx0 + x0, ry0 + y0, rx0 + x1, ry0 + y1)
+                boxes[i] = (ox + rx0 + x0, oy + ry0 + y0, ox + rx0 + x1, oy + ry0 + y1)
         windows.append(window)
     return MaskWindows(windows, boxes, _stability(inter, union), areas)
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .masks import threshold_logits
+from .masks import MaskWindows, threshold_regions
 from .runtime.predictor import Predictor
 from .runtime.transforms import upscale_group_size
 
@@ -32,6 +32,9 @@ class PromptSetMasks:
         stability: ``(K,)`` stability scores.
         prompt: ``(4,)`` the set's box, or None when the set had no box.
         low_res: ``(L, L)`` float32 low-res logits of the best mask (the next ``mask_input``).
+        windows: the same masks, each as its box (boxes and areas too), as thresholding made
+            them: what the RLE and the box of a message are read from; None where only the
+            full masks are known.
     """
 
     masks: np.ndarray
@@ -39,6 +42,7 @@ class PromptSetMasks:
     stability: np.ndarray
     prompt: np.ndarray | None
     low_res: np.ndarray
+    windows: MaskWindows | None = None
 
 
 def prompt_kwargs(
@@ -218,22 +222,33 @@ def decode_prompt_sets(
     assert hw is not None  # predict_low_res raised otherwise
     group = upscale_group_size(hw, upscale_budget)
     boxes = kwargs.get("box")
+    offset = stability_offset
+    above = min(mask_threshold - offset, mask_threshold, mask_threshold + offset)
     for i in range(low_res.shape[0]):
         order = np.argsort(-scores[i], kind="stable")
-        masks = np.empty((len(order), *hw), dtype=bool)
-        stability = np.empty(len(order), dtype=np.float32)
+        masks = np.zeros((len(order), *hw), dtype=bool)
+        parts = []
         for start in range(0, len(order), group):
-            chunk = slice(start, start + group)
-            logits = predictor.upscale(low_res[i][order[chunk]])
-            _, stability[chunk], _ = threshold_logits(
-                logits, mask_threshold, stability_offset, out=masks[chunk]
+            # Each mask is upscaled and thresholded only where it may exceed a threshold.
+            regions = predictor.upscale_regions(low_res[i][order[start : start + group]], above)
+            parts.append(
+                threshold_regions(
+                    [None if r is None else (r.logits, (r.y0, r.x0)) for r in regions],
+                    mask_threshold,
+                    offset,
+                )
             )
-            del logits  # before the next group is upscaled
+            del regions  # before the next group is upscaled
+        windows = MaskWindows.concat(parts)
+        for mask, window, box in zip(masks, windows.windows, windows.boxes, strict=True):
+            x0, y0 = int(box[0]), int(box[1])
+            mask[y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]] = window
         yield PromptSetMasks(
             masks=masks,
             scores=np.asarray(scores[i][order], dtype=np.float32),
-            stability=stability,
+            stability=windows.stability,
             prompt=None if boxes is None else boxes[i],
             low_res=np.ascontiguousarray(low_res[i, order[0]], dtype=np.float32),
+            windows=windows,
         )
-        del masks  # the consumer holds the answer; the next set's masks replace it
+        del masks, windows  # the consumer holds the answer; the next set's replace it

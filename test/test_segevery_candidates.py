@@ -107,13 +107,13 @@ def test_segment_prompts_with_boxes_and_the_coverage_hook() -> None:
 def test_segment_prompts_bounds_the_upscale(monkeypatch: pytest.MonkeyPatch) -> None:
     predictor, _, _ = make_scene()
     sizes: list[int] = []
-    upscale = predictor.upscale
+    upscale = predictor.upscale_regions
 
-    def spy(low_res: np.ndarray) -> np.ndarray:
+    def spy(low_res: np.ndarray, above: float) -> list:
         sizes.append(len(low_res))
-        return upscale(low_res)
+        return upscale(low_res, above)
 
-    monkeypatch.setattr(predictor, "upscale", spy)
+    monkeypatch.setattr(predictor, "upscale_regions", spy)
     points = np.tile([[10.0, 10.0]], (40, 1))
     budget = 16 * H * W  # pixels: 16 masks of this frame
     segment_prompts(

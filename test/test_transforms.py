@@ -13,6 +13,8 @@ from segfast_ros.runtime.transforms import (
     postprocess_masks,
     prepare_image,
     preprocess_shape,
+    region_view,
+    upscale_regions,
     validate_rgb_image,
 )
 
@@ -206,3 +208,51 @@ def test_postprocess_masks_empty_and_bad_shape() -> None:
     assert out.shape == (0, 3, 5, 6)
     with pytest.raises(ValueError, match=r"expected low-res masks \(B, M, L, L\)"):
         postprocess_masks(np.zeros((3, 256, 256), np.float32), (10, 10), (5, 6), 1024)
+
+
+def _blobs(n: int, lr: int, valid: tuple[float, float], seed: int) -> np.ndarray:
+    """``(n, lr, lr)`` smooth logits: round blobs of several sizes centred in the ``valid``
+    fraction of the grid (rows, columns: the image, not the padding), the first in a corner."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:lr, :lr]
+    out = np.empty((n, lr, lr), np.float32)
+    for i in range(n):
+        cy, cx = rng.uniform(0, 1, 2) * lr * np.array(valid) if i else (lr - 2, lr - 2)
+        radius = rng.uniform(1, lr / 2)
+        out[i] = (radius - np.hypot(yy - cy, xx - cx)) / 2 + rng.normal(0, 0.2, (lr, lr))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("hw", "size", "lr"),
+    [((480, 640), 256, 64), ((1450, 2068), 1024, 256), ((770, 769), 1024, 256),
+     ((4000, 90), 1024, 256), ((30, 20), 1024, 256), ((100, 100), 1000, 256)],
+)  # fmt: skip
+def test_upscale_regions_are_the_full_upscale_where_it_can_exceed(
+    hw: tuple[int, int], size: int, lr: int
+) -> None:
+    input_hw = preprocess_shape(*hw, size)
+    low = _blobs(6, lr, (input_hw[0] / size, input_hw[1] / size), seed=sum(hw))
+    full = postprocess_masks(low[None], input_hw, hw, size)[0]
+    above = -0.5
+    regions = upscale_regions(low, input_hw, hw, size, above)
+    assert len(regions) == len(low)
+    for logits, region in zip(full, regions, strict=True):
+        if region is None:
+            assert (logits <= above).all()
+            continue
+        inside = region_view(logits, region)
+        np.testing.assert_allclose(region.logits, inside, atol=2e-5, rtol=0)
+        outside = logits.copy()
+        region_view(outside, region)[:] = -np.inf
+        assert (outside <= above).all()  # nothing outside the rectangle can exceed ``above``
+    sizes = [r.logits.size for r in regions if r is not None]
+    assert min(sizes) < hw[0] * hw[1]  # some rectangles are smaller than the frame
+
+
+def test_upscale_regions_skip_masks_with_nothing_above() -> None:
+    low = np.full((2, 64, 64), -5.0, np.float32)
+    low[1, 63, 63] = 5.0  # only in the input's padding of a wide 640x480 frame
+    assert upscale_regions(low, (192, 256), (480, 640), 256, 0.0) == [None, None]
+    with pytest.raises(ValueError, match=r"\(G, L, L\)"):
+        upscale_regions(low[0], (192, 256), (480, 640), 256, 0.0)

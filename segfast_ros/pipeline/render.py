@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from ..masks import Instance, mask_run_lengths, masks_to_boxes, rle_counts
+from ..masks import Instance, mask_run_lengths, masks_to_boxes, rle_counts, window_run_lengths
 from ..segany import PromptSetMasks
 from ..spatial.lift import Lifted
 from ..spatial.roi_masks import mask_pixels
@@ -239,11 +239,27 @@ def answer_records(answer: PromptSetMasks, first_id: int = 0) -> list[InstanceRe
         answer: one prompt set's masks, scores and stability scores.
         first_id: ``id`` of its first mask (the node counts per set, the replay across sets).
     """
-    return [
-        mask_record(mask, float(score), float(stab), first_id + j, answer.prompt)
-        for j, (mask, score, stab) in enumerate(
-            zip(answer.masks, answer.scores, answer.stability, strict=True)
+    windows = answer.windows
+    if windows is None:
+        return [
+            mask_record(mask, float(score), float(stab), first_id + j, answer.prompt)
+            for j, (mask, score, stab) in enumerate(
+                zip(answer.masks, answer.scores, answer.stability, strict=True)
+            )
+        ]
+    hw = answer.masks.shape[1:]
+    return [  # RLE, box and area from each mask's box, not from the whole frame
+        _record(
+            first_id + j,
+            float(answer.scores[j]),
+            float(windows.stability[j]),
+            windows.boxes[j],
+            int(windows.areas[j]),
+            hw,
+            window_run_lengths(windows.windows[j], windows.origin(j), hw),
+            answer.prompt,
         )
+        for j in range(len(windows.windows))
     ]
 
 

@@ -15,12 +15,15 @@ from segfast_ros.runtime.backend import Backend, ModelInfo
 from segfast_ros.runtime.prompt_checks import check_boxes, check_mask_input, check_points
 from segfast_ros.runtime.transforms import (
     RESIZE_INTERPOLATIONS,
+    Region,
     apply_boxes,
     apply_coords,
     postprocess_masks,
     prepare_image,
     preprocess_shape,
+    region_view,
     upscale_group_size,
+    upscale_regions,
 )
 from segfast_ros.spec import LABEL_BOX_BR, LABEL_BOX_TL, LABEL_PAD
 
@@ -210,13 +213,16 @@ class Predictor:
                 low_res, self._input_size, self._original_size, self.info.image_size
             )
         else:
-            masks = np.empty((*low_res.shape[:2], *self._original_size), dtype=bool)
+            # Each mask is upscaled only where it may exceed the threshold (the rest is False).
+            masks = np.zeros((*low_res.shape[:2], *self._original_size), dtype=bool)
             flat_in = low_res.reshape(-1, *low_res.shape[2:])
             flat_out = masks.reshape(-1, *self._original_size)
             group = upscale_group_size(self._original_size, upscale_budget)
             for start in range(0, len(flat_in), group):
-                chunk = slice(start, start + group)
-                np.greater(self.upscale(flat_in[chunk]), mask_threshold, out=flat_out[chunk])
+                regions = self.upscale_regions(flat_in[start : start + group], mask_threshold)
+                for out, region in zip(flat_out[start : start + group], regions, strict=True):
+                    if region is not None:
+                        np.greater(region.logits, mask_threshold, out=region_view(out, region))
         if not batched:
             return Prediction(masks[0], iou[0], low_res[0])
         return Prediction(masks, iou, low_res)
@@ -272,6 +278,25 @@ class Predictor:
         flat = low_res.reshape(1, -1, lr, lr)
         big = postprocess_masks(flat, self._input_size, self._original_size, self.info.image_size)
         return big.reshape(*lead, *self._original_size)
+
+    def upscale_regions(self, low_res: np.ndarray, above: float) -> list[Region | None]:
+        """:meth:`upscale` of ``(G, L, L)`` low-res logits, each mask only where it may exceed
+        ``above`` (see :func:`~segfast_ros.runtime.transforms.upscale_regions`).
+
+        Raises:
+            ValueError: no image set, or ``low_res`` is not ``(G, L, L)`` for this model.
+        """
+        if self._input_size is None or self._original_size is None:
+            raise ValueError("no image is set: call set_image(image) first")
+        lr = self.info.low_res_size
+        low_res = np.asarray(low_res)
+        if low_res.ndim != 3 or low_res.shape[1:] != (lr, lr):
+            raise ValueError(
+                f"expected low-res logits of shape (G, {lr}, {lr}), got {low_res.shape}"
+            )
+        return upscale_regions(
+            low_res, self._input_size, self._original_size, self.info.image_size, above
+        )
 
     def _decode(
         self,

@@ -14,6 +14,9 @@ as torch's ``F.interpolate(mode="bilinear", align_corners=False)``.
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -271,3 +274,167 @@ def postprocess_masks(
             else:
                 cv2.resize(cropped, (big_w, big_h), dst=out[i, j], interpolation=cv2.INTER_LINEAR)
     return out
+
+
+# ------------------------------------------------------------------ upscaling a mask's region
+
+
+#: :func:`upscale_regions` computes a rectangle itself when it covers at most this fraction
+#: (its inverse) of the frame; measured: a 510x502 region of a 3 MP frame in 1.3 ms against
+#: 2.9 ms for the full upscale and threshold, a 1450x1957 one in 13 against 6.6 ms.
+LARGE_REGION = 3
+
+
+@dataclass(frozen=True)
+class Region:
+    """Full-size logits of one rectangle of the original frame.
+
+    Attributes:
+        logits: ``(h, w)`` float32, the values :func:`postprocess_masks` gives at those pixels.
+        y0: the rectangle's first row.
+        x0: its first column.
+    """
+
+    logits: np.ndarray
+    y0: int
+    x0: int
+
+
+def region_view(frame: np.ndarray, region: Region) -> np.ndarray:
+    """The part of a full-frame ``(H, W)`` array that ``region`` covers (a view)."""
+    h, w = region.logits.shape
+    return frame[region.y0 : region.y0 + h, region.x0 : region.x0 + w]
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One axis of the two bilinear steps (low-res -> input frame -> original frame): for
+    every output index, its two sources and the weight of the second, per step, and the
+    low-res indices each output index depends on (``lo``, ``hi``, both included)."""
+
+    src0: tuple[np.ndarray, np.ndarray]
+    src1: tuple[np.ndarray, np.ndarray]
+    weight: tuple[np.ndarray, np.ndarray]
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def _linear_taps(out_len: int, in_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """cv2 ``INTER_LINEAR``'s sources and weights along one axis: output index ``i`` reads
+    ``(i + 0.5) * in / out - 0.5``, clamped to the first and last source."""
+    pos = ((np.arange(out_len) + 0.5) * (in_len / out_len) - 0.5).astype(np.float32)
+    pos = np.maximum(pos, np.float32(0))
+    src0 = np.floor(pos).astype(np.int64)
+    weight = pos - src0.astype(np.float32)
+    last = src0 >= in_len - 1
+    src0[last], weight[last] = in_len - 1, 0
+    return src0, np.minimum(src0 + 1, in_len - 1), weight
+
+
+@functools.lru_cache(maxsize=32)
+def _axis(low: int, size: int, crop: int, out_len: int) -> _Axis:
+    """The two steps along one axis: ``low`` low-res cells to ``size`` input pixels, cropped to
+    the first ``crop``, then to ``out_len`` original pixels."""
+    a0, a1, aw = _linear_taps(size, low)
+    b0, b1, bw = _linear_taps(out_len, crop)
+    return _Axis((a0, b0), (a1, b1), (aw, bw), a0[b0], a1[b1])
+
+
+def _lerp(values: np.ndarray, src0: np.ndarray, src1: np.ndarray, w: np.ndarray, axis: int):
+    """One bilinear step along ``axis`` of a 2-D array (sources indexed from the array's own
+    first row or column)."""
+    a = np.take(values, src0, axis=axis)
+    b = np.take(values, src1, axis=axis)
+    w = w[:, None] if axis == 0 else w[None, :]
+    return a + (b - a) * w
+
+
+def upscale_regions(
+    low_res: np.ndarray,
+    input_hw: tuple[int, int],
+    original_hw: tuple[int, int],
+    image_size: int,
+    above: float,
+) -> list[Region | None]:
+    """Each mask's full-size logits, only where they may exceed ``above``.
+
+    The two bilinear steps of :func:`postprocess_masks` mix, at each output pixel, at most
+    three low-res rows and three columns with non-negative weights, so a pixel can exceed
+    ``above`` only if one of those cells does. Each mask's rectangle is the output pixels whose
+    cells include a cell above ``above``; its logits are computed from those cells alone, with
+    cv2's sample positions and weights (equal to the full upscale's to float rounding). Every
+    pixel outside the rectangle is at most ``above``. The work is the rectangle's: a few percent
+    of the frame for most masks, where the full upscale writes and reads every pixel. A
+    rectangle larger than ``1 / LARGE_REGION`` of the frame is cut from cv2's full upscale of
+    its mask instead, which is faster per pixel than the numpy steps.
+
+    Args:
+        low_res: ``(G, L, L)`` float32 low-res logits.
+        input_hw: ``(h, w)`` of the resized image inside the padded input.
+        original_hw: ``(H, W)`` of the original image.
+        image_size: side ``S`` of the encoder input.
+        above: the lowest threshold the caller applies.
+
+    Returns:
+        Per mask, its :class:`Region`, or None when no pixel can exceed ``above``.
+    """
+    low_res = np.asarray(low_res, dtype=np.float32)
+    if low_res.ndim != 3 or low_res.shape[1] != low_res.shape[2]:
+        raise ValueError(f"expected low-res masks (G, L, L), got shape {low_res.shape}")
+    lr = low_res.shape[1]
+    h, w = int(original_hw[0]), int(original_hw[1])
+    rows = _axis(lr, image_size, int(input_hw[0]), int(original_hw[0]))
+    cols = _axis(lr, image_size, int(input_hw[1]), int(original_hw[1]))
+    out: list[Region | None] = []
+    for mask in low_res:
+        hot = mask > above
+        hot_rows, hot_cols = np.flatnonzero(hot.any(axis=1)), np.flatnonzero(hot.any(axis=0))
+        if hot_rows.size == 0:
+            out.append(None)
+            continue
+        y0, y1 = _span(rows, int(hot_rows[0]), int(hot_rows[-1]))
+        x0, x1 = _span(cols, int(hot_cols[0]), int(hot_cols[-1]))
+        if y0 >= y1 or x0 >= x1:  # the hot cells lie in the input's padding only
+            out.append(None)
+        elif (y1 - y0) * (x1 - x0) * LARGE_REGION > h * w:  # cv2 is faster per pixel
+            full = postprocess_masks(mask[None, None], input_hw, (h, w), image_size)[0, 0]
+            out.append(Region(full[y0:y1, x0:x1], y0, x0))
+        else:
+            out.append(Region(_upscale_block(mask, rows, cols, (y0, y1), (x0, x1)), y0, x0))
+    return out
+
+
+def _span(axis: _Axis, first: int, last: int) -> tuple[int, int]:
+    """The output indices ``[start, stop)`` whose low-res cells meet ``first..last``
+    (``lo`` and ``hi`` never decrease along the axis)."""
+    start = int(np.searchsorted(axis.hi, first, side="left"))
+    stop = int(np.searchsorted(axis.lo, last, side="right"))
+    return start, stop
+
+
+def _upscale_block(
+    mask: np.ndarray, rows: _Axis, cols: _Axis, ys: tuple[int, int], xs: tuple[int, int]
+) -> np.ndarray:
+    """The full-size logits of output rows ``ys`` and columns ``xs`` of one ``(L, L)`` mask:
+    both steps, columns then rows as cv2 does, on the cells and input pixels they need."""
+    (r0, r1), (c0, c1) = _needed(rows, ys), _needed(cols, xs)
+    (q0, q1), (p0, p1) = _needed_low(rows, r0, r1), _needed_low(cols, c0, c1)
+    block = mask[q0:q1, p0:p1]
+    a, b = slice(c0, c1), slice(r0, r1)  # step 1: low-res cells to input pixels
+    block = _lerp(block, cols.src0[0][a] - p0, cols.src1[0][a] - p0, cols.weight[0][a], 1)
+    block = _lerp(block, rows.src0[0][b] - q0, rows.src1[0][b] - q0, rows.weight[0][b], 0)
+    a, b = slice(*xs), slice(*ys)  # step 2: input pixels to original pixels
+    block = _lerp(block, cols.src0[1][a] - c0, cols.src1[1][a] - c0, cols.weight[1][a], 1)
+    block = _lerp(block, rows.src0[1][b] - r0, rows.src1[1][b] - r0, rows.weight[1][b], 0)
+    return np.ascontiguousarray(block, dtype=np.float32)
+
+
+def _needed(axis: _Axis, span: tuple[int, int]) -> tuple[int, int]:
+    """The input-frame indices ``[first, stop)`` that output indices ``span`` read."""
+    start, stop = span
+    return int(axis.src0[1][start]), int(axis.src1[1][stop - 1]) + 1
+
+
+def _needed_low(axis: _Axis, first: int, stop: int) -> tuple[int, int]:
+    """The low-res indices ``[first, stop)`` that input-frame indices ``first..stop-1`` read."""
+    return int(axis.src0[0][first]), int(axis.src1[0][stop - 1]) + 1

@@ -8,18 +8,20 @@ bounded memory:
 * Per batch (:meth:`_Decode.batch`): one decoder call at low resolution (:func:`decode_prompts`),
   then the predicted-IoU filter, before the expensive upscale.
 * Per upscale group of the survivors (:meth:`_Decode.group`), at most ``upscale_budget`` pixels
-  of float32 logits: upscale to the predictor's image, threshold (stability, area and box in
-  one pass over each frame, each mask kept as its box: :func:`~.masks.threshold_windows`), the
-  empty-mask, stability and crop-edge filters, the strategy's look at the logits, then RLE in
-  the full frame from each box (:func:`~.masks.window_run_lengths`). A group is reduced to RLE
-  before the next is upscaled, so memory is bounded by the budget (about 5 bytes per budget
-  pixel: the logits and one mask frame) whatever the frame size and the number of prompts.
+  of float32 logits: upscale to the predictor's image only the rectangle where each mask may
+  exceed its lowest threshold (:func:`~segfast_ros.runtime.transforms.upscale_regions`),
+  threshold there (stability, area and box, each mask kept as its box:
+  :func:`~.masks.threshold_regions`), the empty-mask, stability and crop-edge filters, the
+  strategy's look at the logits, then RLE in the full frame from each box
+  (:func:`~.masks.window_run_lengths`). A group is reduced to RLE before the next is upscaled,
+  so memory is bounded by the budget (about 5 bytes per budget pixel: the logits and one mask
+  frame) whatever the frame size and the number of prompts.
 * :func:`finish_candidates`: the optional small-region clean-up (:func:`clean_small_regions`),
   then best first.
 
 What flows between the stages is a :class:`MaskCandidates`. Two steps belong to one strategy
 each and are handed in by it: a :class:`CropFrame` (grid's crop layers: masks pasted into the
-full frame, masks cut by an inner crop edge dropped) and a :data:`KeptLogits` hook
+full frame, masks cut by an inner crop edge dropped) and a :class:`KeptLogits` hook
 (hierarchical's coverage map, which needs the full-size logits of the kept masks).
 """
 
@@ -27,10 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -44,17 +46,25 @@ from ..masks import (
     nms,
     remove_small_regions,
     rle_to_mask,
-    threshold_windows,
+    threshold_regions,
     window_run_lengths,
 )
 from ..runtime.predictor import Predictor
-from ..runtime.transforms import upscale_group_size
+from ..runtime.transforms import Region, upscale_group_size
 from .settings import MaskFilter
 
-#: A strategy's look at the full-size logits: called per upscale group with its ``(G, h, w)``
-#: float32 logits (the predictor's image frame) and the ``(k,)`` indices of the masks kept from
-#: it, before the logits are freed.
-KeptLogits = Callable[[np.ndarray, np.ndarray], None]
+
+class KeptLogits(Protocol):
+    """A strategy's look at the full-size logits: called per upscale group with each mask's
+    :class:`~segfast_ros.runtime.transforms.Region` (None for a mask with nothing above the
+    lowest threshold; the predictor's image frame) and the ``(k,)`` indices of the masks kept
+    from it, before the logits are freed."""
+
+    #: The hook reads only pixels above this logit: the regions then hold every such pixel
+    #: even when it is below the mask filter's lowest threshold.
+    floor: float
+
+    def __call__(self, regions: Sequence[Region | None], kept: np.ndarray) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -403,9 +413,16 @@ class _Decode:
             prompts: ``(G, P)`` their prompts, the predictor's pixels.
         """
         f = self.settings
-        logits = self.predictor.upscale(low_res)  # (G, h, w), within the budget
-        masks = threshold_windows(
-            logits, f.mask_threshold, f.stability_score_offset, f.stability_score_thresh
+        offset = f.stability_score_offset
+        above = min(f.mask_threshold - offset, f.mask_threshold, f.mask_threshold + offset)
+        if self.on_kept is not None:
+            above = min(above, self.on_kept.floor)
+        regions = self.predictor.upscale_regions(low_res, above)  # within the budget
+        masks = threshold_regions(
+            [None if r is None else (r.logits, (r.y0, r.x0)) for r in regions],
+            f.mask_threshold,
+            offset,
+            f.stability_score_thresh,
         )
         stability, areas = masks.stability, masks.areas
         keep = areas > 0
@@ -417,8 +434,8 @@ class _Decode:
         if len(kept) == 0:
             return None
         if self.on_kept is not None:
-            self.on_kept(logits, kept)
-        del logits  # the float32 maps go before the RLE work
+            self.on_kept(regions, kept)
+        del regions  # the float32 maps go before the RLE work
         return MaskCandidates(
             self.frame.rles(masks, kept),
             boxes[kept],

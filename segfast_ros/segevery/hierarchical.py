@@ -10,12 +10,14 @@ rounds.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from ..runtime.predictor import Predictor
+from ..runtime.transforms import Region, region_view
 from .base import SegEveryResult
 from .candidates import MaskCandidates, StageTimer, finish_candidates, predictor_image_hw
 from .grid import PointGridParams, build_point_grid
@@ -40,9 +42,10 @@ class HierarchicalResult(SegEveryResult):
 class Coverage:
     """TinySAM's "already covered" map: the confident pixels of the kept round-1 masks.
 
-    A :data:`~.candidates.KeptLogits` hook: the decode pipeline hands it each upscale group's
-    full-size logits, and the pixels of kept masks whose logit is above ``high_score_thresh``
-    join the map (exact, at full resolution, for one comparison per mask).
+    A :class:`~.candidates.KeptLogits` hook: the decode pipeline hands it each upscale group's
+    full-size logits (each mask's region where it may exceed ``high_score_thresh``), and the
+    pixels of kept masks whose logit is above ``high_score_thresh`` join the map (exact, at full
+    resolution, for one comparison per mask).
 
     Args:
         image_hw: ``(H, W)`` of the frame (the predictor's image: no crops).
@@ -52,11 +55,15 @@ class Coverage:
     def __init__(self, image_hw: tuple[int, int], high_score_thresh: float) -> None:
         self.covered = np.zeros(image_hw, dtype=bool)
         self.high_score_thresh = high_score_thresh
+        self.floor = high_score_thresh
 
-    def __call__(self, logits: np.ndarray, kept: np.ndarray) -> None:
-        """Add the confident pixels of ``logits[kept]`` (``(G, H, W)`` logits)."""
+    def __call__(self, regions: Sequence[Region | None], kept: np.ndarray) -> None:
+        """Add the confident pixels of the kept masks' regions."""
         for i in kept:
-            self.covered |= logits[i] > self.high_score_thresh
+            region = regions[i]
+            if region is not None:
+                view = region_view(self.covered, region)
+                view |= region.logits > self.high_score_thresh
 
     def uncovered(self, points: np.ndarray) -> np.ndarray:
         """The ``(K, 2)`` (X, Y) pixel points whose pixel is not covered.
