@@ -81,8 +81,9 @@ class Attention(nn.Module):
         """
         q = self._heads(self.q_proj(tokens))  # (B, H, T, d)
         b, heads, t, d = q.shape
+        q = q / (d**0.5)  # the scores' scale, on the T queries rather than the H*T x n scores
         qk = (q @ self._head_weights(self.k_proj)).reshape(b, heads * t, -1)  # (B, H*T, C)
-        attn = ((qk @ image_k.transpose(1, 2)) / (d**0.5)).softmax(dim=-1)  # (B, H*T, n)
+        attn = (qk @ image_k.transpose(1, 2)).softmax(dim=-1)  # (B, H*T, n)
         ay = (attn @ image_v).reshape(b, heads, t, -1)  # (B, H, T, C)
         out = ay @ self._head_weights(self.v_proj).transpose(1, 2)  # (B, H, T, d)
         out = out + self.v_proj.bias.reshape(heads, 1, d)
@@ -101,12 +102,13 @@ class Attention(nn.Module):
         k = self._heads(self.k_proj(tokens_k))  # (B, H, T, d)
         v = self._heads(self.v_proj(tokens_v))
         b, heads, t, d = k.shape
+        k = k / (d**0.5)  # the scores' scale, on the T keys rather than the n x H*T scores
         wq = self._head_weights(self.q_proj)  # (H, d, C)
         qk = (wq.transpose(1, 2) @ k.transpose(2, 3)).transpose(1, 2)  # (B, C, H, T)
         bias = self.q_proj.bias.reshape(heads, 1, d) @ k.transpose(2, 3)  # (B, H, 1, T)
         scores = image_q @ qk.reshape(b, -1, heads * t) + bias.reshape(b, 1, heads * t)
         n = scores.shape[1]
-        attn = (scores / (d**0.5)).reshape(b, n, heads, t).softmax(dim=-1)  # (B, n, H, T)
+        attn = scores.reshape(b, n, heads, t).softmax(dim=-1)  # (B, n, H, T)
         wo = self.out_proj.weight.transpose(0, 1).reshape(heads, d, -1)  # (H, d, C)
         # Each pixel's weights sum to one per head, so to ``heads`` over the H*T rows: the
         # output bias, divided by ``heads``, joins every row instead of an add over n x C.
