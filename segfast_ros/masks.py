@@ -9,9 +9,9 @@ Sections:
 * :class:`Instance`, one segmented instance, what every strategy returns.
 * RLE: :func:`mask_to_rle`, :func:`rle_to_mask`, :func:`rle_area` (COCO uncompressed RLE, read
   by ``pycocotools.mask.frPyObjects``); :func:`window_run_lengths` (a mask's, from its box).
-* Scores and boxes: :func:`stability_score`, :func:`threshold_logits`,
-  :func:`threshold_windows` (the same, each mask kept as its box; :func:`threshold_regions` from
-  upscaled regions), :func:`masks_to_boxes`,
+* Scores and boxes: :func:`stability_score`, :func:`threshold_windows` (masks, stability,
+  areas and boxes, each mask kept as its box; :func:`threshold_regions` from upscaled regions),
+  :func:`masks_to_boxes`,
   :func:`box_area`, :func:`box_iou`, :func:`nms`, :func:`box_near_crop_edge`.
 * Clean-up: :func:`remove_small_regions`.
 
@@ -230,49 +230,6 @@ def _stability(inter: npt.ArrayLike, union: npt.ArrayLike) -> np.ndarray:
     return score.astype(np.float32)
 
 
-def threshold_logits(
-    logits: np.ndarray,
-    mask_threshold: float = 0.0,
-    offset: float = 1.0,
-    *,
-    out: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Masks, stability scores and areas of full-size mask logits, in one pass per mask.
-
-    Equal to ``logits > mask_threshold``, :func:`stability_score` and the masks' pixel counts,
-    but each of the three comparisons is written into the mask's own output slot and counted
-    there, so no full-size temporary exists besides the output (``stability_score`` on ``G``
-    masks allocates ``G`` bool frames per comparison).
-
-    Args:
-        logits: ``(G, H, W)`` float logits.
-        mask_threshold: logit above which a pixel is in the mask.
-        offset: half-width of the stability band.
-        out: optional ``(G, H, W)`` bool array to write the masks into.
-
-    Returns:
-        ``(G, H, W)`` bool masks (``out`` when given), ``(G,)`` float32 stability and ``(G,)``
-        int64 areas.
-    """
-    logits = np.asarray(logits)
-    if logits.ndim != 3:
-        raise ValueError(f"expected logits (G, H, W), got shape {logits.shape}")
-    masks = np.empty(logits.shape, dtype=bool) if out is None else out
-    if masks.shape != logits.shape or masks.dtype != bool:
-        raise ValueError(f"out must be bool {logits.shape}, got {masks.dtype} {masks.shape}")
-    inter = np.empty(len(logits), dtype=np.int64)
-    union = np.empty(len(logits), dtype=np.int64)
-    areas = np.empty(len(logits), dtype=np.int64)
-    for i, frame in enumerate(logits):
-        np.greater(frame, mask_threshold + offset, out=masks[i])
-        inter[i] = np.count_nonzero(masks[i])
-        np.greater(frame, mask_threshold - offset, out=masks[i])
-        union[i] = np.count_nonzero(masks[i])
-        np.greater(frame, mask_threshold, out=masks[i])
-        areas[i] = np.count_nonzero(masks[i])
-    return masks, _stability(inter, union), areas
-
-
 @dataclass(frozen=True)
 class MaskWindows:
     """Thresholded masks, each kept as the window of its box (struct of arrays).
@@ -307,8 +264,8 @@ class MaskWindows:
 def threshold_windows(
     logits: np.ndarray, mask_threshold: float = 0.0, offset: float = 1.0, min_stability: float = 0
 ) -> MaskWindows:
-    """Masks, boxes, stability scores and areas of ``(G, H, W)`` float logits, as
-    :func:`threshold_logits` and :func:`masks_to_boxes` give them, each mask kept as its box:
+    """Masks, boxes, stability scores and areas of ``(G, H, W)`` float logits (``logits >
+    mask_threshold``, :func:`stability_score`, :func:`masks_to_boxes`), each kept as its box:
     one pass over each full frame finds the pixels above the lowest threshold, whose rows and
     columns bound the rest of the work (a few percent of the frame for SegEvery's masks). A
     mask less stable than ``min_stability`` (one a filter drops) is not made: area 0, no box."""
@@ -348,7 +305,8 @@ def threshold_regions(
             union[i] = np.count_nonzero(band)
             inter[i] = np.count_nonzero(np.greater(sub, mask_threshold + offset, out=band))
             stable = _stability(inter[i], union[i]) >= min_stability
-            mask = sub > mask_threshold if stable else band[:0, :0]  # unmade: no box
+            # The mask reuses the band's buffer; unmade (unstable): empty, no box.
+            mask = np.greater(sub, mask_threshold, out=band) if stable else band[:0, :0]
             box = _tight_box(mask)
             if box is not None:
                 y0, y1, x0, x1 = box

@@ -231,18 +231,19 @@ def decode_prompt_sets(
         for start in range(0, len(order), group):
             # Each mask is upscaled and thresholded only where it may exceed a threshold.
             regions = predictor.upscale_regions(low_res[i][order[start : start + group]], above)
-            parts.append(
-                threshold_regions(
-                    [None if r is None else (r.logits, (r.y0, r.x0)) for r in regions],
-                    mask_threshold,
-                    offset,
-                )
+            part = threshold_regions(
+                [None if r is None else (r.logits, (r.y0, r.x0)) for r in regions],
+                mask_threshold,
+                offset,
             )
             del regions  # before the next group is upscaled
+            for j, window in enumerate(part.windows):  # pasted, then kept as views of masks
+                x0, y0 = part.origin(j)
+                view = masks[start + j, y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]]
+                view[:] = window
+                part.windows[j] = view
+            parts.append(part)
         windows = MaskWindows.concat(parts)
-        for mask, window, box in zip(masks, windows.windows, windows.boxes, strict=True):
-            x0, y0 = int(box[0]), int(box[1])
-            mask[y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]] = window
         yield PromptSetMasks(
             masks=masks,
             scores=np.asarray(scores[i][order], dtype=np.float32),

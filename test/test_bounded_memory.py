@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from segfast_ros.bench.scenes import generate_scene
-from segfast_ros.masks import mask_to_rle, masks_to_boxes, stability_score, threshold_logits
+from segfast_ros.masks import mask_to_rle, masks_to_boxes, stability_score
 from segfast_ros.pipeline.render import overlay
 from segfast_ros.runtime import Predictor, transforms
 from segfast_ros.runtime.onnx_backend import OnnxRuntimeBackend
@@ -69,17 +69,16 @@ def frame_px(hw: tuple[int, int] = HW) -> int:
 def record_upscales(
     predictor: Predictor, monkeypatch: pytest.MonkeyPatch
 ) -> list[tuple[int, int]]:
-    """Spy on ``predictor.upscale``: (masks, pixels) of every call."""
+    """Spy on ``predictor.upscale_regions``: (masks, full-size pixels made) of every call."""
     calls: list[tuple[int, int]] = []
-    upscale = predictor.upscale
+    upscale = predictor.upscale_regions
 
-    def spy(low_res: np.ndarray) -> np.ndarray:
-        out = upscale(low_res)
-        n = int(np.prod(out.shape[:-2]))
-        calls.append((n, n * out.shape[-2] * out.shape[-1]))
+    def spy(low_res: np.ndarray, above: float) -> list:
+        out = upscale(low_res, above)
+        calls.append((len(out), sum(r.logits.size for r in out if r is not None)))
         return out
 
-    monkeypatch.setattr(predictor, "upscale", spy)
+    monkeypatch.setattr(predictor, "upscale_regions", spy)
     return calls
 
 
@@ -115,23 +114,6 @@ def test_group_size_follows_the_pixel_budget() -> None:
         upscale_group_size((10, 20), 0)
     with pytest.raises(ValueError, match=r"expected a mask size \(H, W\) > 0, got \(0, 20\)"):
         upscale_group_size((0, 20), 100)
-
-
-def test_threshold_logits_equals_the_separate_passes() -> None:
-    rng = np.random.default_rng(3)
-    logits = rng.normal(0.0, 2.0, (4, 9, 11)).astype(np.float32)
-    logits[1] = -5.0  # empty: stability 0, area 0
-    for threshold, offset in [(0.0, 1.0), (0.5, 0.25)]:
-        masks, stability, areas = threshold_logits(logits, threshold, offset)
-        np.testing.assert_array_equal(masks, logits > threshold)
-        np.testing.assert_array_equal(stability, stability_score(logits, threshold, offset))
-        np.testing.assert_array_equal(areas, (logits > threshold).sum(axis=(1, 2)))
-    out = np.empty(logits.shape, bool)
-    assert threshold_logits(logits, out=out)[0] is out
-    with pytest.raises(ValueError, match=r"out must be bool \(4, 9, 11\)"):
-        threshold_logits(logits, out=np.empty((4, 9, 11), np.uint8))
-    with pytest.raises(ValueError, match=r"expected logits \(G, H, W\)"):
-        threshold_logits(logits[0])
 
 
 # ---------------------------------------------------------------------------- SegEvery

@@ -21,7 +21,6 @@ from segfast_ros.masks import (
     rle_area,
     rle_to_mask,
     stability_score,
-    threshold_logits,
     threshold_windows,
     window_run_lengths,
 )
@@ -160,12 +159,12 @@ def test_window_run_lengths_edges_and_errors() -> None:
 @pytest.mark.parametrize(
     ("threshold", "offset"), [(0.0, 1.0), (0.5, 0.25), (0.0, 0.0), (1.0, -0.5)]
 )
-def test_threshold_windows_equals_threshold_logits_and_boxes(
-    threshold: float, offset: float
-) -> None:
+def test_threshold_windows_equals_the_plain_definitions(threshold: float, offset: float) -> None:
     logits = smooth_logits(12, 37, 53, seed=5)
     got = threshold_windows(logits, threshold, offset)
-    masks, stability, areas = threshold_logits(logits, threshold, offset)
+    masks = logits > threshold
+    stability = stability_score(logits, threshold, offset)
+    areas = np.count_nonzero(masks, axis=(1, 2))
     boxes = masks_to_boxes(masks)
     assert got.boxes.dtype == np.float32 and got.stability.dtype == np.float32
     np.testing.assert_array_equal(got.boxes, boxes)
