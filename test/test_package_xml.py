@@ -66,6 +66,7 @@ NOT_ROSDEP = {
     "onnxscript": "exporting only",
     "ultralytics": "converting the object-aware detector, optional",
     "segment_anything": "test oracle only",
+    "mobile_sam": "bench-segany's comparison with upstream, from a source tree the user names",
     "pycocotools": "test oracle only",
     "motmetrics": "tracking evaluation only (IDF1, MOTA), requirements-dev.txt",
     "pandas": "comes with motmetrics: the tracking evaluation reads its summary",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -155,8 +154,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Exit 0, or 2 with a message naming what could not be benchmarked."""
-    from ..runtime.cpu_features import detect_cpu_features
+    from .tracking import machine_context, machine_line
 
+    context = machine_context()  # the load before the runs
     try:
         rows = bench_decoders(
             args.folders,
@@ -169,22 +169,18 @@ def run_cli(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:  # CalibrationError: an unreadable image
         print(f"segfast bench-decoder: error: {err}", file=sys.stderr)
         return 2
-    cpu = detect_cpu_features()
-    load = os.getloadavg()[0]
     print(format_table(rows))
-    print(f"cpu: {cpu.describe()}, {args.threads or 'all'} threads, load (1 min) {load:.2f}")
+    print(f"{machine_line(context)}; {args.threads or 'all'} threads")
     if args.json:
         write_rows_json(
             rows,
             args.json,
+            **context,
             folders=[str(f) for f in args.folders],
             threads=args.threads,
             rounds=args.rounds,
             calls=args.calls,
             image=args.image,
-            cpu=cpu.to_dict(),
-            cpu_count=os.cpu_count(),
-            load_before=load,
         )
         print(f"wrote {args.json}")
     return 0

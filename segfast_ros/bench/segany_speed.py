@@ -21,7 +21,6 @@ and 95th percentile per stage, and each stage's speed-up over upstream's predict
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -200,8 +199,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Exit 0, or 2 with a message naming what could not be benchmarked."""
-    from ..runtime.cpu_features import detect_cpu_features
+    from .tracking import machine_context, machine_line
 
+    context = machine_context()  # the load before the runs
     try:
         image = read_rgb(args.image)
         if args.size is not None:
@@ -216,21 +216,19 @@ def run_cli(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             calls=args.calls,
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError) as err:  # CalibrationError: an unreadable image
         print(f"segfast bench-segany: error: {err}", file=sys.stderr)
         return 2
-    cpu = detect_cpu_features()
-    load = os.getloadavg()[0]
     print(format_table(rows))
     print("\n".join(summary(rows)))
     print(
-        f"frame {image.shape[1]}x{image.shape[0]}; cpu: {cpu.describe()}, "
-        f"{args.threads or 'all'} threads, load (1 min) {load:.2f}"
+        f"frame {image.shape[1]}x{image.shape[0]}; {machine_line(context)}; threads {args.threads}"
     )
     if args.json:
         write_rows_json(
             rows,
             args.json,
+            **context,
             frame_hw=list(image.shape[:2]),
             image=args.image,
             onnx_dir=args.onnx_dir,
@@ -239,9 +237,6 @@ def run_cli(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             calls=args.calls,
             summary=summary(rows),
-            cpu=cpu.to_dict(),
-            cpu_count=os.cpu_count(),
-            load_before=load,
         )
         print(f"wrote {args.json}")
     return 0
