@@ -76,3 +76,13 @@ def test_segany_refuses_an_upstream_it_cannot_use(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no mobile_sam package"):
         bench_segany(image, DEMO, upstream=tmp_path, checkpoint=tmp_path / "w.pt")
     assert parse_size("2068x1450") == (1450, 2068)
+
+
+def test_bench_segany_cli_on_a_generated_scene(tmp_path: Path) -> None:
+    out = tmp_path / "segany.json"
+    args = ["bench-segany", "--onnx-dir", str(DEMO), "--size", "300x200", "--rounds", "1"]
+    assert main([*args, "--calls", "1", "--threads", "1", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["context"]["frame_hw"] == [200, 300]
+    assert [r["stage"] for r in doc["rows"]][0] == "predict"
+    assert main(["bench-segany", "--onnx-dir", str(tmp_path / "nothing")]) == 2

@@ -34,8 +34,11 @@ from ..runtime.images import read_rgb
 from ..runtime.onnx_backend import OnnxRuntimeBackend
 from ..runtime.predictor import Predictor
 from .report import format_columns, write_rows_json
+from .scenes import frame
 from .timing import p50_p95, time_ms
 
+#: The issue's frame: a 3 MP photo, ``(H, W)``.
+DEFAULT_HW = (1450, 2068)
 #: The issue's targets.
 PREDICT_SPEEDUP_TARGET = 3.0
 HANDLER_OVERHEAD_TARGET_MS = 3.0
@@ -185,9 +188,12 @@ def summary(rows: list[SegAnyRow]) -> list[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx-dir", required=True, help="segfast's exported graphs (fp32 decoder)")
-    p.add_argument("--image", required=True, help="the photo")
+    p.add_argument("--image", help="a photo (default: a generated scene of --size)")
     p.add_argument(
-        "--size", type=parse_size, help="resize the photo to WIDTHxHEIGHT first (e.g. 2068x1450)"
+        "--size",
+        type=parse_size,
+        help="resize the photo to WIDTHxHEIGHT first; the generated scene's size "
+        "(default 2068x1450)",
     )
     p.add_argument("--upstream", help="a MobileSAM source tree (its mobile_sam package)")
     p.add_argument("--checkpoint", help="mobile_sam.pt-layout weights, for --upstream")
@@ -203,8 +209,11 @@ def run_cli(args: argparse.Namespace) -> int:
 
     context = machine_context()  # the load before the runs
     try:
-        image = read_rgb(args.image)
-        if args.size is not None:
+        if args.image is None:
+            image = frame(args.size or DEFAULT_HW, seed=3)
+        else:
+            image = read_rgb(args.image)
+        if args.size is not None and image.shape[:2] != args.size:
             h, w = args.size
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
         rows = bench_segany(
@@ -230,7 +239,7 @@ def run_cli(args: argparse.Namespace) -> int:
             args.json,
             **context,
             frame_hw=list(image.shape[:2]),
-            image=args.image,
+            image=args.image or "generated scene, seed 3",
             onnx_dir=args.onnx_dir,
             upstream=args.upstream,
             threads=args.threads,
