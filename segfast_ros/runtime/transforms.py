@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from fractions import Fraction
 
 import cv2
 import numpy as np
@@ -310,13 +311,22 @@ def region_view(frame: np.ndarray, region: Region) -> np.ndarray:
 class _Axis:
     """One axis of the two bilinear steps (low-res -> input frame -> original frame): for
     every output index, its two sources and the weight of the second, per step, and the
-    low-res indices each output index depends on (``lo``, ``hi``, both included)."""
+    low-res indices each output index depends on (``lo``, ``hi``, both included).
+
+    ``period``: ``(q, p)`` when ``q`` output indices span exactly ``p`` input indices with
+    ``q`` at most :data:`MAX_PERIOD` (640 from 256: 5 and 2), else None."""
 
     src0: tuple[np.ndarray, np.ndarray]
     src1: tuple[np.ndarray, np.ndarray]
     weight: tuple[np.ndarray, np.ndarray]
     lo: np.ndarray
     hi: np.ndarray
+    period: tuple[int, int] | None
+    length: int
+
+
+#: Longest period (output pixels) for which a region is resized by cv2 on an aligned block.
+MAX_PERIOD = 64
 
 
 def _linear_taps(out_len: int, in_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -337,7 +347,9 @@ def _axis(low: int, size: int, crop: int, out_len: int) -> _Axis:
     the first ``crop``, then to ``out_len`` original pixels."""
     a0, a1, aw = _linear_taps(size, low)
     b0, b1, bw = _linear_taps(out_len, crop)
-    return _Axis((a0, b0), (a1, b1), (aw, bw), a0[b0], a1[b1])
+    ratio = Fraction(crop, out_len)
+    period = (ratio.denominator, ratio.numerator) if ratio.denominator <= MAX_PERIOD else None
+    return _Axis((a0, b0), (a1, b1), (aw, bw), a0[b0], a1[b1], period, out_len)
 
 
 def _lerp(values: np.ndarray, src0: np.ndarray, src1: np.ndarray, w: np.ndarray, axis: int):
@@ -382,6 +394,7 @@ def upscale_regions(
     if low_res.ndim != 3 or low_res.shape[1] != low_res.shape[2]:
         raise ValueError(f"expected low-res masks (G, L, L), got shape {low_res.shape}")
     lr = low_res.shape[1]
+    factor = image_size // lr if image_size % lr == 0 else 0  # the first step's, if integer
     h, w = int(original_hw[0]), int(original_hw[1])
     rows = _axis(lr, image_size, int(input_hw[0]), int(original_hw[0]))
     cols = _axis(lr, image_size, int(input_hw[1]), int(original_hw[1]))
@@ -399,9 +412,47 @@ def upscale_regions(
         elif (y1 - y0) * (x1 - x0) * LARGE_REGION > h * w:  # cv2 is faster per pixel
             full = postprocess_masks(mask[None, None], input_hw, (h, w), image_size)[0, 0]
             out.append(Region(full[y0:y1, x0:x1], y0, x0))
+        elif factor and rows.period and cols.period:
+            logits = _resize_block(mask, factor, rows, cols, (y0, y1), (x0, x1))
+            out.append(Region(logits, y0, x0))
         else:
             out.append(Region(_upscale_block(mask, rows, cols, (y0, y1), (x0, x1)), y0, x0))
     return out
+
+
+def _resize_block(
+    mask: np.ndarray,
+    factor: int,
+    rows: _Axis,
+    cols: _Axis,
+    ys: tuple[int, int],
+    xs: tuple[int, int],
+) -> np.ndarray:
+    """:func:`_upscale_block` with cv2's resizes, on a block aligned so that they compute the
+    full resizes' positions and weights: the integer first step from whole low-res cells, the
+    second on whole periods of input and output pixels, each with a margin cell or period on
+    either side (cv2 clamps at a block's edges, the full resize only at the frame's)."""
+    (ry0, ry1), (cy0, cy1), (ly0, ly1) = _aligned(rows, ys, factor, mask.shape[0])
+    (rx0, rx1), (cx0, cx1), (lx0, lx1) = _aligned(cols, xs, factor, mask.shape[1])
+    block = mask[ly0:ly1, lx0:lx1]
+    size = ((lx1 - lx0) * factor, (ly1 - ly0) * factor)
+    block = cv2.resize(block, size, interpolation=cv2.INTER_LINEAR)
+    block = block[cy0 - ly0 * factor : cy1 - ly0 * factor, cx0 - lx0 * factor : cx1 - lx0 * factor]
+    block = cv2.resize(block, (rx1 - rx0, ry1 - ry0), interpolation=cv2.INTER_LINEAR)
+    return block[ys[0] - ry0 : ys[1] - ry0, xs[0] - rx0 : xs[1] - rx0]
+
+
+def _aligned(
+    axis: _Axis, span: tuple[int, int], factor: int, low: int
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Output, input and low-res ranges ``[start, stop)`` of :func:`_resize_block` along one
+    axis, for output indices ``span``."""
+    assert axis.period is not None
+    q, p = axis.period
+    out0 = max(0, (span[0] // q - 1) * q)
+    out1 = min(axis.length, (-(-span[1] // q) + 1) * q)
+    in0, in1 = out0 // q * p, out1 // q * p
+    return (out0, out1), (in0, in1), (max(0, in0 // factor - 1), min(low, -(-in1 // factor) + 1))
 
 
 def _span(axis: _Axis, first: int, last: int) -> tuple[int, int]:
