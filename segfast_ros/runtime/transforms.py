@@ -373,12 +373,13 @@ def upscale_regions(
     The two bilinear steps of :func:`postprocess_masks` mix, at each output pixel, at most
     three low-res rows and three columns with non-negative weights, so a pixel can exceed
     ``above`` only if one of those cells does. Each mask's rectangle is the output pixels whose
-    cells include a cell above ``above``; its logits are computed from those cells alone, with
-    cv2's sample positions and weights (equal to the full upscale's to float rounding). Every
-    pixel outside the rectangle is at most ``above``. The work is the rectangle's: a few percent
-    of the frame for most masks, where the full upscale writes and reads every pixel. A
-    rectangle larger than ``1 / LARGE_REGION`` of the frame is cut from cv2's full upscale of
-    its mask instead, which is faster per pixel than the numpy steps.
+    cells include a cell above ``above``; its logits are computed from those cells alone: by
+    cv2 on an aligned block where the scale has a short period (:func:`_resize_block`, equal to
+    the full upscale bit for bit), else by numpy with cv2's sample positions and weights (equal
+    to float rounding). Every pixel outside the rectangle is at most ``above``. The work is the
+    rectangle's: a few percent of the frame for most masks, where the full upscale writes and
+    reads every pixel. A rectangle larger than ``1 / LARGE_REGION`` of the frame is cut from
+    cv2's full upscale of its mask instead, which is faster per pixel than the numpy steps.
 
     Args:
         low_res: ``(G, L, L)`` float32 low-res logits.
