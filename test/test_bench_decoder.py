@@ -84,5 +84,5 @@ def test_bench_segany_cli_on_a_generated_scene(tmp_path: Path) -> None:
     assert main([*args, "--calls", "1", "--threads", "1", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc["context"]["frame_hw"] == [200, 300]
-    assert [r["stage"] for r in doc["rows"]][0] == "predict"
+    assert doc["rows"][0]["stage"] == "predict"
     assert main(["bench-segany", "--onnx-dir", str(tmp_path / "nothing")]) == 2
