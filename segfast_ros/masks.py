@@ -1,6 +1,7 @@
 """Mask utilities every SegEvery strategy shares: RLE, boxes, NMS, stability, clean-up.
 
-Pure functions of arrays: vectorised numpy/cv2 (no per-pixel Python), no model, no runtime.
+Pure functions of arrays: vectorised numpy/cv2 (no per-pixel Python), no model; of the runtime
+only the :class:`~segfast_ros.runtime.transforms.Region` of upscaled logits.
 Frames: masks and boxes are in pixels of the *original* image unless a function says otherwise;
 boxes are XYXY pixel edges (``x2 = last column + 1``, so ``x2 - x1`` is the width in pixels).
 
@@ -28,6 +29,8 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 import numpy.typing as npt
+
+from .runtime.transforms import Region
 
 
 @dataclass(frozen=True)
@@ -273,28 +276,36 @@ def threshold_windows(
     if logits.ndim != 3:
         raise ValueError(f"expected logits (G, H, W), got shape {logits.shape}")
     return threshold_regions(
-        [(frame, (0, 0)) for frame in logits], mask_threshold, offset, min_stability
+        [Region(frame, 0, 0) for frame in logits], mask_threshold, offset, min_stability
     )
 
 
+def lowest_threshold(mask_threshold: float, offset: float) -> float:
+    """The lowest of the mask threshold and the stability band's edges: below it no pixel
+    counts for a mask or its stability score."""
+    return min(mask_threshold - offset, mask_threshold, mask_threshold + offset)
+
+
 def threshold_regions(
-    regions: Sequence[tuple[np.ndarray, tuple[int, int]] | None],
+    regions: Sequence[Region | None],
     mask_threshold: float = 0.0,
     offset: float = 1.0,
     min_stability: float = 0,
 ) -> MaskWindows:
-    """:func:`threshold_windows` of masks given as regions: ``(logits, (y0, x0))``, the
-    ``(h, w)`` logits of the rectangle at ``(y0, x0)`` outside which every pixel is at most the
-    lowest threshold (``runtime.transforms.upscale_regions``), or None for a mask with no
-    pixel above it. Boxes are in the frame's pixels."""
+    """:func:`threshold_windows` of masks given as regions: the logits of a rectangle outside
+    which every pixel is at most :func:`lowest_threshold` (``runtime.transforms.
+    upscale_regions``), or None for a mask with no pixel above it. Boxes are in the frame's
+    pixels."""
     g = len(regions)
-    low = min(mask_threshold - offset, mask_threshold, mask_threshold + offset)
+    low = lowest_threshold(mask_threshold, offset)
     windows: list[np.ndarray] = []
     boxes = np.zeros((g, 4), dtype=np.float32)
     inter, union, areas = (np.zeros(g, dtype=np.int64) for _ in range(3))
+    empty = Region(np.zeros((0, 0), np.float32), 0, 0)
     for i, region in enumerate(regions):
         window = np.zeros((0, 0), dtype=bool)
-        frame, (oy, ox) = region if region is not None else (np.zeros((0, 0)), (0, 0))
+        region = region or empty
+        frame, oy, ox = region.logits, region.y0, region.x0
         loose = np.greater(frame, low)
         region_box = _tight_box(loose)
         if region_box is not None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .masks import MaskWindows, threshold_regions
+from .masks import MaskWindows, lowest_threshold, threshold_regions
 from .runtime.predictor import Predictor
 from .runtime.transforms import upscale_group_size
 
@@ -223,7 +223,7 @@ def decode_prompt_sets(
     group = upscale_group_size(hw, upscale_budget)
     boxes = kwargs.get("box")
     offset = stability_offset
-    above = min(mask_threshold - offset, mask_threshold, mask_threshold + offset)
+    above = lowest_threshold(mask_threshold, offset)
     for i in range(low_res.shape[0]):
         order = np.argsort(-scores[i], kind="stable")
         masks = np.zeros((len(order), *hw), dtype=bool)
@@ -231,11 +231,7 @@ def decode_prompt_sets(
         for start in range(0, len(order), group):
             # Each mask is upscaled and thresholded only where it may exceed a threshold.
             regions = predictor.upscale_regions(low_res[i][order[start : start + group]], above)
-            part = threshold_regions(
-                [None if r is None else (r.logits, (r.y0, r.x0)) for r in regions],
-                mask_threshold,
-                offset,
-            )
+            part = threshold_regions(regions, mask_threshold, offset)
             del regions  # before the next group is upscaled
             for j, window in enumerate(part.windows):  # pasted, then kept as views of masks
                 x0, y0 = part.origin(j)

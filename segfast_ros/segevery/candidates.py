@@ -41,6 +41,7 @@ from ..masks import (
     Instance,
     MaskWindows,
     box_near_crop_edge,
+    lowest_threshold,
     mask_to_rle,
     masks_to_boxes,
     nms,
@@ -414,16 +415,11 @@ class _Decode:
         """
         f = self.settings
         offset = f.stability_score_offset
-        above = min(f.mask_threshold - offset, f.mask_threshold, f.mask_threshold + offset)
+        above = lowest_threshold(f.mask_threshold, offset)
         if self.on_kept is not None:
             above = min(above, self.on_kept.floor)
         regions = self.predictor.upscale_regions(low_res, above)  # within the budget
-        masks = threshold_regions(
-            [None if r is None else (r.logits, (r.y0, r.x0)) for r in regions],
-            f.mask_threshold,
-            offset,
-            f.stability_score_thresh,
-        )
+        masks = threshold_regions(regions, f.mask_threshold, offset, f.stability_score_thresh)
         stability, areas = masks.stability, masks.areas
         keep = areas > 0
         if f.stability_score_thresh > 0:
