@@ -128,6 +128,8 @@ def test_factored_cross_attention_is_the_plain_one(form: str, image_batch: int) 
         for p in factored.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     plain.load_state_dict(factored.state_dict())
+    factored.eval()  # the factored order is evaluation's; training computes the plain one
+    assert factored.training is False and plain.training is True
     tokens = torch.randn(3, 7, 32)  # B = 3 prompt sets of 7 tokens
     image = torch.randn(image_batch, 50, 32)  # one image shared by the sets, or one per set
     expanded = image.expand(3, -1, -1)
