@@ -266,37 +266,41 @@ class Predictor:
         Raises:
             ValueError: no image set, or ``low_res`` is not ``(..., L, L)`` for this model.
         """
+        input_hw, original_hw = self._geometry()  # "no image" is said first, as before
+        low_res = self._low_res_masks(low_res)
+        lead, lr = low_res.shape[:-2], self.info.low_res_size
+        flat = low_res.reshape(1, -1, lr, lr)
+        big = postprocess_masks(flat, input_hw, original_hw, self.info.image_size)
+        return big.reshape(*lead, *self._original_size)
+
+    def upscale_regions(self, low_res: np.ndarray, above: float) -> list[Region | None]:
+        """:meth:`upscale` of ``(..., L, L)`` low-res logits, each mask only where it may exceed
+        ``above`` (see :func:`~segfast_ros.runtime.transforms.upscale_regions`): one region or
+        None per mask, in row-major order of the leading axes.
+
+        Raises:
+            ValueError: no image set, or ``low_res`` is not ``(..., L, L)`` for this model.
+        """
+        input_hw, original_hw = self._geometry()  # "no image" is said first, as before
+        low_res = self._low_res_masks(low_res)
+        flat = low_res.reshape(-1, *low_res.shape[-2:])
+        return upscale_regions(flat, input_hw, original_hw, self.info.image_size, above)
+
+    def _geometry(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``(input_hw, original_hw)`` of the current image; a ValueError without one."""
         if self._input_size is None or self._original_size is None:
             raise ValueError("no image is set: call set_image(image) first")
+        return self._input_size, self._original_size
+
+    def _low_res_masks(self, low_res: npt.ArrayLike) -> np.ndarray:
+        """``low_res`` as an array, or a ValueError unless it is ``(..., L, L)`` for this model."""
         lr = self.info.low_res_size
         low_res = np.asarray(low_res)
         if low_res.ndim < 2 or low_res.shape[-2:] != (lr, lr):
             raise ValueError(
                 f"expected low-res logits of shape (..., {lr}, {lr}), got {low_res.shape}"
             )
-        lead = low_res.shape[:-2]
-        flat = low_res.reshape(1, -1, lr, lr)
-        big = postprocess_masks(flat, self._input_size, self._original_size, self.info.image_size)
-        return big.reshape(*lead, *self._original_size)
-
-    def upscale_regions(self, low_res: np.ndarray, above: float) -> list[Region | None]:
-        """:meth:`upscale` of ``(G, L, L)`` low-res logits, each mask only where it may exceed
-        ``above`` (see :func:`~segfast_ros.runtime.transforms.upscale_regions`).
-
-        Raises:
-            ValueError: no image set, or ``low_res`` is not ``(G, L, L)`` for this model.
-        """
-        if self._input_size is None or self._original_size is None:
-            raise ValueError("no image is set: call set_image(image) first")
-        lr = self.info.low_res_size
-        low_res = np.asarray(low_res)
-        if low_res.ndim != 3 or low_res.shape[1:] != (lr, lr):
-            raise ValueError(
-                f"expected low-res logits of shape (G, {lr}, {lr}), got {low_res.shape}"
-            )
-        return upscale_regions(
-            low_res, self._input_size, self._original_size, self.info.image_size, above
-        )
+        return low_res
 
     def _decode(
         self,

@@ -55,7 +55,11 @@ class Coverage:
     def __init__(self, image_hw: tuple[int, int], high_score_thresh: float) -> None:
         self.covered = np.zeros(image_hw, dtype=bool)
         self.high_score_thresh = high_score_thresh
-        self.floor = high_score_thresh
+
+    @property
+    def floor(self) -> float:
+        """:class:`~.candidates.KeptLogits`' floor: only pixels above the threshold count."""
+        return self.high_score_thresh
 
     def __call__(self, regions: Sequence[Region | None], kept: np.ndarray) -> None:
         """Add the confident pixels of the kept masks' regions."""
